@@ -1,0 +1,1 @@
+"""Shared code of DicomKeep: configuration, identifiers, DICOM, events, ports and adapters."""

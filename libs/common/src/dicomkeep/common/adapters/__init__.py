@@ -1,0 +1,1 @@
+"""Adapters: embedded and distributed implementations of the ports."""

@@ -1,0 +1,97 @@
+"""PostgreSQL under `SqlIndex` (asyncpg, a connection pool).
+
+Transactions run at READ COMMITTED: the store transaction relies on
+`INSERT ... ON CONFLICT DO NOTHING` (which waits for a concurrent inserter and
+then sees its row) and on row locks (`SELECT ... FOR UPDATE`, the Seq counter).
+Serialization failures, deadlocks and the unique/foreign-key violations that a
+concurrent delete can cause are raised as `RetryableError`, and the index
+replays the transaction, as Orthanc's PostgreSQL plugin does.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from dicomkeep.common.ports.database import RetryableError, Tx
+
+#: SQLSTATEs worth a replay: serialization failure, deadlock, unique and FK violations.
+_RETRYABLE = {"40001", "40P01", "23505", "23503"}
+_SCHEMA_LOCK = 0x44434B  # "DCK": serialises schema creation between replicas
+
+
+class _PgTx:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        return list(await self._conn.fetch(sql, *args))
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        row: Sequence[Any] | None = await self._conn.fetchrow(sql, *args)
+        return row
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._conn.fetchval(sql, *args)
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        await self._conn.execute(sql, *args)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+
+class PostgresDatabase:
+    """The distributed database: a pool of `size` connections to `dsn`."""
+
+    dialect = "postgres"
+
+    def __init__(self, dsn: str, *, size: int = 10) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._pool: asyncpg.Pool | None = None
+        self._locks: list[asyncpg.Connection] = []
+
+    async def open(self, schema: Sequence[str]) -> None:
+        """Create the pool and apply the schema under an advisory lock."""
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=1, max_size=self._size, statement_cache_size=256
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
+            for statement in schema:
+                await conn.execute(statement)
+
+    async def close(self) -> None:
+        """Close the pool and the lock connections."""
+        for conn in self._locks:
+            await conn.close()
+        self._locks.clear()
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        """Open a READ COMMITTED transaction on a pooled connection."""
+        assert self._pool is not None, "open() first"
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
+                yield _PgTx(conn)
+        except asyncpg.PostgresError as error:
+            if getattr(error, "sqlstate", None) in _RETRYABLE:
+                raise RetryableError(str(error)) from error
+            raise
+
+    async def try_lock(self, name: str) -> bool:
+        """Take a session advisory lock on a dedicated connection kept until close()."""
+        key = zlib.crc32(name.encode()) & 0x7FFFFFFF
+        conn = await asyncpg.connect(self._dsn)
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            self._locks.append(conn)
+            return True
+        await conn.close()
+        return False

@@ -1,0 +1,80 @@
+"""The index schema, for SQLite and PostgreSQL (idempotent DDL, applied on open)."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+_COMMON = [
+    """CREATE TABLE IF NOT EXISTS main_tags (
+        internal_id BIGINT NOT NULL REFERENCES resources(internal_id) ON DELETE CASCADE,
+        tag_level SMALLINT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (internal_id, tag_level, name))""",
+    """CREATE TABLE IF NOT EXISTS metadata (
+        internal_id BIGINT NOT NULL REFERENCES resources(internal_id) ON DELETE CASCADE,
+        key INTEGER NOT NULL,
+        value TEXT NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (internal_id, key))""",
+    """CREATE TABLE IF NOT EXISTS attachments (
+        internal_id BIGINT NOT NULL REFERENCES resources(internal_id) ON DELETE CASCADE,
+        content_type INTEGER NOT NULL,
+        uuid TEXT NOT NULL,
+        compressed_size BIGINT NOT NULL,
+        uncompressed_size BIGINT NOT NULL,
+        compression INTEGER NOT NULL,
+        uncompressed_md5 TEXT NOT NULL,
+        compressed_md5 TEXT NOT NULL,
+        revision INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (internal_id, content_type))""",
+    "CREATE INDEX IF NOT EXISTS attachments_uuid ON attachments(uuid)",
+    """CREATE TABLE IF NOT EXISTS labels (
+        internal_id BIGINT NOT NULL REFERENCES resources(internal_id) ON DELETE CASCADE,
+        label TEXT NOT NULL,
+        PRIMARY KEY (internal_id, label))""",
+    """CREATE TABLE IF NOT EXISTS changes (
+        seq BIGINT PRIMARY KEY,
+        change_type TEXT NOT NULL,
+        resource_type TEXT NOT NULL,
+        public_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        date TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        seq BIGINT PRIMARY KEY,
+        body TEXT NOT NULL,
+        headers TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS counters (
+        name TEXT PRIMARY KEY,
+        value BIGINT NOT NULL)""",
+    "INSERT INTO counters(name, value) VALUES ('seq', 0) ON CONFLICT (name) DO NOTHING",
+    "INSERT INTO counters(name, value) VALUES ('recycling', 0) ON CONFLICT (name) DO NOTHING",
+    """CREATE TABLE IF NOT EXISTS pending_blobs (
+        uuid TEXT PRIMARY KEY,
+        since TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS global_properties (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS resources_parent ON resources(parent_id)",
+    "CREATE INDEX IF NOT EXISTS resources_level ON resources(level, internal_id)",
+    "CREATE INDEX IF NOT EXISTS resources_uid ON resources(dicom_uid)",
+    "CREATE INDEX IF NOT EXISTS resources_recycling ON resources(level, is_protected, recycling_order)",
+    "CREATE INDEX IF NOT EXISTS main_tags_value ON main_tags(tag_level, name, value)",
+]
+
+_RESOURCES = """CREATE TABLE IF NOT EXISTS resources (
+    internal_id {pk},
+    level SMALLINT NOT NULL,
+    public_id TEXT NOT NULL UNIQUE,
+    parent_id BIGINT REFERENCES resources(internal_id) ON DELETE CASCADE,
+    dicom_uid TEXT NOT NULL,
+    is_protected SMALLINT NOT NULL DEFAULT 0,
+    recycling_order BIGINT NOT NULL DEFAULT 0)"""
+
+SQLITE_SCHEMA = [_RESOURCES.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"), *_COMMON]
+POSTGRES_SCHEMA = [_RESOURCES.format(pk="BIGSERIAL PRIMARY KEY"), *_COMMON]
+
+
+def schema_for(dialect: str) -> list[str]:
+    """Return the DDL statements of a dialect."""
+    return SQLITE_SCHEMA if dialect == "sqlite" else POSTGRES_SCHEMA

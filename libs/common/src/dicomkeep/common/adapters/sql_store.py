@@ -1,0 +1,191 @@
+"""The store transaction (ARCHITECTURE.md step 3), as one unit over an open `Tx`.
+
+Mirrors Orthanc's ServerIndex::Store: hierarchy upsert, AlreadyStored or
+OverwriteInstances, attachments, core metadata, LastUpdate, recycling order,
+and the changes NewInstance, NewSeries, NewStudy, NewPatient, CompletedSeries.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.events import ChangeType, StoreInstance, StoreStatus
+from dicomkeep.common.ids import Level
+from dicomkeep.common.ports.database import Tx
+from dicomkeep.common.series_status import SeriesStatus, series_status
+
+if TYPE_CHECKING:
+    from dicomkeep.common.adapters.sql_index import PendingChanges, SqlIndex
+
+INDEX_IN_SERIES = 1
+RECEPTION_DATE = 2
+EXPECTED_INSTANCES = 4
+LAST_UPDATE = 7
+
+
+class StoreTransaction:
+    """One StoreInstance inside an open transaction."""
+
+    def __init__(
+        self, tx: Tx, index: SqlIndex, pending: PendingChanges, command: StoreInstance
+    ) -> None:
+        self.tx = tx
+        self.index = index
+        self.pending = pending
+        self.command = command
+
+    async def run(self) -> StoreStatus:
+        """Store the instance; return Success or AlreadyStored."""
+        from dicomkeep.common.adapters.sql_index import PendingChanges, now_stamp
+
+        command = self.command
+        tx = self.tx
+        existing = await tx.fetchval(
+            "SELECT internal_id FROM resources WHERE public_id = $1 AND level = 3"
+            + self.index.for_update,
+            command.instance_id,
+        )
+        if existing is not None:
+            if not command.overwrite:
+                await self._release_new_blobs()
+                return StoreStatus.ALREADY_STORED
+            # Overwrite: the old instance goes, its parents stay (no Deleted event,
+            # the instance is replaced at once).
+            await self.index.delete_subtree(tx, int(existing), PendingChanges())
+
+        now = command.received_at or now_stamp()
+        patient, new_patient = await self._upsert(
+            Level.PATIENT, command.patient_id, None, command.patient_uid
+        )
+        study, new_study = await self._upsert(
+            Level.STUDY, command.study_id, patient, command.study_uid
+        )
+        series, new_series = await self._upsert(
+            Level.SERIES, command.series_id, study, command.series_uid
+        )
+        instance, new_instance = await self._upsert(
+            Level.INSTANCE, command.instance_id, series, command.sop_uid
+        )
+        if not new_instance:
+            # A concurrent writer stored the same instance first (PostgreSQL).
+            await self._release_new_blobs()
+            return StoreStatus.ALREADY_STORED
+
+        if new_patient:
+            await self._insert_tags(patient, Level.PATIENT, Level.PATIENT)
+        if new_study:
+            await self._insert_tags(study, Level.STUDY, Level.STUDY)
+            await self._insert_tags(study, Level.PATIENT, Level.PATIENT)
+        if new_series:
+            await self._insert_tags(series, Level.SERIES, Level.SERIES)
+            await self._insert_metadata(series, command.metadata.get(Level.SERIES, {}))
+        await self._insert_tags(instance, Level.INSTANCE, Level.INSTANCE)
+        instance_metadata = dict(command.metadata.get(Level.INSTANCE, {}))
+        instance_metadata.setdefault(RECEPTION_DATE, now)
+        await self._insert_metadata(instance, instance_metadata)
+        for info in command.attachments:
+            await self.index.insert_attachment(tx, instance, info)
+        for internal_id in (patient, study, series):
+            await self.index.set_core_metadata(tx, internal_id, LAST_UPDATE, now)
+        order = await self.index.next_recycling_order(tx)
+        await tx.execute(
+            "UPDATE resources SET recycling_order = $2 WHERE internal_id = $1 AND is_protected = 0",
+            patient,
+            order,
+        )
+
+        self._change(ChangeType.NEW_INSTANCE, Level.INSTANCE)
+        if new_series:
+            self._change(ChangeType.NEW_SERIES, Level.SERIES)
+        if new_study:
+            self._change(ChangeType.NEW_STUDY, Level.STUDY)
+        if new_patient:
+            self._change(ChangeType.NEW_PATIENT, Level.PATIENT)
+        if await self._series_status(series) is SeriesStatus.COMPLETE:
+            self._change(ChangeType.COMPLETED_SERIES, Level.SERIES)
+        return StoreStatus.SUCCESS
+
+    async def _upsert(
+        self, level: Level, public_id: str, parent: int | None, dicom_uid: str
+    ) -> tuple[int, bool]:
+        """Insert the resource unless it exists; return (internal_id, created)."""
+        created = await self.tx.fetchval(
+            "INSERT INTO resources(level, public_id, parent_id, dicom_uid) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (public_id) DO NOTHING RETURNING internal_id",
+            level.depth,
+            public_id,
+            parent,
+            dicom_uid,
+        )
+        if created is not None:
+            return int(created), True
+        row = await self.tx.fetchrow(
+            "SELECT internal_id, level FROM resources WHERE public_id = $1", public_id
+        )
+        if row is None:
+            # Deleted between our insert attempt and this read: replay the transaction.
+            from dicomkeep.common.ports.database import RetryableError
+
+            raise RetryableError(f"{level.value} {public_id} vanished")
+        if int(row[1]) != level.depth:
+            raise OrthancError(
+                ErrorCode.DUPLICATE_RESOURCE, f"{public_id} exists at another level"
+            )
+        return int(row[0]), False
+
+    async def _insert_tags(self, internal_id: int, source: Level, tag_level: Level) -> None:
+        tags = self.command.main_tags.get(source, {})
+        if tags:
+            await self.tx.executemany(
+                "INSERT INTO main_tags(internal_id, tag_level, name, value) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                [(internal_id, tag_level.depth, name, value) for name, value in tags.items()],
+            )
+
+    async def _insert_metadata(self, internal_id: int, metadata: dict[int, str]) -> None:
+        if metadata:
+            await self.tx.executemany(
+                "INSERT INTO metadata(internal_id, key, value, revision) VALUES ($1, $2, $3, 0) "
+                "ON CONFLICT (internal_id, key) DO UPDATE SET value = excluded.value",
+                [(internal_id, key, value) for key, value in metadata.items()],
+            )
+
+    async def _release_new_blobs(self) -> None:
+        for info in self.command.attachments:
+            await self.index.release_blob(self.tx, info.uuid)
+
+    async def _series_status(self, series: int) -> SeriesStatus:
+        expected = await self.tx.fetchval(
+            "SELECT value FROM metadata WHERE internal_id = $1 AND key = $2",
+            series,
+            EXPECTED_INSTANCES,
+        )
+        if expected is None:
+            return SeriesStatus.UNKNOWN
+        rows = await self.tx.fetch(
+            "SELECT m.value FROM resources r LEFT JOIN metadata m "
+            "ON m.internal_id = r.internal_id AND m.key = $2 WHERE r.parent_id = $1",
+            series,
+            INDEX_IN_SERIES,
+        )
+        return series_status(expected, [r[0] for r in rows])
+
+    def _change(self, change_type: ChangeType, level: Level) -> None:
+        """Queue a change with its filtering headers: the DICOM UIDs down to its
+        level, and the Modality below patient level."""
+        command = self.command
+        uids = [
+            ("PatientID", command.patient_uid),
+            ("StudyInstanceUID", command.study_uid),
+            ("SeriesInstanceUID", command.series_uid),
+            ("SOPInstanceUID", command.sop_uid),
+        ]
+        headers = dict(uids[: level.depth + 1])
+        modality = command.main_tags.get(Level.SERIES, {}).get("Modality")
+        if modality is not None and level is not Level.PATIENT:
+            headers["Modality"] = modality
+        public_ids = (
+            command.patient_id, command.study_id, command.series_id, command.instance_id
+        )
+        self.pending.add(change_type, level, public_ids[level.depth], headers)

@@ -1,0 +1,155 @@
+"""SQLite under `SqlIndex`: one writer connection, a pool of readers, WAL mode.
+
+sqlite3 blocks, so each connection lives on its own thread (a one-worker
+executor) and the event loop only awaits it. Writers are serialised by an
+asyncio lock: SQLite has a single writer anyway, and this keeps
+`SQLITE_BUSY` out of the picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dicomkeep.common.ports.database import Tx
+
+T = TypeVar("T")
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def _rewrite(sql: str) -> str:
+    """Turn PostgreSQL's `$1` placeholders into SQLite's `?1`."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+class _Connection:
+    """A sqlite3 connection pinned to its own thread."""
+
+    def __init__(self, path: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._path = path
+        self.conn: sqlite3.Connection | None = None
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(fn, *args))
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            return conn
+
+        self.conn = await self.run(connect)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.run(self.conn.close)
+            self.conn = None
+        self._executor.shutdown(wait=True)
+
+
+class _SqliteTx:
+    def __init__(self, connection: _Connection) -> None:
+        self._c = connection
+
+    def _conn(self) -> sqlite3.Connection:
+        assert self._c.conn is not None
+        return self._c.conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        conn = self._conn()
+        return await self._c.run(lambda: conn.execute(_rewrite(sql), args).fetchall())
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        conn = self._conn()
+        return await self._c.run(lambda: conn.execute(_rewrite(sql), args).fetchone())
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return None if row is None else row[0]
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        conn = self._conn()
+        await self._c.run(lambda: conn.execute(_rewrite(sql), args))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        conn = self._conn()
+        await self._c.run(lambda: conn.executemany(_rewrite(sql), rows))
+
+
+class SqliteDatabase:
+    """The embedded database: a file `index` in the index directory (or `:memory:`)."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path | str, *, readers: int = 4) -> None:
+        self._path = str(path)
+        self._readers_count = readers if self._path != ":memory:" else 0
+        self._writer = _Connection(self._path)
+        self._write_lock = asyncio.Lock()
+        self._readers: asyncio.Queue[_Connection] = asyncio.Queue()
+        self._all_readers: list[_Connection] = []
+
+    async def open(self, schema: Sequence[str]) -> None:
+        """Create the file if needed, apply the schema, open the reader pool."""
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        await self._writer.open()
+        async with self.transaction() as tx:
+            for statement in schema:
+                await tx.execute(statement)
+        for _ in range(self._readers_count):
+            reader = _Connection(self._path)
+            await reader.open()
+            self._all_readers.append(reader)
+            self._readers.put_nowait(reader)
+
+    async def close(self) -> None:
+        """Close every connection."""
+        for reader in self._all_readers:
+            await reader.close()
+        self._all_readers.clear()
+        await self._writer.close()
+
+    @asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        """Open a transaction; readers use the pool and see the last commit (WAL)."""
+        if readonly and self._all_readers:
+            reader = await self._readers.get()
+            try:
+                conn = reader.conn
+                assert conn is not None
+                await reader.run(conn.execute, "BEGIN")
+                try:
+                    yield _SqliteTx(reader)
+                finally:
+                    await reader.run(conn.execute, "ROLLBACK")
+            finally:
+                self._readers.put_nowait(reader)
+            return
+        async with self._write_lock:
+            conn = self._writer.conn
+            assert conn is not None
+            await self._writer.run(conn.execute, "BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(self._writer)
+            except BaseException:
+                await self._writer.run(conn.execute, "ROLLBACK")
+                raise
+            else:
+                await self._writer.run(conn.execute, "COMMIT")
+
+    async def try_lock(self, name: str) -> bool:
+        """One process owns the SQLite file: every lock is granted."""
+        return True

@@ -1,0 +1,105 @@
+"""Domain errors, mapped to Orthanc's error codes and HTTP statuses.
+
+Mirrors Orthanc's `ErrorCode` enumeration (OrthancFramework/Sources/Enumerations.h):
+the gateway renders `OrthancError` as Orthanc's JSON error body, ingest as a DIMSE
+failure status.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(Enum):
+    """An Orthanc error: (OrthancStatus, message, default HTTP status)."""
+
+    INTERNAL_ERROR = (-1, "Internal error", 500)
+    NOT_IMPLEMENTED = (2, "Not implemented yet", 500)
+    PARAMETER_OUT_OF_RANGE = (3, "Parameter out of range", 400)
+    BAD_PARAMETER_TYPE = (5, "Bad type for a parameter", 400)
+    BAD_SEQUENCE_OF_CALLS = (6, "Bad sequence of calls", 500)
+    INEXISTENT_ITEM = (7, "Accessing an inexistent item", 404)
+    BAD_REQUEST = (8, "Bad request", 400)
+    NETWORK_PROTOCOL = (9, "Error in the network protocol", 500)
+    BAD_FILE_FORMAT = (15, "Bad file format", 400)
+    TIMEOUT = (16, "Timeout", 500)
+    UNKNOWN_RESOURCE = (17, "Unknown resource", 404)
+    FULL_STORAGE = (19, "The file storage is full", 507)
+    CORRUPTED_FILE = (20, "Corrupted file (e.g. inconsistent MD5 hash)", 500)
+    INEXISTENT_TAG = (21, "Inexistent tag", 404)
+    BAD_JSON = (28, "Cannot parse a JSON document", 400)
+    UNAUTHORIZED = (29, "Bad credentials were provided to an HTTP request", 401)
+    NOT_ACCEPTABLE = (
+        34,
+        "Cannot send a response which is acceptable according to the Accept HTTP header",
+        406,
+    )
+    DATABASE_UNAVAILABLE = (
+        36,
+        "The database is currently not available (probably a transient situation)",
+        503,
+    )
+    CANCELED_JOB = (37, "This job was canceled", 500)
+    BAD_RANGE = (41, "Incorrect range request", 416)
+    DATABASE_CANNOT_SERIALIZE = (
+        42,
+        "Database could not serialize access due to concurrent update, "
+        "the transaction should be retried",
+        503,
+    )
+    REVISION = (
+        43,
+        "A bad revision number was provided, which might indicate conflict "
+        "between multiple writers",
+        409,
+    )
+    FORBIDDEN_ACCESS = (45, "Access to a resource is forbidden", 403)
+    DUPLICATE_RESOURCE = (46, "Duplicate resource", 409)
+
+    @property
+    def status(self) -> int:
+        """Orthanc's integer code (`OrthancStatus`)."""
+        return self.value[0]
+
+    @property
+    def message(self) -> str:
+        """Orthanc's fixed text for the code (`OrthancError` and `Message`)."""
+        return self.value[1]
+
+    @property
+    def http_status(self) -> int:
+        """The HTTP status Orthanc answers with for this code."""
+        return self.value[2]
+
+
+class OrthancError(Exception):
+    """An error with an Orthanc code; `details` is the optional `Details` text."""
+
+    def __init__(
+        self, code: ErrorCode, details: str | None = None, *, http_status: int | None = None
+    ) -> None:
+        super().__init__(details or code.message)
+        self.code = code
+        self.details = details
+        self.http_status = http_status or code.http_status
+
+
+class NoAnswer(Exception):
+    """The handler has no answer: Orthanc then replies 404 (400 for POST), empty body.
+
+    Mirrors Orthanc's REST layer, which answers an empty 404 for `GET /{level}/{unknown}`
+    and similar (ORTHANC_API.md §0).
+    """
+
+    def __init__(self, http_status: int | None = None) -> None:
+        super().__init__("no answer")
+        self.http_status = http_status
+
+
+class Forbidden(Exception):
+    """A write to a core metadata key or attachment type: 403 with an empty body."""
+
+
+def unknown_resource(details: str | None = None) -> OrthancError:
+    """Return the 404 *Unknown resource* error."""
+    return OrthancError(ErrorCode.UNKNOWN_RESOURCE, details)

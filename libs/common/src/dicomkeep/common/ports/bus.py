@@ -1,0 +1,57 @@
+"""The Bus port: publish events, competing consumers, request/reply.
+
+Embedded: an in-process asyncio bus. Distributed: RabbitMQ (durable queues,
+publisher confirms, manual acks after the handler returns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
+
+#: A consumer: gets the body and headers; raising makes the message be redelivered
+#: (and dead-lettered after repeated failures).
+Consumer = Callable[[bytes, Mapping[str, str]], Awaitable[None]]
+#: A request handler: returns the reply body.
+Responder = Callable[[bytes, Mapping[str, str]], Awaitable[bytes]]
+
+
+class BusTimeout(Exception):
+    """No reply came within the timeout."""
+
+
+class Bus(Protocol):
+    """Messages between services. Delivery is at least once."""
+
+    async def start(self) -> None:
+        """Connect; declare the exchanges."""
+
+    async def close(self) -> None:
+        """Stop consumers and disconnect."""
+
+    async def publish(
+        self, exchange: str, routing_key: str, body: bytes, headers: Mapping[str, str]
+    ) -> None:
+        """Publish durably; returns once the broker has confirmed the message."""
+
+    async def consume(
+        self,
+        queue: str,
+        bindings: Sequence[tuple[str, str]],
+        handler: Consumer,
+        *,
+        prefetch: int = 16,
+    ) -> None:
+        """Start consuming a durable queue bound to (exchange, routing-key pattern) pairs.
+
+        Several consumers of one queue compete (each message goes to one of them).
+        A message is acknowledged only after `handler` returned.
+        """
+
+    async def request(
+        self, queue: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> bytes:
+        """Send a command to `queue` and wait for its reply; raise BusTimeout."""
+
+    async def serve(self, queue: str, handler: Responder, *, prefetch: int = 64) -> None:
+        """Answer the requests sent to `queue` (competing responders)."""

@@ -1,0 +1,31 @@
+"""The StabilityClock port: "resource X last changed at t", due ones popped once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from dicomkeep.common.ids import Level
+
+
+class StabilityClock(Protocol):
+    """Unstable resources with the time they last received an instance."""
+
+    async def touch(self, resources: Sequence[tuple[Level, str]], at: float) -> None:
+        """Mark resources unstable as of `at` (UNIX seconds), moving their deadline."""
+
+    async def pop_due(self, not_after: float, limit: int = 100) -> list[tuple[Level, str]]:
+        """Remove and return resources last touched at or before `not_after`.
+
+        Exactly once: when several replicas pop concurrently, each resource goes to
+        one of them.
+        """
+
+    async def is_unstable(self, level: Level, public_id: str) -> bool:
+        """Tell whether the resource is waiting to become stable."""
+
+    async def forget(self, resources: Sequence[tuple[Level, str]]) -> None:
+        """Drop resources (deleted ones) without making them stable."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,57 @@
+"""The SQL database seam under `SqlIndex`: one index logic over SQLite and PostgreSQL.
+
+Statements use PostgreSQL's `$1` placeholders; the SQLite adapter rewrites them to
+`?1`. Rows are tuples (positional access).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+
+class Tx(Protocol):
+    """One open transaction."""
+
+    async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        """Run a query and return every row."""
+
+    async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        """Run a query and return its first row, or None."""
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        """Run a query and return the first column of its first row, or None."""
+
+    async def execute(self, sql: str, *args: Any) -> None:
+        """Run a statement."""
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per row."""
+
+
+class Database(Protocol):
+    """A transactional SQL database."""
+
+    #: "sqlite" or "postgres": the few places where the SQL differs ask this.
+    dialect: str
+
+    async def open(self, schema: Sequence[str]) -> None:
+        """Connect, then run the schema statements (idempotent DDL) in one transaction."""
+
+    async def close(self) -> None:
+        """Close every connection."""
+
+    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]:
+        """Open a transaction: committed when the block ends, rolled back on error.
+
+        Serialization failures and deadlocks surface as `RetryableError`; the
+        caller (the index) replays the whole transaction.
+        """
+
+    async def try_lock(self, name: str) -> bool:
+        """Take a named lock held until close(), without waiting; True when taken."""
+
+
+class RetryableError(Exception):
+    """The transaction collided with another one and may be replayed."""

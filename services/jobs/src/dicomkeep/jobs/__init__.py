@@ -1,0 +1,1 @@
+"""DicomKeep jobs service."""

@@ -1,0 +1,1 @@
+"""DicomKeep stability service."""
