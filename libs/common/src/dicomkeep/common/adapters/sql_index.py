@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from dicomkeep.common.adapters.sql_schema import schema_for
@@ -40,17 +39,13 @@ from dicomkeep.common.ports.index import (
     Resource,
     Statistics,
 )
+from dicomkeep.common.timestamps import now_stamp
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LAST_UPDATE = 7
 DICOM = 1
-
-
-def now_stamp() -> str:
-    """Return the current UTC time in Orthanc's index format, `YYYYMMDDTHHMMSS`."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
 
 
 def md5_hex(value: bytes | str) -> str:

@@ -14,6 +14,7 @@ from dicomkeep.common.events import ChangeType, StoreInstance, StoreStatus
 from dicomkeep.common.ids import Level
 from dicomkeep.common.ports.database import Tx
 from dicomkeep.common.series_status import SeriesStatus, series_status
+from dicomkeep.common.timestamps import now_stamp
 
 if TYPE_CHECKING:
     from dicomkeep.common.adapters.sql_index import PendingChanges, SqlIndex
@@ -37,7 +38,7 @@ class StoreTransaction:
 
     async def run(self) -> StoreStatus:
         """Store the instance; return Success or AlreadyStored."""
-        from dicomkeep.common.adapters.sql_index import PendingChanges, now_stamp
+        from dicomkeep.common.adapters.sql_index import PendingChanges
 
         command = self.command
         tx = self.tx

@@ -1,0 +1,48 @@
+# DicomKeep: `make run` serves all-in-one; `make test` runs every test.
+# Both install what they need first (Python 3.11 and make are all a machine needs).
+
+PYTHON ?= python3.11
+UV_VERSION ?= 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+CONFIG ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-unit test-integration lint test-deps services cluster cluster-stop bench clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.installed: $(UV) pyproject.toml uv.lock libs/common/pyproject.toml $(wildcard services/*/pyproject.toml)
+	$(UV) sync --all-packages --frozen --python $(PYTHON)
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/dicomkeep serve $(CONFIG)
+
+# DCMTK gives the real DICOM peers the tests use; the backends must be up.
+test-deps:
+	@scripts/test-deps.sh
+
+services:
+	@scripts/ensure-services.sh
+
+test: install test-deps services
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(VENV)/bin/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+test-integration: install test-deps services
+	$(VENV)/bin/python -m pytest -m integration $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check libs services tests bench
+	$(VENV)/bin/mypy libs/common/src services/*/src
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,186 @@
+"""Receive one DICOM file: parse, write its blobs, have the indexer commit it.
+
+Shared by ingest (C-STORE) and gateway (POST /instances): ARCHITECTURE.md steps
+1-2. The answer comes only after the indexer committed (step 4), so a success
+means durable and visible to every reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, write_attachment
+from dicomkeep.common.dicom import ParsedInstance, dicom_prefix, parse_instance
+from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.events import (
+    STORE_QUEUE,
+    AttachmentInfo,
+    StoreInstance,
+    StoreReply,
+    StoreStatus,
+)
+from dicomkeep.common.ids import Level
+from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.ports.bus import Bus, BusTimeout
+from dicomkeep.common.timestamps import now_stamp
+
+log = logging.getLogger(__name__)
+
+# Core metadata keys (ORTHANC_API.md §3).
+INDEX_IN_SERIES = 1
+RECEPTION_DATE = 2
+REMOTE_AET = 3
+EXPECTED_INSTANCES = 4
+ORIGIN = 8
+TRANSFER_SYNTAX = 9
+SOP_CLASS_UID = 10
+REMOTE_IP = 11
+CALLED_AET = 12
+HTTP_USERNAME = 13
+PIXEL_DATA_OFFSET = 14
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an instance came from (recorded as core metadata)."""
+
+    protocol: str  # "DicomProtocol" or "RestApi"
+    remote_ip: str = ""
+    remote_aet: str = ""
+    called_aet: str = ""
+    http_username: str = ""
+
+
+@dataclass(frozen=True)
+class Received:
+    """The outcome of one receive: the parsed instance and the indexer's reply."""
+
+    parsed: ParsedInstance
+    reply: StoreReply
+
+
+def build_command(
+    parsed: ParsedInstance,
+    attachments: list[AttachmentInfo],
+    origin: Origin,
+    *,
+    overwrite: bool,
+) -> StoreInstance:
+    """Build the StoreInstance command with the core metadata of ORTHANC_API.md §3."""
+    received_at = now_stamp()
+    instance: dict[int, str] = {
+        RECEPTION_DATE: received_at,
+        REMOTE_AET: origin.remote_aet,
+        ORIGIN: origin.protocol,
+        TRANSFER_SYNTAX: parsed.transfer_syntax,
+        SOP_CLASS_UID: parsed.sop_class_uid,
+    }
+    if origin.remote_ip:
+        instance[REMOTE_IP] = origin.remote_ip
+    if origin.protocol == "DicomProtocol":
+        instance[CALLED_AET] = origin.called_aet
+    if origin.protocol == "RestApi":
+        instance[HTTP_USERNAME] = origin.http_username
+    if parsed.index_in_series is not None:
+        instance[INDEX_IN_SERIES] = str(parsed.index_in_series)
+    if parsed.pixel_data_offset is not None:
+        instance[PIXEL_DATA_OFFSET] = str(parsed.pixel_data_offset)
+    series: dict[int, str] = {REMOTE_AET: origin.remote_aet}
+    if parsed.expected_instances is not None:
+        series[EXPECTED_INSTANCES] = str(parsed.expected_instances)
+    patient_id, study_id, series_id, instance_id = parsed.ids
+    return StoreInstance(
+        patient_id=patient_id,
+        study_id=study_id,
+        series_id=series_id,
+        instance_id=instance_id,
+        patient_uid=parsed.patient_uid,
+        study_uid=parsed.study_uid,
+        series_uid=parsed.series_uid,
+        sop_uid=parsed.sop_uid,
+        main_tags=parsed.main_tags,
+        metadata={Level.INSTANCE: instance, Level.SERIES: series},
+        attachments=attachments,
+        overwrite=overwrite,
+        received_at=received_at,
+    )
+
+
+Submit = Callable[[StoreInstance], Awaitable[StoreReply]]
+
+
+def bus_submitter(bus: Bus, timeout: float) -> Submit:
+    """Return a Submit that sends StoreInstance commands to the indexer over the bus."""
+
+    async def submit(command: StoreInstance) -> StoreReply:
+        body = await bus.request(
+            STORE_QUEUE,
+            command.model_dump_json().encode(),
+            {"x-dicomkeep-type": "StoreInstance"},
+            timeout,
+        )
+        return StoreReply.model_validate_json(body)
+
+    return submit
+
+
+class Receiver:
+    """Receive DICOM files: the store data flow up to the indexer's reply."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        submit: Submit,
+        *,
+        compression: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        self.blobs = blobs
+        self.submit = submit
+        self.compression = compression
+        self.overwrite = overwrite
+
+    async def receive(self, data: bytes, origin: Origin) -> Received:
+        """Store one DICOM file; raise OrthancError when it is refused.
+
+        Bad input raises before anything is written. When the indexer answers a
+        failure, the blobs just written are removed again; when it does not answer
+        at all, they are left to the orphan collector (the commit may have happened).
+        """
+        parsed = await asyncio.to_thread(parse_instance, data)
+        attachments = [
+            await write_attachment(self.blobs, DICOM, data, compressed=self.compression)
+        ]
+        try:
+            prefix = dicom_prefix(data, parsed)
+            if self.compression and prefix is not None:
+                attachments.append(
+                    await write_attachment(
+                        self.blobs, DICOM_UNTIL_PIXEL_DATA, prefix, compressed=True
+                    )
+                )
+            command = build_command(parsed, attachments, origin, overwrite=self.overwrite)
+            reply = await self.submit(command)
+        except BusTimeout as error:
+            log.error("store timed out instance=%s", parsed.ids[3])
+            raise OrthancError(ErrorCode.TIMEOUT, "The indexer did not answer") from error
+        except Exception:
+            # The indexer refused or failed before committing: nothing refers to
+            # these blobs. (A cancelled request is left to the orphan collector.)
+            await self._discard(attachments)
+            raise
+        if reply.status is StoreStatus.FAILURE:
+            await self._discard(attachments)
+            code = ErrorCode[reply.error_code] if reply.error_code else ErrorCode.INTERNAL_ERROR
+            raise OrthancError(code, reply.details)
+        return Received(parsed=parsed, reply=reply)
+
+    async def _discard(self, attachments: list[AttachmentInfo]) -> None:
+        for info in attachments:
+            try:
+                await self.blobs.delete(info.uuid)
+            except Exception:  # the orphan collector will get it
+                log.exception("could not remove blob %s", info.uuid)

@@ -1,0 +1,104 @@
+"""The `dicomkeep` command: serve all-in-one, run one service, write a sample config.
+
+Mirrors Orthanc's synopsis: `dicomkeep [OPTION]... [CONFIGURATION]`, with
+`--config=FILE` writing an annotated configuration and `--version`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
+
+SERVICES = ("gateway", "ingest", "indexer", "storage", "stability")
+ORTHANC_VERSION = "1.12.4"
+
+
+def dicomkeep_version() -> str:
+    """Return the installed DicomKeep version."""
+    return version("dicomkeep-allinone")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicomkeep",
+        description="DicomKeep: a DICOM server with an Orthanc-compatible REST API.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--config", metavar="FILE", help="write an annotated sample configuration to FILE and exit"
+    )
+    parser.add_argument("--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--trace", action="store_true", help="log at DEBUG level")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run every service in one process")
+    serve.add_argument("configuration", nargs="?", help="an Orthanc-style JSON file or folder")
+    run = commands.add_parser("run", help="run one service (distributed mode)")
+    run.add_argument("service", choices=SERVICES)
+    run.add_argument("configuration", nargs="?", help="an Orthanc-style JSON file or folder")
+    run.add_argument("--http-port", type=int, help="gateway: override HttpPort")
+    run.add_argument("--ops-port", type=int, help="override DicomKeep.OpsPort")
+    generate = commands.add_parser("generate", help="write a synthetic DICOM data set")
+    generate.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _configure_logging(verbose: bool, trace: bool) -> None:
+    level = logging.DEBUG if trace else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("dicomkeep").setLevel(min(level, logging.INFO))
+
+
+def _load(path: str | None) -> Settings:
+    try:
+        return load_settings(Path(path) if path else None)
+    except ConfigError as error:
+        sys.stderr.write(f"dicomkeep: bad configuration: {error}\n")
+        raise SystemExit(2) from error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _parser().parse_args(argv)
+    if args.version:
+        sys.stdout.write(
+            f"DicomKeep {dicomkeep_version()} (Orthanc {ORTHANC_VERSION} REST API)\n"
+        )
+        return 0
+    if args.config:
+        Path(args.config).write_text(sample_configuration(), encoding="utf-8")
+        return 0
+    if args.command == "generate":
+        from dicomkeep.common.synthetic import main as generate_main
+
+        return generate_main(args.args)
+    _configure_logging(args.verbose, args.trace)
+    if args.command in (None, "serve"):
+        from dicomkeep.allinone.app import AllInOne, run_until_signalled
+
+        settings = _load(getattr(args, "configuration", None))
+        asyncio.run(run_until_signalled(AllInOne(settings)))
+        return 0
+    from dicomkeep.allinone.app import run_until_signalled
+    from dicomkeep.allinone.single import build_service
+
+    settings = _load(args.configuration)
+    service = build_service(
+        args.service, settings, http_port=args.http_port, ops_port=args.ops_port
+    )
+    asyncio.run(run_until_signalled(service))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

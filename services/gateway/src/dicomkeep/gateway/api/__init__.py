@@ -1,0 +1,1 @@
+"""The FastAPI routers of the Orthanc-compatible REST API, one module per area."""

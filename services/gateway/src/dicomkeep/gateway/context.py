@@ -1,0 +1,28 @@
+"""What the gateway's routes work with: the settings and one instance of each port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.ports.bus import Bus
+from dicomkeep.common.ports.clock import StabilityClock
+from dicomkeep.common.ports.index import Index
+from dicomkeep.common.receiving import Receiver
+from dicomkeep.common.settings import Settings
+
+
+@dataclass
+class GatewayContext:
+    """The adapters the REST API uses, already opened by the composition root.
+
+    The app never opens or closes them: `main.GatewayService` (or a test) owns
+    their life cycle.
+    """
+
+    settings: Settings
+    index: Index
+    blobs: BlobStore
+    bus: Bus
+    clock: StabilityClock
+    receiver: Receiver

@@ -1,0 +1,228 @@
+"""Receive over DICOM and REST, browse over REST: the first day of an Orthanc user."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+from io import BytesIO
+from pathlib import Path
+
+import httpx
+import pytest
+from pydicom import dcmread
+from pynetdicom import AE, StoragePresentationContexts
+
+from dicomfiles import SAMPLES, expected_ids, sample_path
+from servers import Server, dcmtk
+
+from dicomkeep.common.synthetic import generate_study, write_files
+
+
+#: Same SOP Instance UID as MR_small.dcm: stored once, the others answer AlreadyStored.
+SAME_SOP_AS_MR_SMALL = {"MR_small_implicit.dcm", "MR_small_bigendian.dcm"}
+
+
+def stored_blob_files(server: Server) -> list[Path]:
+    assert server.storage_dir is not None
+    return [p for p in server.storage_dir.rglob("*") if p.is_file() and len(p.name) == 36]
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_echoscu(server: Server) -> None:
+    result = subprocess.run(
+        [dcmtk("echoscu"), "-aec", server.aet, "127.0.0.1", str(server.dicom_port)],
+        capture_output=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_storescu_samples_then_browse(clean: Server) -> None:
+    paths = [sample_path(name) for name in SAMPLES]
+    result = subprocess.run(
+        [dcmtk("storescu"), "-aec", clean.aet, "-aet", "MODALITY1", "+sd", "-xs",
+         "127.0.0.1", str(clean.dicom_port), *map(str, paths)],
+        capture_output=True, timeout=120, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = {expected_ids(p)[3] for p in paths}
+    with clean.client() as client:
+        assert set(client.get("/instances").json()) == expected
+        ct = sample_path("CT_small.dcm")
+        patient_id, study_id, series_id, instance_id = expected_ids(ct)
+        instance = client.get(f"/instances/{instance_id}").json()
+        assert instance["ParentSeries"] == series_id
+        assert instance["FileSize"] == ct.stat().st_size
+        assert instance["MainDicomTags"]["SOPInstanceUID"] == dcmread(ct).SOPInstanceUID
+        study = client.get(f"/studies/{study_id}").json()
+        assert study["ParentPatient"] == patient_id
+        assert study["PatientMainDicomTags"]["PatientID"] == "1CT1"
+        metadata = client.get(f"/instances/{instance_id}/metadata?expand").json()
+        assert metadata["Origin"] == "DicomProtocol"
+        assert metadata["RemoteAET"] == "MODALITY1"
+        assert metadata["CalledAET"] == clean.aet
+        assert metadata["RemoteIP"] == "127.0.0.1"
+        assert metadata["TransferSyntax"] == "1.2.840.10008.1.2.1"
+        assert metadata["SopClassUid"] == "1.2.840.10008.5.1.4.1.1.2"
+        # What comes back is the dataset that was sent (pixel data included).
+        for path in paths:
+            body = client.get(f"/instances/{expected_ids(path)[3]}/file").content
+            returned, original = dcmread(BytesIO(body)), dcmread(path)
+            assert returned.SOPInstanceUID == original.SOPInstanceUID
+            if "PixelData" in original and path.name not in SAME_SOP_AS_MR_SMALL:
+                assert returned.PixelData == original.PixelData, path.name
+        russian = client.get(f"/instances/{expected_ids(sample_path('chrRuss.dcm'))[3]}/simplified-tags").json()
+        assert russian["PatientName"] == dcmread(sample_path("chrRuss.dcm")).PatientName.original_string.decode("iso8859_5")
+
+
+def test_pynetdicom_store_and_rest_shapes(clean: Server) -> None:
+    study = generate_study(series=2, instances_per_series=3, seed=7)
+    ae = AE(ae_title="PYSCU")
+    ae.requested_contexts = StoragePresentationContexts[:100]
+    assoc = ae.associate("127.0.0.1", clean.dicom_port, ae_title=clean.aet)
+    assert assoc.is_established
+    try:
+        for item in study:
+            status = assoc.send_c_store(dcmread(BytesIO(item.data)))
+            assert status.Status == 0x0000
+    finally:
+        assoc.release()
+    with clean.client() as client:
+        patients = client.get("/patients").json()
+        assert len(patients) == 1
+        patient = client.get(f"/patients/{patients[0]}").json()
+        assert set(patient) >= {"ID", "Type", "MainDicomTags", "Studies", "IsStable", "LastUpdate"}
+        assert patient["Type"] == "Patient"
+        series = client.get(f"/studies/{patient['Studies'][0]}/series").json()
+        assert len(series) == 2
+        assert all(s["Status"] == "Complete" for s in series)
+        assert all(s["ExpectedNumberOfInstances"] == 3 for s in series)
+        stats = client.get("/statistics").json()
+        assert stats["CountInstances"] == 6 and stats["CountSeries"] == 2
+        changes = client.get("/changes?limit=1000").json()["Changes"]
+        types = [c["ChangeType"] for c in changes]
+        assert types.count("NewInstance") >= 6
+
+
+def test_rest_upload_already_stored_and_changes(clean: Server) -> None:
+    data = sample_path("CT_small.dcm").read_bytes()
+    with clean.client() as client:
+        first = client.post("/instances", content=data)
+        assert first.status_code == 200
+        body = first.json()
+        patient_id, study_id, series_id, instance_id = expected_ids(sample_path("CT_small.dcm"))
+        assert body == {
+            "ID": instance_id, "ParentPatient": patient_id, "ParentStudy": study_id,
+            "ParentSeries": series_id, "Path": f"/instances/{instance_id}", "Status": "Success",
+        }
+        last = client.get("/changes?last").json()["Last"]
+        blobs_before = len(stored_blob_files(clean))
+        second = client.post("/instances", content=data)
+        assert second.status_code == 200 and second.json()["Status"] == "AlreadyStored"
+        assert client.get("/changes?last").json()["Last"] == last
+        meta = client.get(f"/instances/{instance_id}/metadata?expand").json()
+        assert meta["Origin"] == "RestApi" and meta["RemoteAET"] == ""
+        # The duplicate's blob is collected; the stored copy stays.
+        wait_until(lambda: len(stored_blob_files(clean)) == blobs_before, what="duplicate blob removal")
+        assert client.get(f"/instances/{instance_id}/file").content == data
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"not a dicom file at all", sample_path("CT_small.dcm").read_bytes()[:2000],
+     sample_path("CT_small.dcm").read_bytes()[:-100]],
+    ids=["empty", "garbage", "truncated-header", "truncated-pixels"],
+)
+def test_bad_upload_is_refused_and_leaves_nothing(clean: Server, payload: bytes) -> None:
+    with clean.client() as client:
+        answer = client.post("/instances", content=payload)
+        assert answer.status_code == 400
+        error = answer.json()
+        assert error["HttpStatus"] == 400 and error["OrthancStatus"] == 15
+        assert error["Method"] == "POST" and error["Uri"] == "/instances"
+        assert client.get("/instances").json() == []
+        assert client.get("/system").status_code == 200
+    assert stored_blob_files(clean) == []
+
+
+def test_malformed_cstore_gets_failure_status_and_leaves_nothing(clean: Server) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.SOPInstanceUID = generate_uid()
+    ds.PatientID = "BAD"
+    ds.StudyInstanceUID = ""  # present but empty: Orthanc refuses the file
+    ds.SeriesInstanceUID = generate_uid()
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
+    assoc = ae.associate("127.0.0.1", clean.dicom_port, ae_title=clean.aet)
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(ds)
+        assert status.Status != 0x0000
+        assert status.Status & 0xF000 in (0xA000, 0xC000)
+    finally:
+        assoc.release()
+    with clean.client() as client:
+        assert client.get("/instances").json() == []
+    assert stored_blob_files(clean) == []
+
+
+def test_delete_removes_blobs_and_reports_ancestor(clean: Server, tmp_path: Path) -> None:
+    study = generate_study(series=1, instances_per_series=2, seed=11)
+    files = write_files(study, tmp_path)
+    result = subprocess.run(
+        [dcmtk("storescu"), "-aec", clean.aet, "127.0.0.1", str(clean.dicom_port), *map(str, files)],
+        capture_output=True, timeout=60,
+    )
+    assert result.returncode == 0
+    with clean.client() as client:
+        instances = client.get("/instances").json()
+        assert len(instances) == 2
+        answer = client.delete(f"/instances/{instances[0]}").json()
+        assert answer["RemainingAncestor"]["Type"] == "Series"
+        answer = client.delete(f"/instances/{instances[1]}").json()
+        assert answer == {"RemainingAncestor": None}
+        assert client.get("/patients").json() == []
+        assert client.get(f"/instances/{instances[0]}").status_code == 404
+    wait_until(lambda: stored_blob_files(clean) == [], what="blob removal after delete")
+
+
+def test_zip_upload(clean: Server) -> None:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a/ct.dcm", sample_path("CT_small.dcm").read_bytes())
+        archive.writestr("b/mr.dcm", sample_path("MR_small.dcm").read_bytes())
+        archive.writestr("readme.txt", b"not dicom")
+    with clean.client() as client:
+        answer = client.post("/instances", content=buffer.getvalue())
+        assert answer.status_code == 200
+        assert sorted(item["Status"] for item in answer.json()) == ["Success", "Success"]
+        assert len(client.get("/instances").json()) == 2
+
+
+def test_unknown_routes_and_methods(server: Server) -> None:
+    with server.client() as client:
+        missing = client.get("/nope")
+        assert missing.status_code == 404 and missing.content == b""
+        wrong = client.post("/patients")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+        assert client.get("/patients/nope").status_code == 404
+        system = client.get("/system").json()
+        assert system["DicomAet"] == server.aet and system["DicomPort"] == server.dicom_port
+        assert system["Version"] == "1.12.4"
+        assert "DicomKeepVersion" in system
+        assert isinstance(httpx.get(f"{server.url}/tools/now").text, str)
