@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from backends import PG_ADMIN_DSN, REDIS_URL, pg_dsn
 
 VENV_BIN = Path(sys.executable).parent
 DICOMKEEP = str(VENV_BIN / "dicomkeep")
@@ -66,6 +67,8 @@ class Server:
     config: dict[str, Any]
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     mode: str = "allinone"
+    state_dir: Path | None = None
+    s3_endpoint: str = ""
 
     @property
     def url(self) -> str:
@@ -123,3 +126,84 @@ def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 20
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    tool = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    try:
+        return subprocess.run([tool, *args], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _pg(statement: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def _http_port_pair() -> int:
+    """Return a port P such that P and P + 1 are both free (two gateway replicas)."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+@contextmanager
+def cluster_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[Server]:
+    """Start a distributed cluster (`dicomkeep cluster start`) on its own database,
+    RabbitMQ virtual host and Redis database; tear all of them down afterwards."""
+    from dicomkeep.allinone import cluster
+
+    name = f"dk_it_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    vhost = name if _rabbitmqctl("add_vhost", name) else ""
+    if vhost:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    redis_db = 1 + (os.getpid() % 15)
+    import redis as redis_client
+
+    redis_url = REDIS_URL.rsplit("/", 1)[0] + f"/{redis_db}"
+    redis_client.Redis.from_url(redis_url).flushdb()
+    http_port, dicom_port = _http_port_pair(), free_port()
+    config: dict[str, Any] = {
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": "DICOMKEEP",
+        "StableAge": 2,
+        "PostgreSQL": {"ConnectionUri": pg_dsn(name)},
+        "RabbitMQ": {"Url": f"amqp://guest:guest@127.0.0.1:5672/{vhost}"},
+        "Redis": {"Url": redis_url},
+        "AwsS3Storage": {"BucketName": "dicomkeep-it"},
+        **(extra or {}),
+    }
+    path = write_config(tmp, config)
+    state_dir = tmp / "cluster"
+    try:
+        # The configuration file names this cluster's backends: drop overrides.
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
+        state = cluster.start(str(path), state_dir, environ=environ)
+        yield Server(
+            urls=[f"http://127.0.0.1:{p}" for p in state.http_ports],
+            dicom_port=dicom_port, aet="DICOMKEEP", storage_dir=None, config=config,
+            mode="distributed", state_dir=state_dir, s3_endpoint=state.s3_endpoint,
+        )
+    finally:
+        cluster.stop(state_dir)
+        _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if vhost:
+            _rabbitmqctl("delete_vhost", vhost)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from dicomkeep.common.events import (
     StoreStatus,
 )
 from dicomkeep.common.ids import Level
+from dicomkeep.common.metrics import INSTANCES_RECEIVED, RECEIVE_SECONDS
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus, BusTimeout
 from dicomkeep.common.timestamps import now_stamp
@@ -150,6 +152,7 @@ class Receiver:
         failure, the blobs just written are removed again; when it does not answer
         at all, they are left to the orphan collector (the commit may have happened).
         """
+        started = time.perf_counter()
         parsed = await asyncio.to_thread(parse_instance, data)
         attachments = [
             await write_attachment(self.blobs, DICOM, data, compressed=self.compression)
@@ -172,6 +175,8 @@ class Receiver:
             # these blobs. (A cancelled request is left to the orphan collector.)
             await self._discard(attachments)
             raise
+        RECEIVE_SECONDS.observe(time.perf_counter() - started)
+        INSTANCES_RECEIVED.labels(origin.protocol, reply.status.value).inc()
         if reply.status is StoreStatus.FAILURE:
             await self._discard(attachments)
             code = ErrorCode[reply.error_code] if reply.error_code else ErrorCode.INTERNAL_ERROR

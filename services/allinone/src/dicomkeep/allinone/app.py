@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import uvicorn
-
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import make_bus, make_index, open_blobs, open_clock
 from dicomkeep.gateway import main as gateway

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("configuration", nargs="?", help="an Orthanc-style JSON file or folder")
     run.add_argument("--http-port", type=int, help="gateway: override HttpPort")
     run.add_argument("--ops-port", type=int, help="override DicomKeep.OpsPort")
+    cluster = commands.add_parser("cluster", help="start or stop a local distributed cluster")
+    cluster.add_argument("action", choices=("start", "stop"))
+    cluster.add_argument("configuration", nargs="?", help="an Orthanc-style JSON file or folder")
+    cluster.add_argument("--state-dir", default=".cluster", help="where pids and logs go")
     generate = commands.add_parser("generate", help="write a synthetic DICOM data set")
     generate.add_argument("args", nargs=argparse.REMAINDER)
     return parser
@@ -83,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return generate_main(args.args)
     _configure_logging(args.verbose, args.trace)
+    if args.command == "cluster":
+        return _cluster(args.action, args.configuration, Path(args.state_dir))
     if args.command in (None, "serve"):
         from dicomkeep.allinone.app import AllInOne, run_until_signalled
 
@@ -97,6 +103,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.service, settings, http_port=args.http_port, ops_port=args.ops_port
     )
     asyncio.run(run_until_signalled(service))
+    return 0
+
+
+def _cluster(action: str, configuration: str | None, state_dir: Path) -> int:
+    from dicomkeep.allinone import cluster
+
+    if action == "stop":
+        count = cluster.stop(state_dir)
+        sys.stdout.write(f"stopped {count} processes\n")
+        return 0
+    try:
+        state = cluster.start(configuration, state_dir)
+    except (RuntimeError, ConfigError) as error:
+        sys.stderr.write(f"dicomkeep: cluster did not start: {error}\n")
+        return 1
+    urls = " ".join(f"http://127.0.0.1:{port}" for port in state.http_ports)
+    sys.stdout.write(
+        f"cluster ready: REST {urls}, DICOM port {state.dicom_port}, "
+        f"S3 {state.s3_endpoint}, logs in {state_dir}/\n"
+    )
     return 0
 
 

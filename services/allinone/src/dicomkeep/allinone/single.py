@@ -1,8 +1,13 @@
-"""`dicomkeep run SERVICE`: one service alone, on the adapters the settings choose."""
+"""`dicomkeep run SERVICE`: one service alone, on the adapters the settings choose,
+with its ops port (`/livez`, `/readyz`, `/metrics`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from dicomkeep.allinone.app import HttpServer, Service, http_host
+from dicomkeep.common.ids import Level
+from dicomkeep.common.ops import Check, OpsServer
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway import main as gateway
 from dicomkeep.indexer import main as indexer
@@ -10,8 +15,10 @@ from dicomkeep.ingest import main as ingest
 from dicomkeep.stability import main as stability
 from dicomkeep.storage import main as storage
 
+OPS_EXCHANGE = "dicomkeep.ops"
 
-class _Chain:
+
+class Chain:
     """Start services in order, stop them in reverse."""
 
     def __init__(self, *services: Service) -> None:
@@ -26,20 +33,42 @@ class _Chain:
             await service.stop()
 
 
+def dependency_checks(service: Any) -> dict[str, Check]:
+    """Readiness checks of the adapters a service holds: one cheap call each."""
+    checks: dict[str, Check] = {}
+    if getattr(service, "index", None) is not None:
+        checks["index"] = lambda: service.index.get_property("readyz")
+    if getattr(service, "blobs", None) is not None:
+        checks["blobs"] = lambda: service.blobs.exists("readyz")
+    if getattr(service, "bus", None) is not None:
+        checks["bus"] = lambda: service.bus.publish(OPS_EXCHANGE, "readyz", b"", {})
+    if getattr(service, "clock", None) is not None:
+        checks["clock"] = lambda: service.clock.is_unstable(Level.PATIENT, "readyz")
+    return checks
+
+
 def build_service(
     name: str, settings: Settings, *, http_port: int | None = None, ops_port: int | None = None
 ) -> Service:
     """Build one service by name (gateway, ingest, indexer, storage, stability)."""
+    parts: list[Service] = []
     if name == "gateway":
-        api = gateway.build(settings)
+        core: Any = gateway.build(settings)
         port = http_port if http_port is not None else settings.http_port
-        return _Chain(api, HttpServer(api.app, http_host(settings), port))
-    if name == "ingest":
-        return ingest.build(settings)
-    if name == "indexer":
-        return indexer.build(settings)
-    if name == "storage":
-        return storage.build(settings)
-    if name == "stability":
-        return stability.build(settings)
-    raise ValueError(f"unknown service {name}")
+        parts = [core, HttpServer(core.app, http_host(settings), port)]
+    elif name == "ingest":
+        core = ingest.build(settings)
+    elif name == "indexer":
+        core = indexer.build(settings)
+    elif name == "storage":
+        core = storage.build(settings)
+    elif name == "stability":
+        core = stability.build(settings)
+    else:
+        raise ValueError(f"unknown service {name}")
+    parts = parts or [core]
+    port = ops_port if ops_port is not None else settings.dicomkeep.ops_port
+    if port:
+        target = getattr(core, "context", None) or core
+        parts.append(OpsServer(port, lambda: dependency_checks(target), host="0.0.0.0"))
+    return Chain(*parts)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 
 from dicomkeep.common.events import CHANGES_EXCHANGE, SCHEMA_VERSION, StoreInstance
+from dicomkeep.common.metrics import CHANGES_PUBLISHED, STORE_TRANSACTIONS
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.index import Index
 
@@ -20,6 +21,7 @@ async def store(index: Index, body: bytes) -> bytes:
     """
     command = StoreInstance.model_validate_json(body)
     reply = await index.store_instance(command)
+    STORE_TRANSACTIONS.labels(reply.status.value).inc()
     log.debug("stored instance=%s status=%s seq=%s", reply.instance_id, reply.status, reply.seq)
     return reply.model_dump_json().encode()
 
@@ -49,6 +51,7 @@ async def relay_outbox(index: Index, bus: Bus, *, batch: int = 500) -> int:
                 headers,
             )
             done.append(change.seq)
+            CHANGES_PUBLISHED.inc()
     finally:
         await index.outbox_done(done)
     return len(done)

@@ -14,11 +14,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.receiving import Origin, Receiver
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 

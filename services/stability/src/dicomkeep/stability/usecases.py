@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from dicomkeep.common.events import STABLE_CHANGE, Change, ChangeType
 from dicomkeep.common.ids import Level, orthanc_id, resource_path
+from dicomkeep.common.metrics import STABLE_EVENTS
 from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.ports.index import Index
 
@@ -60,5 +61,6 @@ async def emit_stable(
             STABLE_CHANGE[level], level.value, public_id, resource_path(level, public_id)
         )
         emitted.append(change)
+        STABLE_EVENTS.labels(level.value).inc()
         log.info("stable resource=%s id=%s seq=%d", level.value, public_id, change.seq)
     return emitted

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from dicomkeep.common.metrics import BLOBS_DELETED
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.index import Index
 
@@ -22,6 +23,7 @@ async def purge_released(index: Index, blobs: BlobStore, *, batch: int = 500) ->
     for key in keys:
         if key not in still_used:
             await blobs.delete(key)
+            BLOBS_DELETED.labels("released").inc()
     await index.blobs_deleted(keys)
     if keys:
         log.info("purged blobs count=%d", len(keys) - len(still_used))
@@ -45,6 +47,7 @@ async def collect_orphans(
         for key in keys:
             if key not in used:
                 await blobs.delete(key)
+                BLOBS_DELETED.labels("orphan").inc()
                 log.info("collected orphan blob key=%s", key)
         return len(keys) - len(used)
 

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from dicomkeep.common.ports.database import RetryableError, Tx
@@ -56,14 +57,33 @@ class PostgresDatabase:
         self._locks: list[asyncpg.Connection] = []
 
     async def open(self, schema: Sequence[str]) -> None:
-        """Create the pool and apply the schema under an advisory lock."""
-        self._pool = await asyncpg.create_pool(
-            self._dsn, min_size=1, max_size=self._size, statement_cache_size=256
-        )
+        """Create the database if missing, the pool, and apply the schema under a lock."""
+        try:
+            self._pool = await self._create_pool()
+        except asyncpg.InvalidCatalogNameError:
+            await self._create_database()
+            self._pool = await self._create_pool()
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             for statement in schema:
                 await conn.execute(statement)
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            self._dsn, min_size=1, max_size=self._size, statement_cache_size=256
+        )
+        return pool
+
+    async def _create_database(self) -> None:
+        """Create the configured database, connecting to the `postgres` one."""
+        name = urlsplit(self._dsn).path.lstrip("/") or "postgres"
+        admin = await asyncpg.connect(self._dsn, database="postgres")
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
 
     async def close(self) -> None:
         """Close the pool and the lock connections."""

@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from dicomkeep.common.adapters.bus_errors import BusError
+
+__all__ = ["Bus", "BusError", "BusTimeout", "Consumer", "Responder"]
+
 #: A consumer: gets the body and headers; raising makes the message be redelivered
 #: (and dead-lettered after repeated failures).
 Consumer = Callable[[bytes, Mapping[str, str]], Awaitable[None]]

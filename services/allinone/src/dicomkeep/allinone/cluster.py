@@ -1,0 +1,205 @@
+"""`dicomkeep cluster start|stop`: a local distributed deployment as processes.
+
+2 gateways (HttpPort and HttpPort + 1), 2 indexers, and one ingest, storage and
+stability, on the PostgreSQL, RabbitMQ and Redis that the configuration (or the
+DICOMKEEP_* variables) names, and on an S3 endpoint: moto's server is started
+when none is configured. `start` returns once every process is ready; `stop`
+stops exactly the processes listed in the state folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from dicomkeep.common.settings import Settings, load_settings
+
+STATE_FILE = "cluster.json"
+
+
+@dataclass
+class Member:
+    """One process of the cluster."""
+
+    name: str
+    pid: int
+    ready_url: str
+    log: str
+
+
+@dataclass
+class ClusterState:
+    """What `start` launched (written to the state folder for `stop`)."""
+
+    members: list[Member] = field(default_factory=list)
+    http_ports: list[int] = field(default_factory=list)
+    dicom_port: int = 0
+    s3_endpoint: str = ""
+
+
+def free_port() -> int:
+    """Return a TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:  # noqa: S310 - loopback
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _spawn(
+    state_dir: Path, name: str, argv: list[str], env: dict[str, str], ready_url: str
+) -> Member:
+    log_path = state_dir / f"{name}.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    return Member(name=name, pid=process.pid, ready_url=ready_url, log=str(log_path))
+
+
+def start(
+    config: str | None,
+    state_dir: Path,
+    *,
+    gateways: int = 2,
+    indexers: int = 2,
+    timeout: float = 90.0,
+    environ: Mapping[str, str] | None = None,
+) -> ClusterState:
+    """Launch the cluster and wait until every member is ready.
+
+    Raises RuntimeError (after stopping what it started) when a member dies or
+    does not become ready in time.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if (state_dir / STATE_FILE).exists():
+        stop(state_dir)
+    base_env = os.environ if environ is None else environ
+    env = {**base_env, "ORTHANC__DICOM_KEEP__MODE": "distributed"}
+    settings: Settings = load_settings(config, environ=env)
+    state = ClusterState(dicom_port=settings.dicom_port)
+    try:
+        endpoint = settings.aws_s3_storage.endpoint
+        if not endpoint:
+            port = free_port()
+            endpoint = f"http://127.0.0.1:{port}"
+            state.members.append(
+                _spawn(
+                    state_dir, "s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                    env, f"{endpoint}/moto-api/",
+                )
+            )
+            env["DICOMKEEP_S3_ENDPOINT"] = endpoint
+        state.s3_endpoint = endpoint
+        _wait(state, timeout)  # S3 first: services create the bucket on start
+        base = [_bin("dicomkeep"), "--verbose", "run"]
+        tail = [config] if config else []
+        plan: list[tuple[str, list[str], str]] = []
+        for n in range(indexers):
+            ops = free_port()
+            plan.append((f"indexer-{n + 1}", [*base, "indexer", *tail, "--ops-port", str(ops)],
+                         f"http://127.0.0.1:{ops}/readyz"))
+        for name in ("storage", "stability"):
+            ops = free_port()
+            plan.append((name, [*base, name, *tail, "--ops-port", str(ops)],
+                         f"http://127.0.0.1:{ops}/readyz"))
+        for n in range(gateways):
+            http = settings.http_port + n
+            state.http_ports.append(http)
+            ops = free_port()
+            plan.append((f"gateway-{n + 1}",
+                         [*base, "gateway", *tail, "--http-port", str(http), "--ops-port", str(ops)],
+                         f"http://127.0.0.1:{http}/system"))
+        ops = free_port()
+        plan.append(("ingest", [*base, "ingest", *tail, "--ops-port", str(ops)],
+                     f"http://127.0.0.1:{ops}/readyz"))
+        for name, argv, url in plan:
+            state.members.append(_spawn(state_dir, name, argv, env, url))
+        _save(state_dir, state)
+        _wait(state, timeout)
+    except BaseException:
+        _save(state_dir, state)
+        stop(state_dir)
+        raise
+    return state
+
+
+def _wait(state: ClusterState, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = [m for m in state.members]
+    while pending:
+        for member in list(pending):
+            if not _alive(member.pid):
+                raise RuntimeError(f"{member.name} exited; see {member.log}")
+            if _is_ready(member.ready_url):
+                pending.remove(member)
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(m.name for m in pending)
+            raise RuntimeError(f"not ready in {timeout:.0f} s: {names}")
+        if pending:
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _save(state_dir: Path, state: ClusterState) -> None:
+    (state_dir / STATE_FILE).write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
+
+
+def load_state(state_dir: Path) -> ClusterState | None:
+    """Read what `start` launched, if anything."""
+    path = state_dir / STATE_FILE
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["members"] = [Member(**m) for m in raw["members"]]
+    return ClusterState(**raw)
+
+
+def stop(state_dir: Path, *, timeout: float = 20.0) -> int:
+    """SIGTERM every recorded process (SIGKILL at the deadline); return how many."""
+    state = load_state(state_dir)
+    if state is None:
+        return 0
+    for member in reversed(state.members):
+        if _alive(member.pid):
+            os.kill(member.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for member in state.members:
+        while _alive(member.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(member.pid):
+            os.kill(member.pid, signal.SIGKILL)
+    (state_dir / STATE_FILE).unlink()
+    return len(state.members)

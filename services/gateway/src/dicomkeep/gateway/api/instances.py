@@ -1,0 +1,222 @@
+"""Instance upload and content routes (ORTHANC_API.md §2.5, §2.6)."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import io
+import logging
+import posixpath
+import zipfile
+import zlib
+from typing import Any
+
+from dicomkeep.common.attachments import read_attachment
+from dicomkeep.common.dicom_json import content_value, header_json, tags_json
+from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
+from dicomkeep.common.ids import Level, resource_path
+from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.ports.index import Index
+from dicomkeep.common.receiving import Origin, Received, Receiver
+from dicomkeep.gateway.args import bool_arg, tag_format
+from dicomkeep.gateway.deps import BlobsDep, IndexDep, ReceiverDep, UsernameDep
+from dicomkeep.gateway.responses import OrthancJSONResponse
+from dicomkeep.gateway.views import integer_or_none
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+#: Local file header and empty-archive signatures (Orthanc's ZipReader::IsZipMemoryBuffer).
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+#: SOP class of a DICOMDIR (Media Storage Directory Storage): never stored from a ZIP.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+def store_answer(received: Received) -> dict[str, str]:
+    """Return the §2.5 answer of one stored instance."""
+    patient_id, study_id, series_id, _ = received.parsed.ids
+    instance_id = received.reply.instance_id
+    return {
+        "ID": instance_id,
+        "ParentPatient": patient_id,
+        "ParentSeries": series_id,
+        "ParentStudy": study_id,
+        "Path": resource_path(Level.INSTANCE, instance_id),
+        "Status": received.reply.status.value,
+    }
+
+
+def _decoded_body(body: bytes, content_encoding: str | None) -> bytes:
+    """Undo `Content-Encoding: gzip` (or deflate); raise 400 *Bad file format* if corrupt."""
+    encoding = (content_encoding or "").strip().lower()
+    try:
+        if encoding in ("gzip", "x-gzip"):
+            return gzip.decompress(body)
+        if encoding == "deflate":
+            return zlib.decompress(body)
+    except (OSError, EOFError, zlib.error) as error:
+        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Cannot decompress the body") from error
+    return body
+
+
+def _file_meta(data: bytes) -> dict[str, Any] | None:
+    """Return the file meta group of a DICOM file, None if the bytes are not DICOM."""
+    try:
+        return header_json(data)
+    except OrthancError:
+        return None
+
+
+def _skipped_member(data: bytes, error: OrthancError) -> bool:
+    """Tell whether a ZIP member that failed to store is one Orthanc skips silently:
+    not a DICOM file at all, or a DICOMDIR (no study/series/instance UIDs)."""
+    meta = _file_meta(data)
+    if meta is None:
+        return error.code is ErrorCode.BAD_FILE_FORMAT
+    node = meta.get("0002,0002")
+    return isinstance(node, dict) and node.get("Value") == DICOMDIR_SOP_CLASS
+
+
+async def _store_zip(body: bytes, receiver: Receiver, origin: Origin) -> list[dict[str, str]]:
+    """Store every DICOM member of a ZIP; non-DICOM members and DICOMDIRs are skipped.
+
+    Mirrors Orthanc 1.8.2+: a member that is not a DICOM file is logged and
+    skipped; any other error (missing UID, storage full) fails the request.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(body))
+    except (zipfile.BadZipFile, ValueError) as error:
+        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Invalid ZIP archive") from error
+    answers: list[dict[str, str]] = []
+    with archive:
+        for info in archive.infolist():
+            if info.is_dir() or posixpath.basename(info.filename).upper() == "DICOMDIR":
+                continue
+            try:
+                data = await asyncio.to_thread(archive.read, info)
+            except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
+                raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Invalid ZIP archive") from error
+            if not data:
+                continue
+            try:
+                received = await receiver.receive(data, origin)
+            except OrthancError as error:
+                if not _skipped_member(data, error):
+                    raise
+                log.warning("skipping ZIP member %s: not a DICOM instance", info.filename)
+                continue
+            answers.append(store_answer(received))
+    return answers
+
+
+@router.post("/instances")
+async def post_instances(request: Request, receiver: ReceiverDep, username: UsernameDep) -> Response:
+    """Store a DICOM file (-> one object) or a ZIP of DICOM files (-> an array).
+
+    Any content type; `Content-Encoding: gzip` accepted. Empty body -> 400
+    *Bad file format* "Received an empty DICOM file"; the Receiver's errors propagate
+    (invalid file 400, absent UID 404 *Inexistent tag*, storage full 507). Answers
+    only after the indexer committed.
+    """
+    body = _decoded_body(await request.body(), request.headers.get("content-encoding"))
+    if not body:
+        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
+    client = request.client
+    origin = Origin(
+        protocol="RestApi", remote_ip=client.host if client else "", http_username=username
+    )
+    if body[:4] in ZIP_MAGICS:
+        return OrthancJSONResponse(await _store_zip(body, receiver, origin))
+    received = await receiver.receive(body, origin)
+    return OrthancJSONResponse(store_answer(received))
+
+
+async def _dicom_bytes(index: Index, blobs: BlobStore, public_id: str) -> bytes:
+    """Return the DICOM file of an instance; 404 *Unknown resource* if unknown."""
+    resource = await index.get_resource(Level.INSTANCE, public_id)
+    if resource is None or resource.dicom is None:
+        raise unknown_resource()
+    try:
+        return await read_attachment(blobs, resource.dicom)
+    except KeyError as error:
+        raise OrthancError(
+            ErrorCode.INEXISTENT_ITEM, "The DICOM file is missing from the storage area"
+        ) from error
+
+
+@router.get("/instances/{public_id}/file")
+async def get_file(public_id: str, index: IndexDep, blobs: BlobsDep) -> Response:
+    """Answer the stored DICOM file, byte for byte, as `application/dicom`."""
+    data = await _dicom_bytes(index, blobs, public_id)
+    return Response(
+        data,
+        media_type="application/dicom",
+        headers={"Content-Disposition": f'filename="{public_id}.dcm"'},
+    )
+
+
+@router.get("/instances/{public_id}/tags")
+async def get_tags(public_id: str, request: Request, index: IndexDep, blobs: BlobsDep) -> Response:
+    """Answer the dataset as JSON: `full` by default, or `?simplify` / `?short`.
+
+    `?whole` reads past the pixel data; `?ignore-length=a,b` lists tags exempt
+    from the 256-byte `TooLong` rule.
+    """
+    fmt = tag_format(request, "full")
+    whole = bool_arg(request, "whole")
+    ignored = [
+        name.strip()
+        for name in request.query_params.get("ignore-length", "").split(",")
+        if name.strip()
+    ]
+    data = await _dicom_bytes(index, blobs, public_id)
+    tags = await asyncio.to_thread(tags_json, data, fmt, whole=whole, ignore_length=ignored)
+    return OrthancJSONResponse(tags)
+
+
+@router.get("/instances/{public_id}/simplified-tags")
+async def get_simplified_tags(
+    public_id: str, request: Request, index: IndexDep, blobs: BlobsDep
+) -> Response:
+    """Answer the dataset as `{keyword: value}` (= `/tags?simplify`)."""
+    whole = bool_arg(request, "whole")
+    data = await _dicom_bytes(index, blobs, public_id)
+    tags = await asyncio.to_thread(tags_json, data, "simplify", whole=whole)
+    return OrthancJSONResponse(tags)
+
+
+@router.get("/instances/{public_id}/content")
+@router.get("/instances/{public_id}/content/{path:path}")
+async def get_content(
+    public_id: str, index: IndexDep, blobs: BlobsDep, path: str = ""
+) -> Response:
+    """Browse the dataset: a dataset, item or sequence path lists `gggg-eeee` tags or
+    item indices (JSON); a leaf answers its raw bytes (`application/octet-stream`).
+
+    Unknown tag or index -> 404 *Unknown resource*.
+    """
+    parts = [part for part in path.split("/") if part]
+    data = await _dicom_bytes(index, blobs, public_id)
+    value: Any = await asyncio.to_thread(content_value, data, parts)
+    if isinstance(value, bytes):
+        return Response(value, media_type="application/octet-stream")
+    return OrthancJSONResponse(value)
+
+
+@router.get("/instances/{public_id}/header")
+async def get_header(public_id: str, index: IndexDep, blobs: BlobsDep) -> Response:
+    """Answer the DICOM file meta group (0002,xxxx) in the `full` JSON format."""
+    data = await _dicom_bytes(index, blobs, public_id)
+    return OrthancJSONResponse(await asyncio.to_thread(header_json, data))
+
+
+@router.get("/instances/{public_id}/frames")
+async def get_frames(public_id: str, index: IndexDep) -> Response:
+    """Answer `[0, ..., NumberOfFrames - 1]` (one frame when the tag is absent)."""
+    resource = await index.get_resource(Level.INSTANCE, public_id)
+    if resource is None:
+        raise unknown_resource()
+    count = integer_or_none(resource.main_tags.get("NumberOfFrames"))
+    return OrthancJSONResponse(list(range(count if count and count > 0 else 1)))

@@ -1,0 +1,61 @@
+"""FastAPI dependencies: the context and each port, taken from `app.state`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.ports.clock import StabilityClock
+from dicomkeep.common.ports.index import Index
+from dicomkeep.common.receiving import Receiver
+from dicomkeep.common.settings import Settings
+from dicomkeep.gateway.context import GatewayContext
+from fastapi import Depends, Request
+
+
+def get_context(request: Request) -> GatewayContext:
+    """Return the app's context; 503 *Database unavailable* while it is not attached."""
+    ctx: GatewayContext | None = getattr(request.app.state, "ctx", None)
+    if ctx is None:
+        raise OrthancError(ErrorCode.DATABASE_UNAVAILABLE, "The server is starting or stopping")
+    return ctx
+
+
+def get_index(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Index:
+    """Return the Index port."""
+    return ctx.index
+
+
+def get_blobs(ctx: Annotated[GatewayContext, Depends(get_context)]) -> BlobStore:
+    """Return the BlobStore port."""
+    return ctx.blobs
+
+
+def get_clock(ctx: Annotated[GatewayContext, Depends(get_context)]) -> StabilityClock:
+    """Return the StabilityClock port."""
+    return ctx.clock
+
+
+def get_settings(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Settings:
+    """Return the settings."""
+    return ctx.settings
+
+
+def get_receiver(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Receiver:
+    """Return the Receiver of uploaded instances."""
+    return ctx.receiver
+
+
+def get_username(request: Request) -> str:
+    """Return the authenticated HTTP user, "" without authentication."""
+    return str(getattr(request.state, "http_username", ""))
+
+
+ContextDep = Annotated[GatewayContext, Depends(get_context)]
+IndexDep = Annotated[Index, Depends(get_index)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+ClockDep = Annotated[StabilityClock, Depends(get_clock)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ReceiverDep = Annotated[Receiver, Depends(get_receiver)]
+UsernameDep = Annotated[str, Depends(get_username)]

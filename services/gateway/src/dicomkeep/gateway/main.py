@@ -1,0 +1,176 @@
+"""The gateway's composition root: build(settings) -> GatewayService, and serve().
+
+`build` picks the adapters the settings ask for unless they are given (tests and
+the all-in-one root pass theirs); the service opens and closes only what it
+created itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+
+import uvicorn
+from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.ports.bus import Bus
+from dicomkeep.common.ports.clock import StabilityClock
+from dicomkeep.common.ports.index import Index
+from dicomkeep.common.receiving import Receiver, bus_submitter
+from dicomkeep.common.settings import Settings
+from dicomkeep.common.wiring import make_bus, make_index, open_blobs, open_clock
+from dicomkeep.gateway.app import attach_context, create_app
+from dicomkeep.gateway.context import GatewayContext
+from fastapi import FastAPI
+
+log = logging.getLogger(__name__)
+
+
+class GatewayService:
+    """The REST API and the adapters behind it.
+
+    `app` exists from construction (it answers 503 until `start()` attached the
+    context), so an HTTP server can be set up before the service starts.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        index: Index | None = None,
+        blobs: BlobStore | None = None,
+        bus: Bus | None = None,
+        clock: StabilityClock | None = None,
+    ) -> None:
+        self.settings = settings
+        self._given = (index, blobs, bus, clock)
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.context: GatewayContext | None = None
+        self.app: FastAPI = create_app(settings=settings)
+
+    async def start(self) -> None:
+        """Open the adapters not given to `build`, then attach the context to the app.
+
+        On failure, whatever was opened is closed again before re-raising.
+        """
+        settings = self.settings
+        index, blobs, bus, clock = self._given
+        try:
+            if index is None:
+                index = make_index(settings)
+                await index.open()
+                self._closers.append(index.close)
+            if blobs is None:
+                blobs = await open_blobs(settings)
+                self._closers.append(blobs.close)
+            if bus is None:
+                bus = make_bus(settings)
+                await bus.start()
+                self._closers.append(bus.close)
+            if clock is None:
+                clock = await open_clock(settings)
+                self._closers.append(clock.close)
+        except BaseException:
+            await self._close_owned()
+            raise
+        receiver = Receiver(
+            blobs,
+            bus_submitter(bus, settings.dicomkeep.store_timeout),
+            compression=settings.storage_compression,
+            overwrite=settings.overwrite_instances,
+        )
+        self.context = GatewayContext(settings, index, blobs, bus, clock, receiver)
+        attach_context(self.app, self.context)
+
+    async def stop(self) -> None:
+        """Detach the context (routes answer 503), then close what `start` opened."""
+        attach_context(self.app, None)
+        self.context = None
+        await self._close_owned()
+
+    async def _close_owned(self) -> None:
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception:
+                log.exception("error while closing an adapter")
+        self._closers = []
+
+
+def build(
+    settings: Settings,
+    *,
+    index: Index | None = None,
+    blobs: BlobStore | None = None,
+    bus: Bus | None = None,
+    clock: StabilityClock | None = None,
+) -> GatewayService:
+    """Build the gateway; adapters not given are chosen from the settings and owned."""
+    return GatewayService(settings, index=index, blobs=blobs, bus=bus, clock=clock)
+
+
+def http_host(settings: Settings) -> str:
+    """Listen on every interface only when remote access is allowed (as Orthanc)."""
+    return "0.0.0.0" if settings.remote_access_allowed else "127.0.0.1"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the caller's loop owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(
+    service: GatewayService,
+    host: str | None = None,
+    port: int | None = None,
+    *,
+    sock: socket.socket | None = None,
+) -> None:
+    """Serve `service.app` with uvicorn in the running loop until cancelled.
+
+    Host defaults to `http_host(settings)`, port to `HttpPort`; a bound `sock`
+    overrides both. Cancelling the caller's task shuts the server down gracefully
+    (open connections finish) before the cancellation propagates. Raises OSError
+    when the address cannot be bound.
+    """
+    settings = service.settings
+    config = uvicorn.Config(
+        service.app,
+        host=host or http_host(settings),
+        port=settings.http_port if port is None else port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_keep_alive=max(settings.keep_alive_timeout, 1),
+    )
+    server = _Server(config)
+    if sock is None:
+        sock = socket.create_server((config.host, config.port), family=_family(config.host))
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        await task
+        raise
+    finally:
+        sock.close()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+async def run(settings: Settings) -> None:
+    """Run the gateway alone until cancelled: start, serve on HttpPort, stop."""
+    service = build(settings)
+    await service.start()
+    try:
+        await serve(service)
+    finally:
+        await service.stop()
