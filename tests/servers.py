@@ -207,3 +207,35 @@ def cluster_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[S
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if vhost:
             _rabbitmqctl("delete_vhost", vhost)
+
+
+def blob_keys(server: Server) -> list[str]:
+    """Every blob the server holds: files under StorageDirectory, or S3 objects."""
+    if server.storage_dir is not None:
+        if not server.storage_dir.exists():
+            return []
+        return sorted(
+            p.name for p in server.storage_dir.rglob("*")
+            if p.is_file() and len(p.name) == 36 and not p.name.startswith(".")
+        )
+    from urllib.parse import urlsplit
+
+    from minio import Minio
+
+    endpoint = urlsplit(server.s3_endpoint)
+    client = Minio(endpoint.netloc, access_key="test", secret_key="test", secure=False,
+                   region="us-east-1")
+    bucket = server.config["AwsS3Storage"]["BucketName"]
+    if not client.bucket_exists(bucket):
+        return []
+    return sorted(o.object_name for o in client.list_objects(bucket, recursive=True))
+
+
+def wait_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll `predicate` until true; fail with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

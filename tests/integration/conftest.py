@@ -6,8 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from servers import Server, allinone_server
+from servers import Server, allinone_server, blob_keys, wait_until
 
 MODES = ["allinone"]
 
@@ -27,6 +26,7 @@ def clean(server: Server) -> Iterator[Server]:
     with server.client() as client:
         for patient in client.get("/patients").json():
             client.delete(f"/patients/{patient}")
+    wait_until(lambda: blob_keys(server) == [], what="blobs of deleted patients to go")
     yield server
 
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dicomkeep.common.ids import hierarchy_ids
 from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
-
-from dicomkeep.common.ids import hierarchy_ids
 
 #: pydicom test files covering transfer syntaxes, multi-frame and character sets.
 SAMPLES = [

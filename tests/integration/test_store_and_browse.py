@@ -2,39 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
-import time
 from io import BytesIO
 from pathlib import Path
 
 import httpx
 import pytest
+from dicomfiles import SAMPLES, expected_ids, sample_path
+from dicomkeep.common.synthetic import generate_study, write_files
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
+from servers import Server, blob_keys, dcmtk, wait_until
 
-from dicomfiles import SAMPLES, expected_ids, sample_path
-from servers import Server, dcmtk
-
-from dicomkeep.common.synthetic import generate_study, write_files
-
+#: storescu's proposal option for each compressed sample.
+PROPOSAL = {
+    "JPEG2000.dcm": "-xw",
+    "SC_rgb_jpeg_dcmtk.dcm": "-xy",
+    "SC_rgb_rle_2frame.dcm": "-xr",
+    "image_dfl.dcm": "-xd",
+}
 
 #: Same SOP Instance UID as MR_small.dcm: stored once, the others answer AlreadyStored.
 SAME_SOP_AS_MR_SMALL = {"MR_small_implicit.dcm", "MR_small_bigendian.dcm"}
-
-
-def stored_blob_files(server: Server) -> list[Path]:
-    assert server.storage_dir is not None
-    return [p for p in server.storage_dir.rglob("*") if p.is_file() and len(p.name) == 36]
-
-
-def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_echoscu(server: Server) -> None:
@@ -47,12 +36,17 @@ def test_echoscu(server: Server) -> None:
 
 def test_storescu_samples_then_browse(clean: Server) -> None:
     paths = [sample_path(name) for name in SAMPLES]
-    result = subprocess.run(
-        [dcmtk("storescu"), "-aec", clean.aet, "-aet", "MODALITY1", "+sd", "-xs",
-         "127.0.0.1", str(clean.dicom_port), *map(str, paths)],
-        capture_output=True, timeout=120, text=True,
-    )
-    assert result.returncode == 0, result.stderr
+    # DCMTK proposes uncompressed syntaxes unless told which one a file needs;
+    # compressed files are sent as they are, each with its own proposal.
+    plain = [p for p in paths if p.name not in PROPOSAL]
+    batches = [([], plain)] + [([PROPOSAL[p.name]], [p]) for p in paths if p.name in PROPOSAL]
+    for options, files in batches:
+        result = subprocess.run(
+            [dcmtk("storescu"), "-aec", clean.aet, "-aet", "MODALITY1", *options,
+             "127.0.0.1", str(clean.dicom_port), *map(str, files)],
+            capture_output=True, timeout=120, text=True,
+        )
+        assert result.returncode == 0, result.stderr
     expected = {expected_ids(p)[3] for p in paths}
     with clean.client() as client:
         assert set(client.get("/instances").json()) == expected
@@ -60,7 +54,7 @@ def test_storescu_samples_then_browse(clean: Server) -> None:
         patient_id, study_id, series_id, instance_id = expected_ids(ct)
         instance = client.get(f"/instances/{instance_id}").json()
         assert instance["ParentSeries"] == series_id
-        assert instance["FileSize"] == ct.stat().st_size
+        assert instance["FileSize"] == len(client.get(f"/instances/{instance_id}/file").content)
         assert instance["MainDicomTags"]["SOPInstanceUID"] == dcmread(ct).SOPInstanceUID
         study = client.get(f"/studies/{study_id}").json()
         assert study["ParentPatient"] == patient_id
@@ -124,14 +118,14 @@ def test_rest_upload_already_stored_and_changes(clean: Server) -> None:
             "ParentSeries": series_id, "Path": f"/instances/{instance_id}", "Status": "Success",
         }
         last = client.get("/changes?last").json()["Last"]
-        blobs_before = len(stored_blob_files(clean))
+        blobs_before = len(blob_keys(clean))
         second = client.post("/instances", content=data)
         assert second.status_code == 200 and second.json()["Status"] == "AlreadyStored"
         assert client.get("/changes?last").json()["Last"] == last
         meta = client.get(f"/instances/{instance_id}/metadata?expand").json()
         assert meta["Origin"] == "RestApi" and meta["RemoteAET"] == ""
         # The duplicate's blob is collected; the stored copy stays.
-        wait_until(lambda: len(stored_blob_files(clean)) == blobs_before, what="duplicate blob removal")
+        wait_until(lambda: len(blob_keys(clean)) == blobs_before, what="duplicate blob removal")
         assert client.get(f"/instances/{instance_id}/file").content == data
 
 
@@ -150,12 +144,12 @@ def test_bad_upload_is_refused_and_leaves_nothing(clean: Server, payload: bytes)
         assert error["Method"] == "POST" and error["Uri"] == "/instances"
         assert client.get("/instances").json() == []
         assert client.get("/system").status_code == 200
-    assert stored_blob_files(clean) == []
+    assert blob_keys(clean) == []
 
 
 def test_malformed_cstore_gets_failure_status_and_leaves_nothing(clean: Server) -> None:
-    from pydicom.dataset import Dataset
-    from pydicom.uid import generate_uid
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
@@ -163,6 +157,8 @@ def test_malformed_cstore_gets_failure_status_and_leaves_nothing(clean: Server) 
     ds.PatientID = "BAD"
     ds.StudyInstanceUID = ""  # present but empty: Orthanc refuses the file
     ds.SeriesInstanceUID = generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2")
     assoc = ae.associate("127.0.0.1", clean.dicom_port, ae_title=clean.aet)
@@ -175,7 +171,7 @@ def test_malformed_cstore_gets_failure_status_and_leaves_nothing(clean: Server) 
         assoc.release()
     with clean.client() as client:
         assert client.get("/instances").json() == []
-    assert stored_blob_files(clean) == []
+    assert blob_keys(clean) == []
 
 
 def test_delete_removes_blobs_and_reports_ancestor(clean: Server, tmp_path: Path) -> None:
@@ -195,7 +191,7 @@ def test_delete_removes_blobs_and_reports_ancestor(clean: Server, tmp_path: Path
         assert answer == {"RemainingAncestor": None}
         assert client.get("/patients").json() == []
         assert client.get(f"/instances/{instances[0]}").status_code == 404
-    wait_until(lambda: stored_blob_files(clean) == [], what="blob removal after delete")
+    wait_until(lambda: blob_keys(clean) == [], what="blob removal after delete")
 
 
 def test_zip_upload(clean: Server) -> None:

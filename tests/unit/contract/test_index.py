@@ -9,7 +9,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
+from backends import PG_ADMIN_DSN, pg_dsn
 from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
@@ -17,8 +17,6 @@ from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import AttachmentInfo, ChangeType, StoreInstance, StoreStatus
 from dicomkeep.common.ids import Level, hierarchy_ids
 from dicomkeep.common.ports.index import Expected
-
-from backends import PG_ADMIN_DSN, pg_dsn
 
 PG_DATABASE = "dicomkeep_contract"
 

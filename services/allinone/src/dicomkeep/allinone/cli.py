@@ -61,6 +61,7 @@ def _configure_logging(verbose: bool, trace: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("dicomkeep").setLevel(min(level, logging.INFO))
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if trace else logging.WARNING)
 
 
 def _load(path: str | None) -> Settings:

@@ -1,0 +1,212 @@
+"""FileBlobStore: the embedded BlobStore, files in Orthanc's storage layout.
+
+Mirrors Orthanc's FilesystemStorage: the blob with key `<uuid>` lives at
+`<root>/<uuid[0:2]>/<uuid[2:4]>/<uuid>` (no extension), so an existing
+`OrthancStorage` folder can be read in place and ours can be handed to Orthanc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+#: Keys are Orthanc attachment UUIDs; anything path-safe of 4+ characters is accepted.
+#: No "." in the first four (they name folders), so a key never starts with "." and
+#: cannot collide with a temporary file.
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{3}[A-Za-z0-9_.-]*")
+_TEMP_PREFIX = "."
+_TEMP_SUFFIX = ".tmp"
+_PUT_ATTEMPTS = 20
+
+
+def _check_key(key: str) -> str:
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"invalid blob key: {key!r}")
+    return key
+
+
+def _check_span(span: tuple[int, int]) -> tuple[int, int]:
+    start, end = span
+    if start < 0 or end < start:
+        raise ValueError(f"invalid span: {span!r}")
+    return start, end
+
+
+class FileBlobStore:
+    """Blobs as files under `root`, in Orthanc's two-level layout.
+
+    - `put` is durable: the bytes go to a temporary file in the target folder, which
+      is fsynced, renamed over the key with `os.replace` (atomic: a reader sees the
+      old blob or the new one, never a torn one), and the folder is fsynced.
+    - `get` reads only the requested span (`range_reads = True`); a span is
+      `[start, end)`, clamped to the blob's size like a slice; `end < start` or a
+      negative start raises ValueError.
+    - `delete` is idempotent and, like Orthanc, removes the two levels of folders
+      when they become empty.
+    - Keys must be 4+ characters of `[A-Za-z0-9_.-]`, starting with a letter or
+      digit, with no "." in the first four (UUIDs qualify); others raise ValueError.
+    - All file I/O runs in `asyncio.to_thread`; the event loop never blocks.
+    """
+
+    range_reads: bool = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path_of(self, key: str) -> Path:
+        """Return the file of a key: `<root>/<key[0:2]>/<key[2:4]>/<key>`."""
+        _check_key(key)
+        return self.root / key[0:2] / key[2:4] / key
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Write the blob durably; overwrite any blob with the same key."""
+        path = self.path_of(key)
+        await asyncio.to_thread(_write_durably, path, data)
+
+    async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
+        """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""
+        path = self.path_of(key)
+        if span is not None:
+            span = _check_span(span)
+        try:
+            return await asyncio.to_thread(_read, path, span)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    async def delete(self, key: str) -> None:
+        """Remove the blob and its folders once empty; idempotent."""
+        path = self.path_of(key)
+        await asyncio.to_thread(_remove, path, self.root)
+
+    async def exists(self, key: str) -> bool:
+        """Tell whether the blob exists."""
+        path = self.path_of(key)
+        return await asyncio.to_thread(path.is_file)
+
+    async def keys(self, older_than: float | None = None) -> AsyncIterator[str]:
+        """Iterate every key, optionally only files modified before a UNIX time.
+
+        Walks the tree one first-level folder per thread hop; skips temporary files
+        and any file not at its layout path. Keys written during the walk may or may
+        not be seen.
+        """
+        tops = await asyncio.to_thread(_subfolders, self.root)
+        for top in tops:
+            found = await asyncio.to_thread(_keys_under, top, older_than)
+            for key in found:
+                yield key
+
+    async def close(self) -> None:
+        """Release nothing: files need no connection. Provided for the port."""
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    folder = path.parent
+    temp = folder / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+    for attempt in range(_PUT_ATTEMPTS):
+        try:
+            _make_folders(folder)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileNotFoundError:
+            # A concurrent delete removed a (then empty) folder between our mkdir
+            # of it and the next step: create it again.
+            if attempt == _PUT_ATTEMPTS - 1:
+                raise
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        # The folder holds our temporary file now, so no delete can remove it.
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    # Make the rename durable. A concurrent delete of the same key may already have
+    # removed the folder: then there is nothing left to make durable.
+    with contextlib.suppress(FileNotFoundError):
+        _fsync_folder(folder)
+
+
+def _make_folders(folder: Path) -> None:
+    """Create `<root>/ab/cd`, tolerating concurrent creation (but not removal)."""
+    os.makedirs(folder.parent.parent, exist_ok=True)  # the root, never removed
+    for path in (folder.parent, folder):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path, span: tuple[int, int] | None) -> bytes:
+    with open(path, "rb") as blob:
+        if span is None:
+            return blob.read()
+        start, end = span
+        blob.seek(start)
+        return blob.read(end - start)
+
+
+def _remove(path: Path, root: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    # Like Orthanc: drop <root>/ab/cd then <root>/ab when they are empty. A folder a
+    # concurrent put is filling is not empty, and rmdir refuses it.
+    for folder in (path.parent, path.parent.parent):
+        if folder == root:
+            break
+        try:
+            os.rmdir(folder)
+        except OSError as error:
+            if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                break
+            if error.errno != errno.ENOENT:
+                raise
+
+
+def _subfolders(root: Path) -> list[Path]:
+    try:
+        with os.scandir(root) as entries:
+            return sorted(
+                Path(entry.path)
+                for entry in entries
+                if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False)
+            )
+    except FileNotFoundError:
+        return []
+
+
+def _keys_under(top: Path, older_than: float | None) -> list[str]:
+    found: list[str] = []
+    for middle in _subfolders(top):
+        try:
+            entries = list(os.scandir(middle))
+        except FileNotFoundError:
+            continue
+        for entry in sorted(entries, key=lambda e: e.name):
+            name = entry.name
+            if not _KEY.fullmatch(name) or name[0:2] != top.name or name[2:4] != middle.name:
+                continue  # temporary files start with "."; foreign files are skipped
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if older_than is not None and entry.stat().st_mtime >= older_than:
+                    continue
+            except FileNotFoundError:
+                continue  # deleted while we walked
+            found.append(name)
+    return found
