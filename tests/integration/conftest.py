@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Server, allinone_server, blob_keys, wait_until
+from servers import Server, allinone_server, cluster_server, blob_keys, wait_until
 
-MODES = ["allinone"]
+MODES = ["allinone", "distributed"]
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -16,7 +16,8 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     """A running server in the requested mode, shared by one test module."""
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
     extra = getattr(request.module, "SERVER_CONFIG", {})
-    with allinone_server(tmp, extra) as running:
+    start = allinone_server if request.param == "allinone" else cluster_server
+    with start(tmp, extra) as running:
         yield running
 
 

@@ -109,6 +109,10 @@ def start(
                 )
             )
             env["DICOMKEEP_S3_ENDPOINT"] = endpoint
+            if not settings.aws_s3_storage.access_key:
+                # moto refuses anonymous reads: give the services a key pair.
+                env["DICOMKEEP_S3_ACCESS_KEY"] = "dicomkeep"
+                env["DICOMKEEP_S3_SECRET_KEY"] = "dicomkeep-secret"
         state.s3_endpoint = endpoint
         _wait(state, timeout)  # S3 first: services create the bucket on start
         base = [_bin("dicomkeep"), "--verbose", "run"]

@@ -130,6 +130,6 @@ def allowed_methods(request: Request) -> str:
                 continue
             match, _ = route.matches(request.scope)
             if match is not Match.NONE:
-                methods |= route.methods
+                methods |= route.methods or set()
     ordered = [method for method in METHOD_ORDER if method in methods]
     return ",".join(ordered + sorted(methods - set(METHOD_ORDER) - {"HEAD"}))

@@ -80,7 +80,8 @@ class PostgresDatabase:
         admin = await asyncpg.connect(self._dsn, database="postgres")
         try:
             await admin.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            # Another replica created it at the same moment.
             pass
         finally:
             await admin.close()
