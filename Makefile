@@ -44,5 +44,12 @@ lint: install
 	$(VENV)/bin/ruff check libs services tests bench
 	$(VENV)/bin/mypy libs/common/src services/*/src
 
+# A local distributed deployment (processes) on the local PostgreSQL, RabbitMQ, Redis.
+cluster: install services
+	$(VENV)/bin/dicomkeep cluster start $(CONFIG)
+
+cluster-stop: install
+	$(VENV)/bin/dicomkeep cluster stop
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache
