@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Server, allinone_server, cluster_server, blob_keys, wait_until
+from servers import Server, allinone_server, blob_keys, cluster_server, wait_until
 
 MODES = ["allinone", "distributed"]
 

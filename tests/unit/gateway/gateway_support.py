@@ -62,9 +62,17 @@ class Gateway:
         return answer
 
 
-def client_for(app: Any, client: tuple[str, int] = LOCAL_CLIENT, **kwargs: Any) -> httpx.AsyncClient:
+def client_for(
+    app: Any,
+    client: tuple[str, int] = LOCAL_CLIENT,
+    *,
+    raise_app_exceptions: bool = True,
+    **kwargs: Any,
+) -> httpx.AsyncClient:
     """Return an httpx client calling the ASGI app from the given address."""
-    transport = httpx.ASGITransport(app=app, client=client)
+    transport = httpx.ASGITransport(
+        app=app, client=client, raise_app_exceptions=raise_app_exceptions
+    )
     return httpx.AsyncClient(transport=transport, base_url="http://localhost", **kwargs)
 
 

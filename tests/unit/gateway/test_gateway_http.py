@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
+from dicomkeep.common.errors import Forbidden, NoAnswer
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.app import attach_context, create_app
 from gateway_support import Gateway, client_for, dicom_file
@@ -149,3 +150,31 @@ async def test_request_validation_error_is_an_orthanc_bad_request(gateway: Gatew
         assert response.status_code == 400
         body = response.json()
         assert (body["OrthancError"], body["OrthancStatus"], body["Uri"]) == ("Bad request", 8, "/typed")
+
+
+async def test_no_answer_forbidden_and_internal_errors(gateway: Gateway) -> None:
+    app = create_app(gateway.ctx)
+
+    async def no_answer() -> None:
+        raise NoAnswer()
+
+    async def forbidden() -> None:
+        raise Forbidden()
+
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    app.add_api_route("/no-answer", no_answer, methods=["GET", "POST"])
+    app.add_api_route("/forbidden", forbidden, methods=["PUT"])
+    app.add_api_route("/broken", broken, methods=["GET"])
+    async with client_for(app, raise_app_exceptions=False) as client:
+        for method, path, status in (
+            ("GET", "/no-answer", 404),
+            ("POST", "/no-answer", 400),
+            ("PUT", "/forbidden", 403),
+        ):
+            response = await client.request(method, path)
+            assert (response.status_code, response.content) == (status, b""), path
+        response = await client.get("/broken")
+        assert response.status_code == 500
+        assert response.json()["OrthancError"] == "Internal error"

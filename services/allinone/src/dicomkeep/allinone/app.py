@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import uvicorn
@@ -36,6 +36,14 @@ def http_host(settings: Settings) -> str:
     return "0.0.0.0" if settings.remote_access_allowed else "127.0.0.1"
 
 
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the process's handler stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 class HttpServer:
     """uvicorn inside the caller's event loop (no signal handlers of its own)."""
 
@@ -44,7 +52,7 @@ class HttpServer:
             app, host=host, port=port, lifespan="off", log_level="warning",
             access_log=False, timeout_keep_alive=1,
         )
-        self.server = uvicorn.Server(config)
+        self.server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
