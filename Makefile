@@ -51,5 +51,11 @@ cluster: install services
 cluster-stop: install
 	$(VENV)/bin/dicomkeep cluster stop
 
+# Benchmarks (not part of the tests): medians and ratios against baselines run alongside.
+bench: install test-deps services
+	$(VENV)/bin/python bench/bench_store.py $(BENCH_ARGS)
+	@if command -v Orthanc >/dev/null; then $(VENV)/bin/python bench/bench_store.py --orthanc $(BENCH_ARGS); \
+	else echo "Orthanc not installed (apt-get install orthanc): Orthanc baseline skipped"; fi
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache

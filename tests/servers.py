@@ -30,6 +30,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Debian's DCMTK leaves Nagle's algorithm on unless told: pass this env to its tools.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
 def dcmtk(tool: str) -> str:
     """Return the path of a DCMTK tool (not pynetdicom's same-named scripts in the venv)."""
     for folder in ("/usr/bin", "/usr/local/bin"):
@@ -103,14 +107,16 @@ def allinone_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[
         [DICOMKEEP, "--verbose", "serve", str(path)], stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{http_port}"
+    running = Server(
+        urls=[url], dicom_port=dicom_port, aet="DICOMKEEP",
+        storage_dir=tmp / "storage", config=config, processes=[process],
+    )
     try:
         wait_http(f"{url}/system", time.monotonic() + 60, process)
-        yield Server(
-            urls=[url], dicom_port=dicom_port, aet="DICOMKEEP",
-            storage_dir=tmp / "storage", config=config, processes=[process],
-        )
+        yield running
     finally:
-        stop_processes([process])
+        # restart_member may have replaced the process: stop the one running now.
+        stop_processes(running.processes)
         log.close()
 
 
@@ -165,9 +171,13 @@ def _http_port_pair() -> int:
 
 
 @contextmanager
-def cluster_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[Server]:
+def cluster_server(
+    tmp: Path, extra: dict[str, Any] | None = None, **cluster_options: Any
+) -> Iterator[Server]:
     """Start a distributed cluster (`dicomkeep cluster start`) on its own database,
-    RabbitMQ virtual host and Redis database; tear all of them down afterwards."""
+    RabbitMQ virtual host and Redis database; tear all of them down afterwards.
+
+    `cluster_options` go to `cluster.start` (e.g. `stability=2`)."""
     from dicomkeep.allinone import cluster
 
     name = f"dk_it_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
@@ -196,7 +206,7 @@ def cluster_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[S
     try:
         # The configuration file names this cluster's backends: drop overrides.
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
-        state = cluster.start(str(path), state_dir, environ=environ)
+        state = cluster.start(str(path), state_dir, environ=environ, **cluster_options)
         yield Server(
             urls=[f"http://127.0.0.1:{p}" for p in state.http_ports],
             dicom_port=dicom_port, aet="DICOMKEEP", storage_dir=None, config=config,
@@ -207,6 +217,36 @@ def cluster_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[S
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         if vhost:
             _rabbitmqctl("delete_vhost", vhost)
+
+
+def kill_member(server: Server, name: str = "stability") -> None:
+    """Crash one process with SIGKILL: a cluster member by name, or the all-in-one server."""
+    if server.state_dir is None:
+        server.processes[0].kill()
+        server.processes[0].wait(10)
+        return
+    from dicomkeep.allinone import cluster
+
+    cluster.kill_member(server.state_dir, name)
+
+
+def restart_member(server: Server, name: str = "stability") -> None:
+    """Start a crashed process again with the same command line; wait until it is ready."""
+    if server.state_dir is None:
+        assert server.storage_dir is not None
+        tmp = server.storage_dir.parent
+        with open(tmp / "server.log", "ab") as log:
+            process = subprocess.Popen(
+                [DICOMKEEP, "--verbose", "serve", str(tmp / "dicomkeep.json")],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        server.processes[0] = process
+        wait_http(f"{server.url}/system", time.monotonic() + 60, process)
+        return
+    from dicomkeep.allinone import cluster
+
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
+    cluster.restart_member(server.state_dir, name, environ=environ)
 
 
 def blob_keys(server: Server) -> list[str]:
