@@ -199,6 +199,9 @@ class RabbitSettings(BaseModel):
     Environment: DICOMKEEP_AMQP_URL."""
     prefetch: Positive = 64
     """Unacknowledged messages per consumer. Default 64."""
+    publish_changes: bool = False
+    """All-in-one mode only: also publish the change events on this broker's
+    `dicomkeep.changes` exchange (the distributed mode always does). Default false."""
 
 
 class RedisSettings(BaseModel):

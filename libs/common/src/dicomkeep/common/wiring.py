@@ -24,7 +24,9 @@ def is_distributed(settings: Settings) -> bool:
 def make_index(settings: Settings) -> Index:
     """Return the (unopened) index: PostgreSQL or SQLite under IndexDirectory."""
     from dicomkeep.common.adapters.sql_index import SqlIndex
+    from dicomkeep.common.adapters.sql_recycling import StorageLimits
 
+    limits = StorageLimits.from_settings(settings)
     if is_distributed(settings):
         from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 
@@ -32,10 +34,13 @@ def make_index(settings: Settings) -> Index:
         return SqlIndex(
             PostgresDatabase(pg.dsn(), size=pg.index_connections_count),
             max_retries=pg.maximum_connection_retries,
+            limits=limits,
         )
     from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 
-    return SqlIndex(SqliteDatabase(Path(settings.effective_index_directory) / "index"))
+    return SqlIndex(
+        SqliteDatabase(Path(settings.effective_index_directory) / "index"), limits=limits
+    )
 
 
 async def open_blobs(settings: Settings) -> BlobStore:
@@ -63,6 +68,13 @@ def make_bus(settings: Settings) -> Bus:
     from dicomkeep.common.adapters.local_bus import LocalBus
 
     return LocalBus()
+
+
+def make_public_bus(settings: Settings) -> Bus:
+    """Return a RabbitMQ bus for mirroring changes out of an all-in-one process."""
+    from dicomkeep.common.adapters.rabbit_bus import RabbitBus
+
+    return RabbitBus(settings.rabbitmq.url, prefetch=settings.rabbitmq.prefetch)
 
 
 async def open_clock(settings: Settings) -> StabilityClock:

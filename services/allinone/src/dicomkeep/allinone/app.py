@@ -16,10 +16,18 @@ from typing import Any, Protocol
 
 import uvicorn
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.wiring import make_bus, make_index, open_blobs, open_clock
+from dicomkeep.common.wiring import (
+    is_distributed,
+    make_bus,
+    make_index,
+    make_public_bus,
+    open_blobs,
+    open_clock,
+)
 from dicomkeep.gateway import main as gateway
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
+from dicomkeep.jobs import main as jobs
 from dicomkeep.stability import main as stability
 from dicomkeep.storage import main as storage
 
@@ -88,16 +96,22 @@ class AllInOne:
         bus = make_bus(settings)
         await bus.start()
         self._closers.append(bus.close)
+        public_bus = None
+        if settings.rabbitmq.publish_changes and not is_distributed(settings):
+            public_bus = make_public_bus(settings)
+            await public_bus.start()
+            self._closers.append(public_bus.close)
         clock = await open_clock(settings)
         self._closers.append(clock.close)
         api = gateway.build(settings, index=index, blobs=blobs, bus=bus, clock=clock)
         self.services = [
-            indexer.build(settings, index=index, bus=bus),
+            indexer.build(settings, index=index, bus=bus, public_bus=public_bus),
             storage.build(settings, index=index, blobs=blobs, bus=bus),
             stability.build(settings, index=index, clock=clock, bus=bus),
+            jobs.build(settings, index=index, blobs=blobs, bus=bus),
             api,
             HttpServer(api.app, http_host(settings), settings.http_port),
-            ingest.build(settings, blobs=blobs, bus=bus),
+            ingest.build(settings, blobs=blobs, bus=bus, index=index),
         ]
         started: list[Service] = []
         try:

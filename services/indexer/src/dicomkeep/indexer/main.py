@@ -34,7 +34,9 @@ class IndexerService:
         *,
         owns: tuple[bool, bool] = (False, False),
         poll_interval: float = 0.2,
+        public_bus: Bus | None = None,
     ) -> None:
+        """`public_bus`, when given, also receives every change (all-in-one mirror)."""
         self.settings = settings
         self.index = index
         self.bus = bus
@@ -42,6 +44,7 @@ class IndexerService:
         self._poll = poll_interval
         self._wake = asyncio.Event()
         self._relay_task: asyncio.Task[None] | None = None
+        self._buses = [bus] if public_bus is None else [bus, public_bus]
         self.is_relay_leader = False
 
     async def start(self) -> None:
@@ -82,7 +85,7 @@ class IndexerService:
                         await asyncio.sleep(2.0)
                         continue
                     log.info("outbox relay leadership taken")
-                published = await relay_outbox(self.index, self.bus)
+                published = await relay_outbox(self.index, self._buses)
                 if published == 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -95,7 +98,11 @@ class IndexerService:
 
 
 def build(
-    settings: Settings, *, index: Index | None = None, bus: Bus | None = None
+    settings: Settings,
+    *,
+    index: Index | None = None,
+    bus: Bus | None = None,
+    public_bus: Bus | None = None,
 ) -> IndexerService:
     """Build the indexer; adapters not given are chosen from the settings and owned."""
     return IndexerService(
@@ -103,4 +110,5 @@ def build(
         index or make_index(settings),
         bus or make_bus(settings),
         owns=(index is None, bus is None),
+        public_bus=public_bus,
     )

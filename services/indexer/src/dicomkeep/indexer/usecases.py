@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from dicomkeep.common.events import CHANGES_EXCHANGE, SCHEMA_VERSION, OutboxEvent, StoreInstance
 from dicomkeep.common.metrics import CHANGES_PUBLISHED, STORE_TRANSACTIONS
@@ -27,20 +27,23 @@ async def store(index: Index, body: bytes) -> bytes:
     return reply.model_dump_json().encode()
 
 
-async def relay_outbox(index: Index, bus: Bus, *, batch: int = 500, window: int = 64) -> int:
+async def relay_outbox(
+    index: Index, buses: Sequence[Bus], *, batch: int = 500, window: int = 64
+) -> int:
     """Publish the oldest committed events on `dicomkeep.changes`, in Seq order.
 
     Returns how many were published. Publishes go out in windows whose confirms
     are awaited together (one confirm at a time caps RabbitMQ at ~150/s); within
     a window they are issued in Seq order on one channel. An event leaves the
     outbox only after the broker confirmed it: a crash in between republishes it
-    (consumers deduplicate by Seq).
+    (consumers deduplicate by Seq). Every bus gets every event (the all-in-one
+    mode may mirror its in-process bus to RabbitMQ for external subscribers).
     """
     events = await index.outbox_batch(batch)
     published = 0
     for start in range(0, len(events), window):
         chunk = events[start : start + window]
-        await asyncio.gather(*(_publish(bus, event) for event in chunk))
+        await asyncio.gather(*(_publish(bus, event) for event in chunk for bus in buses))
         await index.outbox_done([event.change.seq for event in chunk])
         CHANGES_PUBLISHED.inc(len(chunk))
         published += len(chunk)

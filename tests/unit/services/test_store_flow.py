@@ -1,0 +1,118 @@
+"""The store flow on embedded adapters: receive, index, relay, purge, collect orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import pytest
+from dicomkeep.common.adapters.file_blobs import FileBlobStore
+from dicomkeep.common.adapters.local_bus import LocalBus
+from dicomkeep.common.adapters.sql_index import SqlIndex
+from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
+from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.events import CHANGES_EXCHANGE, StoreInstance, StoreReply, StoreStatus
+from dicomkeep.common.ids import Level
+from dicomkeep.common.receiving import Origin, Receiver
+from dicomkeep.indexer.usecases import relay_outbox
+from dicomkeep.storage.usecases import collect_orphans, purge_released
+from pydicom.data import get_testdata_file
+
+CT = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+
+
+@pytest.fixture
+async def index(tmp_path: Path) -> AsyncIterator[SqlIndex]:
+    idx = SqlIndex(SqliteDatabase(tmp_path / "index"))
+    await idx.open()
+    yield idx
+    await idx.close()
+
+
+@pytest.fixture
+def blobs(tmp_path: Path) -> FileBlobStore:
+    return FileBlobStore(tmp_path / "storage")
+
+
+async def keys(blobs: FileBlobStore) -> list[str]:
+    return [key async for key in blobs.keys()]
+
+
+async def test_receive_stores_blob_and_rows(index: SqlIndex, blobs: FileBlobStore) -> None:
+    received = await Receiver(blobs, index.store_instance).receive(CT, Origin("RestApi", "10.0.0.1"))
+    assert received.reply.status is StoreStatus.SUCCESS
+    instance = await index.get_resource(Level.INSTANCE, received.parsed.ids[3])
+    assert instance is not None and instance.dicom is not None
+    assert await keys(blobs) == [instance.dicom.uuid]
+    assert instance.metadata[8] == "RestApi" and instance.metadata[11] == "10.0.0.1"
+
+
+async def test_compression_writes_zlib_and_prefix(index: SqlIndex, blobs: FileBlobStore) -> None:
+    receiver = Receiver(blobs, index.store_instance, compression=True)
+    received = await receiver.receive(CT, Origin("RestApi"))
+    attachments = await index.list_attachments(Level.INSTANCE, received.parsed.ids[3])
+    assert attachments is not None
+    assert [a.content_type for a in attachments] == [1, 3]
+    dicom = attachments[0]
+    assert dicom.compression == 1 and dicom.uncompressed_size == len(CT)
+    stored = await blobs.get(dicom.uuid)
+    assert stored[:8] == len(CT).to_bytes(8, "little") and dicom.compressed_size == len(stored)
+
+
+async def test_refused_store_leaves_no_blob(index: SqlIndex, blobs: FileBlobStore) -> None:
+    async def refuse(command: StoreInstance) -> StoreReply:
+        return StoreReply(status=StoreStatus.FAILURE, instance_id=command.instance_id,
+                          error_code="FULL_STORAGE", details="full")
+
+    with pytest.raises(OrthancError) as error:
+        await Receiver(blobs, refuse).receive(CT, Origin("RestApi"))
+    assert error.value.code is ErrorCode.FULL_STORAGE
+    assert await keys(blobs) == []
+
+
+async def test_bad_file_writes_nothing(index: SqlIndex, blobs: FileBlobStore) -> None:
+    with pytest.raises(OrthancError):
+        await Receiver(blobs, index.store_instance).receive(CT[:500], Origin("RestApi"))
+    assert await keys(blobs) == []
+    assert await index.list_resources(Level.INSTANCE) == []
+
+
+async def test_relay_publishes_in_seq_order_once(index: SqlIndex, blobs: FileBlobStore) -> None:
+    bus = LocalBus()
+    await bus.start()
+    got: list[tuple[str, Mapping[str, str]]] = []
+    all_in = asyncio.Event()
+
+    async def collect(body: bytes, headers: Mapping[str, str]) -> None:
+        got.append((body.decode(), dict(headers)))
+        if len(got) == 4:
+            all_in.set()
+
+    await bus.consume("test", [(CHANGES_EXCHANGE, "#")], collect, prefetch=1)
+    await Receiver(blobs, index.store_instance).receive(CT, Origin("RestApi"))
+    assert await relay_outbox(index, [bus]) == 4
+    assert await relay_outbox(index, [bus]) == 0
+    await asyncio.wait_for(all_in.wait(), 5)
+    await bus.close()
+    seqs = [int(headers["Seq"]) for _, headers in got]
+    assert seqs == [1, 2, 3, 4]
+    assert '"ChangeType":"NewInstance"' in got[0][0]
+
+
+async def test_purge_and_orphan_collection(index: SqlIndex, blobs: FileBlobStore) -> None:
+    received = await Receiver(blobs, index.store_instance).receive(CT, Origin("RestApi"))
+    kept = (await keys(blobs))[0]
+    stray = "0123abcd-0000-4000-8000-000000000000"
+    await blobs.put(stray, b"crash leftover")
+    old = time.time() - 3600
+    for key in (kept, stray):
+        os.utime(blobs.path_of(key), (old, old))
+    assert await collect_orphans(index, blobs, grace_period=60) == 1
+    assert await keys(blobs) == [kept]
+    await index.delete_resource(Level.INSTANCE, received.parsed.ids[3])
+    assert await purge_released(index, blobs) == 1
+    assert await keys(blobs) == []
+    assert await index.pending_blobs(10) == []
