@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
 
-SERVICES = ("gateway", "ingest", "indexer", "storage", "stability")
+SERVICES = ("gateway", "ingest", "indexer", "storage", "stability", "jobs")
 ORTHANC_VERSION = "1.12.4"
 
 
@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("start", "stop"))
     cluster.add_argument("configuration", nargs="?", help="an Orthanc-style JSON file or folder")
     cluster.add_argument("--state-dir", default=".cluster", help="where pids and logs go")
-    generate = commands.add_parser("generate", help="write a synthetic DICOM data set")
+    generate = commands.add_parser(
+        "generate", help="write a synthetic DICOM data set (generate --help)", add_help=False
+    )
     generate.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 

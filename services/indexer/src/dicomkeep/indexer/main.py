@@ -79,11 +79,16 @@ class IndexerService:
     async def _relay_loop(self) -> None:
         while True:
             try:
+                # Confirmed before every batch: a database restart drops the lock,
+                # and two relays at once would publish out of Seq order.
+                was_leader = self.is_relay_leader
+                self.is_relay_leader = await self.index.try_lock(RELAY_LOCK)
                 if not self.is_relay_leader:
-                    self.is_relay_leader = await self.index.try_lock(RELAY_LOCK)
-                    if not self.is_relay_leader:
-                        await asyncio.sleep(2.0)
-                        continue
+                    if was_leader:
+                        log.warning("outbox relay leadership lost")
+                    await asyncio.sleep(2.0)
+                    continue
+                if not was_leader:
                     log.info("outbox relay leadership taken")
                 published = await relay_outbox(self.index, self._buses)
                 if published == 0:

@@ -54,7 +54,7 @@ class PostgresDatabase:
         self._dsn = dsn
         self._size = size
         self._pool: asyncpg.Pool | None = None
-        self._locks: list[asyncpg.Connection] = []
+        self._locks: dict[str, asyncpg.Connection] = {}
 
     async def open(self, schema: Sequence[str]) -> None:
         """Create the database if missing, the pool, and apply the schema under a lock."""
@@ -88,7 +88,7 @@ class PostgresDatabase:
 
     async def close(self) -> None:
         """Close the pool and the lock connections."""
-        for conn in self._locks:
+        for conn in self._locks.values():
             await conn.close()
         self._locks.clear()
         if self._pool is not None:
@@ -108,11 +108,24 @@ class PostgresDatabase:
             raise
 
     async def try_lock(self, name: str) -> bool:
-        """Take a session advisory lock on a dedicated connection kept until close()."""
+        """Take, or confirm that this process still holds, a session advisory lock.
+
+        The lock lives on a dedicated connection kept until close(). A call while
+        holding it checks that connection: if the server restarted, the lock (and
+        the connection) are gone, and another process may hold it now.
+        """
+        held = self._locks.get(name)
+        if held is not None:
+            try:
+                await held.fetchval("SELECT 1", timeout=5)
+                return True
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                self._locks.pop(name, None)
+                held.terminate()
         key = zlib.crc32(name.encode()) & 0x7FFFFFFF
         conn = await asyncpg.connect(self._dsn)
         if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-            self._locks.append(conn)
+            self._locks[name] = conn
             return True
         await conn.close()
         return False

@@ -50,7 +50,11 @@ class Database(Protocol):
         """
 
     async def try_lock(self, name: str) -> bool:
-        """Take a named lock held until close(), without waiting; True when taken."""
+        """Take a named lock held until close(), without waiting; True when held.
+
+        Calling it again while holding the lock confirms the lock is still ours
+        (a database restart loses it).
+        """
 
 
 class RetryableError(Exception):

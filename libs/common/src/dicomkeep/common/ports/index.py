@@ -7,7 +7,7 @@ and PostgreSQL (distributed).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +20,10 @@ from dicomkeep.common.events import (
     StoreInstance,
     StoreReply,
 )
+from dicomkeep.common.find import Constraint
 from dicomkeep.common.ids import Level
+from dicomkeep.common.ports.jobs import JobStore
+from dicomkeep.common.ports.peers import PeerStore
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,17 @@ class Resource:
     patient_main_tags: dict[str, str] | None = None
     # Only for instances: the DICOM attachment.
     dicom: AttachmentInfo | None = None
+    # Patients, studies, series: False from a new instance until its Stable* change.
+    is_stable: bool = True
+
+
+@dataclass(frozen=True)
+class UnstableResource:
+    """A resource waiting for its Stable* change (ORTHANC_API.md §7)."""
+
+    level: Level
+    public_id: str
+    touched_at: float  # UNIX time of its last new instance
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,14 @@ class Statistics:
 class Index(Protocol):
     """The index of every DICOM resource. Every method is one transaction."""
 
+    @property
+    def jobs(self) -> JobStore:
+        """Jobs, registered modalities and REST queries kept in the index (ports/jobs.py)."""
+
+    @property
+    def peers(self) -> PeerStore:
+        """Orthanc peers set or deleted through REST, kept in the index (ports/peers.py)."""
+
     async def open(self) -> None:
         """Connect and apply the schema migrations (idempotent)."""
 
@@ -121,6 +143,25 @@ class Index(Protocol):
 
     async def descendants(self, level: Level, public_id: str, target: Level) -> list[str]:
         """Return the IDs of all descendants at `target` level (itself if same level)."""
+
+    # -- find (adapters/sql_find.py; rules in dicomkeep.common.find) ----------------
+    async def find(
+        self, level: Level, constraints: Sequence[Constraint], *, since: int = 0,
+        limit: int | None = None, labels: Sequence[str] = (), labels_constraint: str = "All",
+    ) -> list[str]:
+        """Return the IDs at `level` matching every main-tag constraint, in index order.
+
+        Mirrors Orthanc's lookup: upper-level tags are those of the ancestors (patient
+        tags from the study's copy), lower-level tags hold if one descendant matches.
+        Skips `since` matches, returns at most `limit`. `labels` with `All`/`Any`/`None`.
+        Raises ValueError for a constraint whose `level` is None (read from files).
+        """
+
+    async def find_tags(
+        self, level: Level, public_ids: Sequence[str], computed: Collection[str] = ()
+    ) -> dict[str, dict[str, str]]:
+        """Return per known resource its and its ancestors' main tags by keyword, plus
+        the asked computed tags of its level (`find.COMPUTED_TAGS`)."""
 
     async def statistics(self, level: Level | None = None, public_id: str | None = None) -> Statistics:
         """Return global statistics, or those of one resource."""
@@ -172,6 +213,24 @@ class Index(Protocol):
     async def set_protected(self, patient_id: str, protected: bool) -> None:
         """Protect a patient from recycling, or unprotect it (moved to the end)."""
 
+    # -- recycling and stability (adapters/sql_recycling.py, sql_stability.py) ------
+    async def enforce_limits(self) -> list[tuple[Level, str]]:
+        """Recycle oldest unprotected patients until the storage limits hold.
+
+        Mirrors Orthanc's recycling at start-up (Recycle mode only; stops quietly
+        when only protected patients are left). Returns the deleted resources.
+        """
+
+    async def emit_stable(self, cutoff: float, limit: int = 500) -> list[Change]:
+        """Append the Stable* change of resources whose last new instance is before
+        `cutoff` (UNIX time), at most `limit`, series then studies then patients.
+
+        Exactly once per quiet period, whichever replicas call it concurrently.
+        """
+
+    async def unstable_resources(self, limit: int = 100_000) -> list[UnstableResource]:
+        """Return the resources waiting for their Stable* change, oldest first."""
+
     # -- changes, outbox and blob garbage ----------------------------------------
     async def get_changes(self, since: int, limit: int) -> ChangesPage:
         """Return logged changes with Seq > since, ascending, at most `limit`."""
@@ -209,3 +268,6 @@ class Index(Protocol):
 
     async def set_property(self, name: str, value: str) -> None:
         """Write a global property."""
+
+    async def try_lock(self, name: str) -> bool:
+        """Take (or confirm holding) a cluster-wide named lock for this process."""

@@ -1,0 +1,284 @@
+"""The public change-event contract (ARCHITECTURE.md, docs/events.md), seen by a subscriber.
+
+Distributed mode only: the all-in-one has no broker (its bus is in-process), so
+there is nothing for an external application to subscribe to. A subscriber binds
+its own queue to `dicomkeep.changes` on the cluster's RabbitMQ virtual host and
+checks what an application relies on: routing keys, bodies equal to `GET /changes`
+entries, filtering headers, Seq order, at-least-once with the Seq as the key,
+Deleted events that `/changes` does not list; then runs examples/subscriber.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import httpx
+import pytest
+from aio_pika.abc import AbstractIncomingMessage
+from dicomkeep.common.ids import Level, hierarchy_ids, resource_path
+from dicomkeep.common.synthetic import GeneratedInstance, generate_study
+from servers import Server, cluster_server, wait_until
+
+EXCHANGE = "dicomkeep.changes"
+SUBSCRIBER = Path(__file__).resolve().parents[2] / "examples" / "subscriber.py"
+UID_HEADERS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A distributed cluster (two gateways) for this module."""
+    with cluster_server(tmp_path_factory.mktemp("events-cluster")) as running:
+        yield running
+
+
+@dataclass
+class Event:
+    """One delivery: the routing key, the decoded body, the string headers."""
+
+    routing_key: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def seq(self) -> int:
+        return int(self.body["Seq"])
+
+
+@dataclass
+class Recorder:
+    """A test subscriber: an exclusive queue bound to `dicomkeep.changes`."""
+
+    url: str
+    bindings: tuple[str, ...] = ("#",)
+    events: list[Event] = field(default_factory=list)
+    _connection: Any = None
+
+    async def __aenter__(self) -> Recorder:
+        self._connection = await aio_pika.connect_robust(self.url)
+        channel = await self._connection.channel()
+        exchange = await channel.declare_exchange(
+            EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        for pattern in self.bindings:
+            await queue.bind(exchange, routing_key=pattern)
+        await queue.consume(self._on_message)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._connection.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        headers = {k: v.decode() if isinstance(v, bytes) else str(v)
+                   for k, v in message.headers.items()}
+        self.events.append(Event(message.routing_key or "", json.loads(message.body), headers))
+        await message.ack()
+
+    def of(self, change_type: str) -> list[Event]:
+        return [e for e in self.events if e.body["ChangeType"] == change_type]
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `predicate` on the event loop until true; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def store(client: httpx.AsyncClient, study: list[GeneratedInstance]) -> list[str]:
+    """POST every instance; return their Orthanc IDs."""
+    ids = []
+    for item in study:
+        answer = await client.post("/instances", content=item.data)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["Status"] == "Success"
+        ids.append(answer.json()["ID"])
+    return ids
+
+
+async def changes_since(client: httpx.AsyncClient, since: int) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    while True:
+        page = (await client.get(f"/changes?since={since}&limit=1000")).json()
+        found += page["Changes"]
+        if page["Done"] or not page["Changes"]:
+            return found
+        since = page["Last"]
+
+
+def assert_once_per_seq_in_order(events: list[Event]) -> None:
+    """Duplicates carry the same Seq and body; first deliveries come in Seq order."""
+    first: dict[int, Event] = {}
+    order: list[int] = []
+    for event in events:
+        if event.seq in first:
+            assert event.body == first[event.seq].body
+            assert event.routing_key == first[event.seq].routing_key
+        else:
+            first[event.seq] = event
+            order.append(event.seq)
+    assert order == sorted(order)
+
+
+def amqp_url(server: Server) -> str:
+    return str(server.config["RabbitMQ"]["Url"])
+
+
+async def test_store_publishes_changes_equal_to_the_changes_log(cluster: Server) -> None:
+    study = generate_study(series=2, instances_per_series=3, modality="MR", seed=101)
+    sample = study[0]
+    patient_id, study_id, _, _ = hierarchy_ids(
+        sample.patient_id, sample.study_uid, sample.series_uid, sample.sop_uid
+    )
+    async with (
+        Recorder(amqp_url(cluster)) as recorder,
+        httpx.AsyncClient(base_url=cluster.urls[0], timeout=30) as first,
+        httpx.AsyncClient(base_url=cluster.urls[1], timeout=30) as second,
+    ):
+        before = (await first.get("/changes?last")).json()["Last"]
+        instance_ids = await store(first, study)
+        await until(
+            lambda: {e.body["ID"] for e in recorder.of("NewInstance")} >= set(instance_ids),
+            "a NewInstance event for every stored instance",
+        )
+        await until(
+            lambda: any(e.body["ID"] == study_id for e in recorder.of("StableStudy")),
+            "the StableStudy event (StableAge 2 s)",
+        )
+        events = [e for e in recorder.events if e.seq > before]
+        assert_once_per_seq_in_order(events)
+
+        # Once per Seq: one Seq per stored instance.
+        new_instances = {e.seq: e.body["ID"] for e in events if e.routing_key.endswith(".NewInstance")}
+        assert sorted(new_instances.values()) == sorted(instance_ids)
+        assert {e.body["ID"] for e in events if e.body["ChangeType"] == "NewStudy"} == {study_id}
+        assert {e.body["ID"] for e in events if e.body["ChangeType"] == "NewPatient"} == {patient_id}
+        assert len([e for e in events if e.body["ChangeType"] == "NewSeries"]) == 2
+
+        # The body is the GET /changes entry of the same Seq, through either gateway.
+        logged = {c["Seq"]: c for c in await changes_since(second, before)}
+        last = max(e.seq for e in events)
+        # Nothing lost: every logged change up to the last one delivered was delivered.
+        assert {s for s in logged if s <= last} == {e.seq for e in events}
+        for event in events:
+            assert event.body == logged[event.seq]
+            assert event.routing_key == f"{event.body['ResourceType']}.{event.body['ChangeType']}"
+            assert event.headers["Seq"] == str(event.seq)
+            assert event.headers["x-dicomkeep-type"] == "Change"
+            assert event.headers["x-dicomkeep-schema"] == "1"
+
+        # Filtering headers: the DICOM UIDs down to the resource's level, and Modality.
+        by_sop = {item.sop_uid: item for item in study}
+        for event in recorder.of("NewInstance"):
+            if event.seq <= before:
+                continue
+            item = by_sop[event.headers["SOPInstanceUID"]]
+            assert [event.headers[h] for h in UID_HEADERS] == [
+                item.patient_id, item.study_uid, item.series_uid, item.sop_uid
+            ]
+            assert event.headers["Modality"] == "MR"
+        (new_study,) = [e for e in events if e.body["ChangeType"] == "NewStudy"]
+        assert new_study.headers["StudyInstanceUID"] == sample.study_uid
+        assert "SeriesInstanceUID" not in new_study.headers
+
+
+async def test_delete_publishes_deleted_events_not_logged(cluster: Server) -> None:
+    study = generate_study(series=1, instances_per_series=2, seed=202)
+    sample = study[0]
+    patient_id, study_id, series_id, _ = hierarchy_ids(
+        sample.patient_id, sample.study_uid, sample.series_uid, sample.sop_uid
+    )
+    async with (
+        Recorder(amqp_url(cluster), bindings=("*.Deleted",)) as recorder,
+        httpx.AsyncClient(base_url=cluster.urls[1], timeout=30) as client,
+    ):
+        instance_ids = await store(client, study)
+        before = (await client.get("/changes?last")).json()["Last"]
+        answer = await client.delete(f"/studies/{study_id}")
+        assert answer.status_code == 200
+        expected = {
+            ("Study", study_id), ("Series", series_id), ("Patient", patient_id),
+            *(("Instance", i) for i in instance_ids),
+        }
+        await until(
+            lambda: {(e.body["ResourceType"], e.body["ID"]) for e in recorder.events} >= expected,
+            "Deleted events for the study, its series, instances and its patient",
+        )
+        assert_once_per_seq_in_order(recorder.events)
+        for event in recorder.events:
+            level = event.body["ResourceType"]
+            assert event.routing_key == f"{level}.Deleted"
+            assert event.body["ChangeType"] == "Deleted"
+            assert event.body["Path"] == resource_path(Level(level), event.body["ID"])
+            assert event.seq > before
+        # GET /changes keeps Orthanc's logged set: no Deleted entry, no Deleted Seq.
+        logged = await changes_since(client, before)
+        assert all(c["ChangeType"] != "Deleted" for c in logged)
+        assert not {c["Seq"] for c in logged} & {e.seq for e in recorder.events}
+
+
+def run_subscriber(
+    cluster: Server, state: Path, log: Path, queue: str, *options: str
+) -> subprocess.Popen[str]:
+    """Start examples/subscriber.py on Instance.NewInstance; stderr goes to `log`."""
+    with log.open("w") as errors:
+        return subprocess.Popen(
+            [sys.executable, str(SUBSCRIBER), "Instance.NewInstance",
+             "--amqp-url", amqp_url(cluster), "--rest-url", cluster.urls[0],
+             "--queue", queue, "--state", str(state), *options],
+            stdout=subprocess.PIPE, stderr=errors, text=True,
+        )
+
+
+def printed(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def test_example_subscriber(cluster: Server, tmp_path: Path) -> None:
+    state, log = tmp_path / "state.json", tmp_path / "subscriber.log"
+    queue = f"example-{uuid.uuid4().hex[:8]}"
+    study = generate_study(series=1, instances_per_series=3, seed=303)
+    with httpx.Client(base_url=cluster.urls[0], timeout=30) as client:
+        since = client.get("/changes?last").json()["Last"]
+        # Live: the subscriber listens, two instances arrive through its queue.
+        process = run_subscriber(
+            cluster, state, log, queue, "--since", str(since),
+            "--max-messages", "2", "--timeout", "60",
+        )
+        wait_until(lambda: "listening" in log.read_text(), 30, "the subscriber to listen")
+        for item in study[:2]:
+            assert client.post("/instances", content=item.data).status_code == 200
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, log.read_text()
+        live = printed(output)
+        assert [line["source"] for line in live] == ["queue", "queue"]
+        assert [line["headers"]["SOPInstanceUID"] for line in live] == [
+            item.sop_uid for item in study[:2]
+        ]
+        assert all(line["routing_key"] == "Instance.NewInstance" for line in live)
+        assert json.loads(state.read_text())["last"] == live[-1]["change"]["Seq"]
+
+        # Down: the third instance is in its durable queue AND in /changes; the next
+        # run handles it exactly once (deduplicated by Seq), then stops at its timeout.
+        stored = client.post("/instances", content=study[2].data).json()
+        process = run_subscriber(cluster, state, log, queue, "--timeout", "4")
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, log.read_text()
+        (again,) = printed(output)
+        assert again["change"]["ID"] == stored["ID"]
+        assert again["change"] == next(
+            c for c in client.get(f"/changes?since={since}&limit=1000").json()["Changes"]
+            if c["Seq"] == again["change"]["Seq"]
+        )
