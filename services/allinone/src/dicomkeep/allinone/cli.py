@@ -76,6 +76,12 @@ def _load(path: str | None) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["generate"]:
+        # The generator has its own options (and --help): hand it the rest as is.
+        from dicomkeep.common.synthetic import main as generate_main
+
+        return generate_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.version:
         sys.stdout.write(
@@ -85,10 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config:
         Path(args.config).write_text(sample_configuration(), encoding="utf-8")
         return 0
-    if args.command == "generate":
-        from dicomkeep.common.synthetic import main as generate_main
-
-        return generate_main(args.args)
     _configure_logging(args.verbose, args.trace)
     if args.command == "cluster":
         return _cluster(args.action, args.configuration, Path(args.state_dir))
