@@ -171,6 +171,20 @@ def _http_port_pair() -> int:
 
 
 @contextmanager
+def rabbit_vhost(name: str) -> Iterator[str]:
+    """A RabbitMQ virtual host of its own (the default one if rabbitmqctl is refused);
+    yields its AMQP URL and deletes it afterwards."""
+    vhost = name if _rabbitmqctl("add_vhost", name) else ""
+    if vhost:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        if vhost:
+            _rabbitmqctl("delete_vhost", vhost)
+
+
+@contextmanager
 def cluster_server(
     tmp: Path, extra: dict[str, Any] | None = None, **cluster_options: Any
 ) -> Iterator[Server]:
@@ -178,12 +192,18 @@ def cluster_server(
     RabbitMQ virtual host and Redis database; tear all of them down afterwards.
 
     `cluster_options` go to `cluster.start` (e.g. `stability=2`)."""
-    from dicomkeep.allinone import cluster
 
     name = f"dk_it_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
-    vhost = name if _rabbitmqctl("add_vhost", name) else ""
-    if vhost:
-        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    with rabbit_vhost(name) as amqp_url:
+        yield from _cluster(tmp, name, amqp_url, extra, cluster_options)
+
+
+def _cluster(
+    tmp: Path, name: str, amqp_url: str, extra: dict[str, Any] | None,
+    cluster_options: dict[str, Any],
+) -> Iterator[Server]:
+    from dicomkeep.allinone import cluster
+
     redis_db = 1 + (os.getpid() % 15)
     import redis as redis_client
 
@@ -196,7 +216,7 @@ def cluster_server(
         "DicomAet": "DICOMKEEP",
         "StableAge": 2,
         "PostgreSQL": {"ConnectionUri": pg_dsn(name)},
-        "RabbitMQ": {"Url": f"amqp://guest:guest@127.0.0.1:5672/{vhost}"},
+        "RabbitMQ": {"Url": amqp_url},
         "Redis": {"Url": redis_url},
         "AwsS3Storage": {"BucketName": "dicomkeep-it"},
         **(extra or {}),
@@ -215,8 +235,6 @@ def cluster_server(
     finally:
         cluster.stop(state_dir)
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        if vhost:
-            _rabbitmqctl("delete_vhost", vhost)
 
 
 def kill_member(server: Server, name: str = "stability") -> None:
@@ -252,12 +270,17 @@ def restart_member(server: Server, name: str = "stability") -> None:
 def blob_keys(server: Server) -> list[str]:
     """Every blob the server holds: files under StorageDirectory, or S3 objects."""
     if server.storage_dir is not None:
-        if not server.storage_dir.exists():
-            return []
-        return sorted(
-            p.name for p in server.storage_dir.rglob("*")
-            if p.is_file() and len(p.name) == 36 and not p.name.startswith(".")
-        )
+        for _ in range(20):
+            if not server.storage_dir.exists():
+                return []
+            try:
+                return sorted(
+                    p.name for p in server.storage_dir.rglob("*")
+                    if p.is_file() and len(p.name) == 36 and not p.name.startswith(".")
+                )
+            except FileNotFoundError:  # the storage service removed a folder meanwhile
+                continue
+        raise AssertionError(f"{server.storage_dir} keeps changing")
     from urllib.parse import urlsplit
 
     from minio import Minio

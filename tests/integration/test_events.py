@@ -1,8 +1,9 @@
 """The public change-event contract (ARCHITECTURE.md, docs/events.md), seen by a subscriber.
 
-Distributed mode only: the all-in-one has no broker (its bus is in-process), so
-there is nothing for an external application to subscribe to. A subscriber binds
-its own queue to `dicomkeep.changes` on the cluster's RabbitMQ virtual host and
+In both modes: the distributed cluster publishes on its RabbitMQ, and the
+all-in-one mirrors its in-process bus there when `RabbitMQ.PublishChanges` is on.
+A subscriber binds its own queue to `dicomkeep.changes` on a RabbitMQ virtual
+host of the test's and
 checks what an application relies on: routing keys, bodies equal to `GET /changes`
 entries, filtering headers, Seq order, at-least-once with the Seq as the key,
 Deleted events that `/changes` does not list; then runs examples/subscriber.py.
@@ -27,18 +28,28 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from dicomkeep.common.ids import Level, hierarchy_ids, resource_path
 from dicomkeep.common.synthetic import GeneratedInstance, generate_study
-from servers import Server, cluster_server, wait_until
+from servers import Server, allinone_server, cluster_server, rabbit_vhost, wait_until
 
 EXCHANGE = "dicomkeep.changes"
 SUBSCRIBER = Path(__file__).resolve().parents[2] / "examples" / "subscriber.py"
 UID_HEADERS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A distributed cluster (two gateways) for this module."""
-    with cluster_server(tmp_path_factory.mktemp("events-cluster")) as running:
-        yield running
+@pytest.fixture(scope="module", params=["allinone", "distributed"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A server for this module: a cluster (two gateways), or an all-in-one that
+    publishes its changes on RabbitMQ."""
+    tmp = tmp_path_factory.mktemp(f"events-{request.param}")
+    if request.param == "distributed":
+        with cluster_server(tmp) as running:
+            yield running
+        return
+    with rabbit_vhost(f"dk_events_{uuid.uuid4().hex[:8]}") as url:
+        config = {"RabbitMQ": {"Url": url, "PublishChanges": True}}
+        with allinone_server(tmp, config) as running:
+            yield running
 
 
 @dataclass
@@ -145,7 +156,7 @@ async def test_store_publishes_changes_equal_to_the_changes_log(cluster: Server)
     async with (
         Recorder(amqp_url(cluster)) as recorder,
         httpx.AsyncClient(base_url=cluster.urls[0], timeout=30) as first,
-        httpx.AsyncClient(base_url=cluster.urls[1], timeout=30) as second,
+        httpx.AsyncClient(base_url=cluster.urls[-1], timeout=30) as second,
     ):
         before = (await first.get("/changes?last")).json()["Last"]
         instance_ids = await store(first, study)
@@ -202,7 +213,7 @@ async def test_delete_publishes_deleted_events_not_logged(cluster: Server) -> No
     )
     async with (
         Recorder(amqp_url(cluster), bindings=("*.Deleted",)) as recorder,
-        httpx.AsyncClient(base_url=cluster.urls[1], timeout=30) as client,
+        httpx.AsyncClient(base_url=cluster.urls[-1], timeout=30) as client,
     ):
         instance_ids = await store(client, study)
         before = (await client.get("/changes?last")).json()["Last"]
