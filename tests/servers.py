@@ -79,7 +79,12 @@ class Server:
         return self.urls[0]
 
     def client(self, replica: int = 0) -> httpx.Client:
-        return httpx.Client(base_url=self.urls[replica % len(self.urls)], timeout=30.0)
+        # The server closes idle connections after 1 s (Orthanc's KeepAliveTimeout):
+        # drop them sooner on this side so a request never races that close.
+        return httpx.Client(
+            base_url=self.urls[replica % len(self.urls)], timeout=30.0,
+            limits=httpx.Limits(keepalive_expiry=0.5),
+        )
 
 
 def write_config(folder: Path, config: dict[str, Any]) -> Path:
