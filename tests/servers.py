@@ -209,7 +209,9 @@ def _cluster(
 ) -> Iterator[Server]:
     from dicomkeep.allinone import cluster
 
-    redis_db = 1 + (os.getpid() % 15)
+    # One Redis database per test worker (clusters of one worker run one at a time).
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    redis_db = 1 + (int(worker[2:]) if worker.startswith("gw") else os.getpid()) % 15
     import redis as redis_client
 
     redis_url = REDIS_URL.rsplit("/", 1)[0] + f"/{redis_db}"

@@ -63,7 +63,8 @@ async def test_patient_shape(gateway: Gateway) -> None:
     assert body["MainDicomTags"]["PatientID"] == CT_PATIENT
     assert body["MainDicomTags"]["PatientName"] == "CompressedSamples^CT1"
     assert body["Labels"] == []
-    assert body["IsStable"] is True
+    # Unstable from the store until its StablePatient change (ORTHANC_API.md §7).
+    assert body["IsStable"] is False
     assert len(body["LastUpdate"]) == 15 and body["LastUpdate"][8] == "T"
 
 
@@ -100,7 +101,7 @@ async def test_series_shape_and_stability(gateway: Gateway) -> None:
     assert body["ExpectedNumberOfInstances"] is None
     assert body["Status"] == "Unknown"
     study_body = (await gateway.client.get(f"/studies/{study}")).json()
-    assert study_body["IsStable"] is True
+    assert study_body["IsStable"] is False  # the index marks all parents unstable
 
 
 async def test_instance_shape(gateway: Gateway) -> None:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 CHANGES_EXCHANGE = "dicomkeep.changes"
 #: The durable work queue of StoreInstance commands (request/reply).
 STORE_QUEUE = "dicomkeep.store-instance"
+#: The durable work queue of RunJob commands (wakes the jobs workers).
+JOBS_QUEUE = "dicomkeep.jobs"
 #: The schema version of every message, sent in the `x-dicomkeep-schema` header.
 SCHEMA_VERSION = "1"
 
@@ -187,3 +189,16 @@ class RemainingAncestor(BaseModel):
 
     level: Level
     public_id: str
+
+
+class RunJob(BaseModel):
+    """Command: a job became Pending (submitted, resumed, resubmitted); run it soon.
+
+    Sent on `JOBS_QUEUE` by whoever queued the job; a jobs worker wakes up and
+    claims the next job from the index (not necessarily this one: priorities hold).
+    Losing it only delays the job until the workers' next poll.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job_id: str

@@ -1,10 +1,11 @@
 """`dicomkeep cluster start|stop`: a local distributed deployment as processes.
 
-2 gateways (HttpPort and HttpPort + 1), 2 indexers, and one ingest, storage and
-stability, on the PostgreSQL, RabbitMQ and Redis that the configuration (or the
+2 gateways (HttpPort and HttpPort + 1), 2 indexers, one ingest, storage and jobs, and
+`stability` stability replicas (1 by default), on the PostgreSQL, RabbitMQ and Redis that the configuration (or the
 DICOMKEEP_* variables) names, and on an S3 endpoint: moto's server is started
 when none is configured. `start` returns once every process is ready; `stop`
-stops exactly the processes listed in the state folder.
+stops exactly the processes listed in the state folder; `kill_member` and
+`restart_member` let tests crash and replace one of them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Member:
     pid: int
     ready_url: str
     log: str
+    argv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -44,6 +46,8 @@ class ClusterState:
     http_ports: list[int] = field(default_factory=list)
     dicom_port: int = 0
     s3_endpoint: str = ""
+    #: The variables `start` set for its members (a restart sets them again).
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -73,7 +77,9 @@ def _spawn(
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    return Member(name=name, pid=process.pid, ready_url=ready_url, log=str(log_path))
+    return Member(
+        name=name, pid=process.pid, ready_url=ready_url, log=str(log_path), argv=argv
+    )
 
 
 def start(
@@ -82,6 +88,7 @@ def start(
     *,
     gateways: int = 2,
     indexers: int = 2,
+    stability: int = 1,
     timeout: float = 90.0,
     environ: Mapping[str, str] | None = None,
 ) -> ClusterState:
@@ -94,7 +101,8 @@ def start(
     if (state_dir / STATE_FILE).exists():
         stop(state_dir)
     base_env = os.environ if environ is None else environ
-    env = {**base_env, "ORTHANC__DICOM_KEEP__MODE": "distributed"}
+    overrides = {"ORTHANC__DICOM_KEEP__MODE": "distributed"}
+    env = {**base_env, **overrides}
     settings: Settings = load_settings(config, environ=env)
     state = ClusterState(dicom_port=settings.dicom_port)
     try:
@@ -108,12 +116,14 @@ def start(
                     env, f"{endpoint}/moto-api/",
                 )
             )
-            env["DICOMKEEP_S3_ENDPOINT"] = endpoint
+            overrides["DICOMKEEP_S3_ENDPOINT"] = endpoint
             if not settings.aws_s3_storage.access_key:
                 # moto refuses anonymous reads: give the services a key pair.
-                env["DICOMKEEP_S3_ACCESS_KEY"] = "dicomkeep"
-                env["DICOMKEEP_S3_SECRET_KEY"] = "dicomkeep-secret"
+                overrides["DICOMKEEP_S3_ACCESS_KEY"] = "dicomkeep"
+                overrides["DICOMKEEP_S3_SECRET_KEY"] = "dicomkeep-secret"
+            env.update(overrides)
         state.s3_endpoint = endpoint
+        state.env = overrides
         _wait(state, timeout)  # S3 first: services create the bucket on start
         base = [_bin("dicomkeep"), "--verbose", "run"]
         tail = [config] if config else []
@@ -122,9 +132,14 @@ def start(
             ops = free_port()
             plan.append((f"indexer-{n + 1}", [*base, "indexer", *tail, "--ops-port", str(ops)],
                          f"http://127.0.0.1:{ops}/readyz"))
-        for name in ("storage", "stability"):
+        names = ["storage", "jobs"]
+        names += ["stability"] if stability == 1 else [
+            f"stability-{n + 1}" for n in range(stability)
+        ]
+        for name in names:
             ops = free_port()
-            plan.append((name, [*base, name, *tail, "--ops-port", str(ops)],
+            service = name.split("-")[0]
+            plan.append((name, [*base, service, *tail, "--ops-port", str(ops)],
                          f"http://127.0.0.1:{ops}/readyz"))
         for n in range(gateways):
             http = settings.http_port + n
@@ -207,3 +222,54 @@ def stop(state_dir: Path, *, timeout: float = 20.0) -> int:
             os.kill(member.pid, signal.SIGKILL)
     (state_dir / STATE_FILE).unlink()
     return len(state.members)
+
+
+def _member(state: ClusterState, name: str) -> Member:
+    for member in state.members:
+        if member.name == name:
+            return member
+    raise KeyError(f"no cluster member {name}")
+
+
+def kill_member(state_dir: Path, name: str) -> None:
+    """SIGKILL one member (a crash: no clean shutdown) and wait until it is gone.
+
+    Raises KeyError for an unknown name. The member stays in the state file, so
+    `restart_member` can replace it and `stop` still knows it.
+    """
+    state = load_state(state_dir)
+    if state is None:
+        raise KeyError(f"no cluster in {state_dir}")
+    member = _member(state, name)
+    if _alive(member.pid):
+        os.kill(member.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(member.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def restart_member(
+    state_dir: Path,
+    name: str,
+    *,
+    environ: Mapping[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Member:
+    """Start a member again with its argv (after `kill_member`), wait until ready.
+
+    `environ` is the base environment given to `start` (the variables `start` set
+    are added again). The state file records the new pid. Raises KeyError for an
+    unknown name, RuntimeError if it does not become ready.
+    """
+    state = load_state(state_dir)
+    if state is None:
+        raise KeyError(f"no cluster in {state_dir}")
+    old = _member(state, name)
+    if _alive(old.pid):
+        raise RuntimeError(f"{name} is still running (pid {old.pid})")
+    env = {**(os.environ if environ is None else environ), **state.env}
+    new = _spawn(state_dir, name, old.argv, env, old.ready_url)
+    state.members[state.members.index(old)] = new
+    _save(state_dir, state)
+    _wait(ClusterState(members=[new]), timeout)
+    return new

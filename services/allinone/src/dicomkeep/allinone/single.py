@@ -12,6 +12,7 @@ from dicomkeep.common.settings import Settings
 from dicomkeep.gateway import main as gateway
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
+from dicomkeep.jobs import main as jobs
 from dicomkeep.stability import main as stability
 from dicomkeep.storage import main as storage
 
@@ -50,7 +51,7 @@ def dependency_checks(service: Any) -> dict[str, Check]:
 def build_service(
     name: str, settings: Settings, *, http_port: int | None = None, ops_port: int | None = None
 ) -> Service:
-    """Build one service by name (gateway, ingest, indexer, storage, stability)."""
+    """Build one service by name (gateway, ingest, indexer, storage, stability, jobs)."""
     parts: list[Service] = []
     if name == "gateway":
         core: Any = gateway.build(settings)
@@ -64,6 +65,8 @@ def build_service(
         core = storage.build(settings)
     elif name == "stability":
         core = stability.build(settings)
+    elif name == "jobs":
+        core = jobs.build(settings)
     else:
         raise ValueError(f"unknown service {name}")
     parts = parts or [core]

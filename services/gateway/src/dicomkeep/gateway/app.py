@@ -17,7 +17,19 @@ import logging
 
 from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
 from dicomkeep.common.settings import Settings
-from dicomkeep.gateway.api import changes, instances, metadata, resources, system
+from dicomkeep.gateway.api import (
+    attachments,
+    changes,
+    find,
+    instances,
+    jobs,
+    metadata,
+    modalities,
+    peers,
+    queries,
+    resources,
+    system,
+)
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
 from dicomkeep.gateway.security import SecurityMiddleware
@@ -54,7 +66,11 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     )
     app.state.ctx = ctx
     app.state.describe_errors = effective.http_describe_errors
-    routers = (resources.router, metadata.router, instances.router, changes.router, system.router)
+    routers = (
+        resources.router, metadata.router, attachments.router, instances.router,
+        changes.router, system.router, peers.router, find.router,
+        jobs.router, modalities.router, queries.router,
+    )  # fmt: skip
     for router in routers:
         app.include_router(router)
     app.state.routers = routers

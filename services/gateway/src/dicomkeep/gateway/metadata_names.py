@@ -38,6 +38,11 @@ MAXIMUM_KEY = 65535
 FIRST_USER_KEY = 1024
 
 
+def is_user_metadata(key: int) -> bool:
+    """Tell whether REST clients may write this key (1024..65535); core keys are read-only."""
+    return FIRST_USER_KEY <= key <= MAXIMUM_KEY
+
+
 def metadata_name(key: int, user_metadata: Mapping[str, int]) -> str:
     """Return the name of a key: core name, registered user name, else its number."""
     core = _CORE_NAMES.get(key)

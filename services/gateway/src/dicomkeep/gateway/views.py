@@ -85,7 +85,8 @@ async def expand_resource(
 ) -> dict[str, Any]:
     """Return the full JSON object of one resource (§2.3, exact key set per level).
 
-    `IsStable` and `LastUpdate` (when set) for patients, studies and series;
+    `IsStable` (from the index, so that every replica agrees right after a store;
+    `clock` is not consulted) and `LastUpdate` (when set) for patients, studies and series;
     `ExpectedNumberOfInstances` and `Status` for series; `FileSize`, `FileUuid`
     and `IndexInSeries` for instances; `AnonymizedFrom`/`ModifiedFrom` only when
     that metadata exists.
@@ -106,7 +107,7 @@ async def expand_resource(
     if level is Level.STUDY:
         result["PatientMainDicomTags"] = format_main_tags(resource.patient_main_tags or {}, fmt)
     if level is not Level.INSTANCE:
-        result["IsStable"] = not await clock.is_unstable(level, resource.public_id)
+        result["IsStable"] = resource.is_stable
         if LAST_UPDATE in metadata:
             result["LastUpdate"] = metadata[LAST_UPDATE]
     if level is Level.SERIES:

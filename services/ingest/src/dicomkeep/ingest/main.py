@@ -6,10 +6,14 @@ import asyncio
 
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
+from dicomkeep.common.ports.index import Index
 from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.wiring import make_bus, open_blobs
+from dicomkeep.common.wiring import make_bus, make_index, open_blobs
+from dicomkeep.ingest.find import FindScp
+from dicomkeep.ingest.move import RetrieveScp, add_retrieve_contexts
 from dicomkeep.ingest.scp import StoreScp
+from pynetdicom import evt
 
 
 class IngestService:
@@ -23,10 +27,14 @@ class IngestService:
         *,
         owns: tuple[bool, bool] = (False, False),
         host: str = "0.0.0.0",
+        index: Index | None = None,
     ) -> None:
         self.settings = settings
         self.blobs = blobs
         self.bus = bus
+        # C-FIND reads the index; opened (and owned) at start when not given.
+        self.index = index
+        self._owns_index = index is None
         self._owns_blobs, self._owns_bus = owns
         self.host = host
         self.scp: StoreScp | None = None
@@ -38,6 +46,12 @@ class IngestService:
         if self._owns_bus:
             await self.bus.start()
         settings = self.settings
+        if self.index is None:
+            self.index = make_index(settings)
+            await self.index.open()
+        loop = asyncio.get_running_loop()
+        find_scp = FindScp(settings, self.index, self.blobs, loop)
+        retrieve_scp = RetrieveScp(settings, self.index, self.blobs, self.bus, loop)
         receiver = Receiver(
             self.blobs,
             bus_submitter(self.bus, settings.dicomkeep.store_timeout),
@@ -51,7 +65,13 @@ class IngestService:
             timeout=float(settings.dicom_scp_timeout),
             store_timeout=settings.dicomkeep.store_timeout + 5,
             require_called_aet=settings.dicom_check_called_aet,
+            extra_handlers=[
+                (evt.EVT_C_FIND, find_scp.handle_find),
+                (evt.EVT_C_MOVE, retrieve_scp.handle_move),
+                (evt.EVT_C_GET, retrieve_scp.handle_get),
+            ],
         )
+        add_retrieve_contexts(self.scp.ae)
         await asyncio.to_thread(self.scp.start, self.host, settings.dicom_port)
 
     async def stop(self) -> None:
@@ -62,12 +82,20 @@ class IngestService:
             await self.bus.close()
         if self._owns_blobs and self.blobs is not None:
             await self.blobs.close()
+        if self._owns_index and self.index is not None:
+            await self.index.close()
+            self.index = None
 
 
 def build(
-    settings: Settings, *, blobs: BlobStore | None = None, bus: Bus | None = None
+    settings: Settings,
+    *,
+    blobs: BlobStore | None = None,
+    bus: Bus | None = None,
+    index: Index | None = None,
 ) -> IngestService:
     """Build the ingest service; adapters not given are chosen and owned."""
     return IngestService(
-        settings, blobs, bus or make_bus(settings), owns=(blobs is None, bus is None)
+        settings, blobs, bus or make_bus(settings), owns=(blobs is None, bus is None),
+        index=index,
     )

@@ -17,7 +17,11 @@ from typing import Any
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.receiving import Origin, Receiver
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ def make_ae(ae_title: str, *, timeout: float, require_called_aet: bool) -> AE:
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    # C-FIND (ingest/find.py): identifiers in the uncompressed transfer syntaxes.
+    ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     ae.require_called_aet = require_called_aet
     ae.maximum_associations = 64
     ae.maximum_pdu_size = 0  # no limit on what we accept

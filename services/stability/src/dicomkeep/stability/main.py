@@ -1,4 +1,11 @@
-"""The stability service's composition root."""
+"""The stability service's composition root.
+
+On start it enforces the storage limits (Orthanc recycles at start-up, which also
+applies limits lowered in the configuration) and rebuilds the clock from the
+index; then it listens to NewInstance/Deleted and runs the monitor: every `tick`
+it emits what the clock finds due, every `reconcile_every` it repairs what the
+clock lost (usecases.reconcile).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import make_bus, make_index, open_clock
-from dicomkeep.stability.usecases import emit_stable, on_change
+from dicomkeep.stability.usecases import emit_due, on_change, rebuild_clock, reconcile
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,8 @@ class StabilityService:
         *,
         owns: tuple[bool, bool, bool] = (False, False, False),
         tick: float = 0.1,
+        reconcile_every: float = 1.0,
+        grace: float = 1.0,
     ) -> None:
         self.settings = settings
         self.index = index
@@ -40,10 +49,12 @@ class StabilityService:
         self.bus = bus
         self._owns = owns
         self._tick = tick
+        self._reconcile_every = reconcile_every
+        self._grace = grace
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open what it owns, listen to changes, start the monitor."""
+        """Open what it owns, enforce the limits, rebuild the clock, listen, monitor."""
         owns_index, owns_clock, owns_bus = self._owns
         if owns_index:
             await self.index.open()
@@ -51,6 +62,10 @@ class StabilityService:
             self.clock = await open_clock(self.settings)
         if owns_bus:
             await self.bus.start()
+        recycled = await self.index.enforce_limits()
+        if recycled:
+            log.info("storage limits enforced at start recycled=%d", len(recycled))
+        await rebuild_clock(self.index, self.clock)
         await self.bus.consume(
             QUEUE,
             [(CHANGES_EXCHANGE, "Instance.NewInstance"), (CHANGES_EXCHANGE, "*.Deleted")],
@@ -79,15 +94,21 @@ class StabilityService:
     async def _monitor(self) -> None:
         assert self.clock is not None
         stable_age = float(self.settings.stable_age)
+        next_reconcile = time.monotonic() + self._reconcile_every
         while True:
             try:
-                await emit_stable(
-                    self.index, self.clock, now=time.time(), stable_age=stable_age
-                )
-            except asyncio.CancelledError:
-                raise
+                await emit_due(self.index, self.clock, now=time.time(), stable_age=stable_age)
             except Exception:
                 log.exception("stability monitor failed; retrying")
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + self._reconcile_every
+                try:
+                    await reconcile(
+                        self.index, self.clock, now=time.time(), stable_age=stable_age,
+                        grace=self._grace,
+                    )
+                except Exception:
+                    log.exception("stability reconciliation failed; retrying")
             await asyncio.sleep(self._tick)
 
 

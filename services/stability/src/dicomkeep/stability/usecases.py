@@ -1,8 +1,14 @@
 """The stability service's use cases (ORTHANC_API.md §7, cluster-wide).
 
-Every NewInstance touches its series, study and patient in the StabilityClock;
-when StableAge passes with no new instance, the replica that pops the resource
-from the clock appends the Stable* change (exactly one replica pops it).
+The index is the ledger: the store transaction marks the series, study and patient
+of a new instance unstable, with the time of that instance, and
+`Index.emit_stable` removes the mark in the transaction that appends the Stable*
+change, so each quiet period yields exactly one change whichever replica runs it,
+and a crash in between loses nothing. The StabilityClock is the timer: every
+NewInstance touches its parents, and a replica that pops due resources asks the
+index to emit. What the clock loses (a replica that popped and died, Redis
+flushed or restarted, a restart of the all-in-one process) `reconcile` repairs
+from the index.
 """
 
 from __future__ import annotations
@@ -10,16 +16,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from dicomkeep.common.events import STABLE_CHANGE, Change, ChangeType
-from dicomkeep.common.ids import Level, orthanc_id, resource_path
+from dicomkeep.common.events import Change, ChangeType
+from dicomkeep.common.ids import Level, orthanc_id
 from dicomkeep.common.metrics import STABLE_EVENTS
 from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.ports.index import Index
 
 log = logging.getLogger(__name__)
 
-#: Within one quiet period, Orthanc logs series first, then study, then patient.
-_ORDER = {Level.SERIES: 0, Level.STUDY: 1, Level.PATIENT: 2}
+#: Resources handled per index transaction.
+BATCH = 500
 
 
 def parents_of(headers: Mapping[str, str]) -> list[tuple[Level, str]]:
@@ -37,7 +43,11 @@ def parents_of(headers: Mapping[str, str]) -> list[tuple[Level, str]]:
 async def on_change(
     clock: StabilityClock, body: bytes, headers: Mapping[str, str], at: float
 ) -> None:
-    """Touch the parents of a new instance; forget deleted resources."""
+    """Touch the parents of a new instance; forget deleted resources.
+
+    Idempotent enough for at-least-once delivery: a redelivered NewInstance only
+    delays the next look at the index, which decides.
+    """
     change = Change.model_validate_json(body)
     if change.change_type is ChangeType.NEW_INSTANCE:
         await clock.touch(parents_of(headers), at)
@@ -45,22 +55,63 @@ async def on_change(
         await clock.forget([(Level(change.resource_type), change.id)])
 
 
-async def emit_stable(
+async def emit_overdue(index: Index, *, cutoff: float) -> list[Change]:
+    """Append the Stable* changes of every resource quiet since before `cutoff`.
+
+    Exactly once per quiet period (the index guarantees it); series, then studies,
+    then patients within a batch. A resource deleted meanwhile gets no event.
+    """
+    emitted: list[Change] = []
+    while True:
+        changes = await index.emit_stable(cutoff, BATCH)
+        for change in changes:
+            STABLE_EVENTS.labels(change.resource_type).inc()
+            log.info(
+                "stable resource=%s public_id=%s seq=%d",
+                change.resource_type, change.id, change.seq,
+            )
+        emitted.extend(changes)
+        if len(changes) < BATCH:
+            return emitted
+
+
+async def emit_due(
     index: Index, clock: StabilityClock, *, now: float, stable_age: float
 ) -> list[Change]:
-    """Append the Stable* changes of resources quiet for more than StableAge.
+    """Pop the resources the clock finds due and append the Stable* changes now due.
 
-    A resource deleted meanwhile gets no event (as in Orthanc).
+    The age must be strictly greater than StableAge. Among concurrent replicas one
+    pops a resource; the index decides anyway, so a replica that dies after the
+    pop loses nothing (`reconcile` emits it).
     """
-    due = await clock.pop_due(now - stable_age, limit=500)
-    emitted: list[Change] = []
-    for level, public_id in sorted(due, key=lambda item: _ORDER[item[0]]):
-        if await index.get_resource(level, public_id) is None:
-            continue
-        change = await index.append_change(
-            STABLE_CHANGE[level], level.value, public_id, resource_path(level, public_id)
-        )
-        emitted.append(change)
-        STABLE_EVENTS.labels(level.value).inc()
-        log.info("stable resource=%s id=%s seq=%d", level.value, public_id, change.seq)
+    cutoff = now - stable_age
+    if not await clock.pop_due(cutoff, limit=BATCH):
+        return []
+    return await emit_overdue(index, cutoff=cutoff)
+
+
+async def rebuild_clock(index: Index, clock: StabilityClock) -> int:
+    """Touch, in the clock, every resource the index knows to be unstable, at the time
+    of its last new instance; return how many. Idempotent."""
+    resources = await index.unstable_resources()
+    by_time: dict[float, list[tuple[Level, str]]] = {}
+    for resource in resources:
+        by_time.setdefault(resource.touched_at, []).append((resource.level, resource.public_id))
+    for at, items in by_time.items():
+        await clock.touch(items, at)
+    if resources:
+        log.info("stability clock rebuilt from the index resources=%d", len(resources))
+    return len(resources)
+
+
+async def reconcile(
+    index: Index, clock: StabilityClock, *, now: float, stable_age: float, grace: float
+) -> list[Change]:
+    """Repair what the clock lost: emit resources overdue by more than `grace`
+    seconds, and rebuild an empty clock from the index."""
+    emitted = await emit_overdue(index, cutoff=now - stable_age - grace)
+    if emitted:
+        log.warning("stable changes emitted late count=%d", len(emitted))
+    if await clock.count() == 0:
+        await rebuild_clock(index, clock)
     return emitted

@@ -13,9 +13,12 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
+from dicomkeep.common.adapters import sql_find, sql_stability
+from dicomkeep.common.adapters.sql_peers import SqlPeerStore
+from dicomkeep.common.adapters.sql_recycling import Recycler, StorageLimits
 from dicomkeep.common.adapters.sql_schema import schema_for
 from dicomkeep.common.adapters.sql_store import StoreTransaction
 from dicomkeep.common.errors import ErrorCode, OrthancError
@@ -29,6 +32,7 @@ from dicomkeep.common.events import (
     StoreReply,
     StoreStatus,
 )
+from dicomkeep.common.find import Constraint
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.ports.database import Database, RetryableError, Tx
 from dicomkeep.common.ports.index import (
@@ -38,7 +42,10 @@ from dicomkeep.common.ports.index import (
     MetadataValue,
     Resource,
     Statistics,
+    UnstableResource,
 )
+from dicomkeep.common.ports.jobs import JobStore
+from dicomkeep.common.ports.peers import PeerStore
 from dicomkeep.common.timestamps import now_stamp
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,7 @@ T = TypeVar("T")
 
 LAST_UPDATE = 7
 DICOM = 1
+FIRST_USER_CONTENT_TYPE = 1024
 
 
 def md5_hex(value: bytes | str) -> str:
@@ -151,9 +159,13 @@ DESCENDANTS = """WITH RECURSIVE d(internal_id) AS (
 class SqlIndex:
     """The Index port over a SQL database. Every public method is one transaction."""
 
-    def __init__(self, db: Database, *, max_retries: int = 10) -> None:
+    def __init__(
+        self, db: Database, *, max_retries: int = 10, limits: StorageLimits | None = None
+    ) -> None:
         self.db = db
         self._max_retries = max_retries
+        #: MaximumStorageSize/MaximumPatientCount, applied in the store transaction.
+        self.recycler = Recycler(self, limits)
 
     async def open(self) -> None:
         """Connect and apply the schema (idempotent)."""
@@ -162,6 +174,18 @@ class SqlIndex:
     async def close(self) -> None:
         """Release connections."""
         await self.db.close()
+
+    @property
+    def jobs(self) -> JobStore:
+        """Jobs, modalities and REST queries, in this database (adapters/sql_jobs.py)."""
+        from dicomkeep.common.adapters.sql_jobs import SqlJobStore  # imports this module
+
+        return SqlJobStore(self.db, self._run)
+
+    @property
+    def peers(self) -> PeerStore:
+        """Orthanc peers set or deleted through REST (adapters/sql_peers.py)."""
+        return SqlPeerStore(self.db, self._run)
 
     @property
     def for_update(self) -> str:
@@ -224,8 +248,9 @@ class SqlIndex:
 
         async def body(tx: Tx) -> Resource | None:
             row = await tx.fetchrow(
-                "SELECT r.internal_id, p.public_id, r.is_protected FROM resources r "
-                "LEFT JOIN resources p ON p.internal_id = r.parent_id "
+                "SELECT r.internal_id, p.public_id, r.is_protected, "
+                "(SELECT COUNT(*) FROM stability s WHERE s.internal_id = r.internal_id) "
+                "FROM resources r LEFT JOIN resources p ON p.internal_id = r.parent_id "
                 "WHERE r.public_id = $1 AND r.level = $2",
                 public_id,
                 level.depth,
@@ -283,6 +308,7 @@ class SqlIndex:
                     else None
                 ),
                 dicom=dicom,
+                is_stable=int(row[3]) == 0,
             )
 
         return await self._run(body, readonly=True)
@@ -333,6 +359,30 @@ class SqlIndex:
                 target.depth,
             )
             return [r[0] for r in rows]
+
+        return await self._run(body, readonly=True)
+
+    async def find(
+        self, level: Level, constraints: Sequence[Constraint], *, since: int = 0,
+        limit: int | None = None, labels: Sequence[str] = (), labels_constraint: str = "All",
+    ) -> list[str]:
+        """Return the IDs matching every main-tag constraint (see sql_find.find_ids)."""
+
+        async def body(tx: Tx) -> list[str]:
+            return await sql_find.find_ids(
+                tx, self.db.dialect, level, constraints, since=since, limit=limit,
+                labels=labels, labels_constraint=labels_constraint,
+            )
+
+        return await self._run(body, readonly=True)
+
+    async def find_tags(
+        self, level: Level, public_ids: Sequence[str], computed: Collection[str] = ()
+    ) -> dict[str, dict[str, str]]:
+        """Return main (and computed) tags per resource (see sql_find.find_tags)."""
+
+        async def body(tx: Tx) -> dict[str, dict[str, str]]:
+            return await sql_find.find_tags(tx, self.db.dialect, level, public_ids, computed)
 
         return await self._run(body, readonly=True)
 
@@ -620,9 +670,13 @@ class SqlIndex:
         check_revisions: bool,
         log_change: bool = True,
     ) -> int:
-        """Create or replace an attachment; the replaced blob becomes pending."""
+        """Create or replace an attachment; the replaced blob becomes pending.
+
+        With storage limits, recycles other patients first (or raises FULL_STORAGE).
+        """
 
         async def body(tx: Tx) -> int:
+            await self.recycler.lock(tx)
             internal_id = await self._find(tx, level, public_id)
             if internal_id is None:
                 raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
@@ -642,11 +696,16 @@ class SqlIndex:
                     internal_id,
                     info.content_type,
                 )
+            pending = PendingChanges()
+            if self.recycler.is_active:
+                owner = await self.recycler.owning_patient(tx, internal_id)
+                await self.recycler.make_room(
+                    tx, pending, incoming=info.compressed_size, keep=owner
+                )
             await self.insert_attachment(tx, internal_id, info, revision)
             if log_change:
-                pending = PendingChanges()
                 pending.add(ChangeType.UPDATED_ATTACHMENT, level, public_id)
-                await pending.flush(tx)
+            await pending.flush(tx)
             return revision
 
         return await self._run(body)
@@ -660,7 +719,11 @@ class SqlIndex:
         *,
         check_revisions: bool,
     ) -> None:
-        """Delete an attachment; its blob becomes pending."""
+        """Delete an attachment; its blob becomes pending.
+
+        Deleting a user type (>= 1024) appends an UpdatedAttachment change, as
+        Orthanc's DeleteAttachment does.
+        """
 
         async def body(tx: Tx) -> None:
             internal_id = await self._find(tx, level, public_id)
@@ -682,6 +745,10 @@ class SqlIndex:
                 internal_id,
                 content_type,
             )
+            if content_type >= FIRST_USER_CONTENT_TYPE:
+                pending = PendingChanges()
+                pending.add(ChangeType.UPDATED_ATTACHMENT, level, public_id)
+                await pending.flush(tx)
 
         await self._run(body)
 
@@ -741,6 +808,39 @@ class SqlIndex:
             "UPDATE counters SET value = value + 1 WHERE name = 'recycling' RETURNING value"
         )
         return int(value)
+
+    # -- recycling and stability ---------------------------------------------------
+    async def enforce_limits(self) -> list[tuple[Level, str]]:
+        """Recycle until the storage limits hold (adapters/sql_recycling.py)."""
+
+        async def body(tx: Tx) -> list[tuple[Level, str]]:
+            await self.recycler.lock(tx)
+            pending = PendingChanges()
+            deleted = await self.recycler.enforce(tx, pending)
+            await pending.flush(tx)
+            return deleted
+
+        if not self.recycler.is_active:
+            return []
+        return await self._run(body)
+
+    async def emit_stable(self, cutoff: float, limit: int = 500) -> list[Change]:
+        """Append the Stable* changes now due (adapters/sql_stability.py)."""
+
+        async def body(tx: Tx) -> list[Change]:
+            pending = PendingChanges()
+            await sql_stability.emit_stable(tx, self.db.dialect, pending, cutoff, limit)
+            return await pending.flush(tx)
+
+        return await self._run(body)
+
+    async def unstable_resources(self, limit: int = 100_000) -> list[UnstableResource]:
+        """Return the resources waiting for their Stable* change, oldest first."""
+
+        async def body(tx: Tx) -> list[UnstableResource]:
+            return await sql_stability.unstable_resources(tx, limit)
+
+        return await self._run(body, readonly=True)
 
     # -- changes and outbox --------------------------------------------------------
     async def get_changes(self, since: int, limit: int) -> ChangesPage:

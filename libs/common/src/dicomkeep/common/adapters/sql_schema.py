@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dicomkeep.common.adapters.sql_peers import PEERS_SCHEMA
+
 SCHEMA_VERSION = 1
 
 _COMMON = [
@@ -60,6 +62,13 @@ _COMMON = [
     "CREATE INDEX IF NOT EXISTS resources_uid ON resources(dicom_uid)",
     "CREATE INDEX IF NOT EXISTS resources_recycling ON resources(level, is_protected, recycling_order)",
     "CREATE INDEX IF NOT EXISTS main_tags_value ON main_tags(tag_level, name, value)",
+    # Resources waiting for their Stable* change (adapters/sql_stability.py).
+    """CREATE TABLE IF NOT EXISTS stability (
+        internal_id BIGINT PRIMARY KEY REFERENCES resources(internal_id) ON DELETE CASCADE,
+        level SMALLINT NOT NULL,
+        public_id TEXT NOT NULL,
+        touched_at DOUBLE PRECISION NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS stability_due ON stability(touched_at)",
 ]
 
 _RESOURCES = """CREATE TABLE IF NOT EXISTS resources (
@@ -71,8 +80,45 @@ _RESOURCES = """CREATE TABLE IF NOT EXISTS resources (
     is_protected SMALLINT NOT NULL DEFAULT 0,
     recycling_order BIGINT NOT NULL DEFAULT 0)"""
 
-SQLITE_SCHEMA = [_RESOURCES.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"), *_COMMON]
-POSTGRES_SCHEMA = [_RESOURCES.format(pk="BIGSERIAL PRIMARY KEY"), *_COMMON]
+#: Jobs, modalities set through REST and REST queries (adapters/sql_jobs.py).
+JOBS_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        progress INTEGER NOT NULL DEFAULT 0,
+        created TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_update TEXT NOT NULL,
+        completed TEXT,
+        completed_at DOUBLE PRECISION,
+        content TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        output TEXT NOT NULL,
+        error_code INTEGER NOT NULL DEFAULT 0,
+        error_details TEXT NOT NULL DEFAULT '',
+        worker TEXT,
+        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
+        run_started DOUBLE PRECISION NOT NULL DEFAULT 0,
+        runtime DOUBLE PRECISION NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        control TEXT)""",
+    "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority, created_at)",
+    """CREATE TABLE IF NOT EXISTS modalities (
+        name TEXT PRIMARY KEY,
+        value TEXT)""",
+    """CREATE TABLE IF NOT EXISTS queries (
+        id TEXT PRIMARY KEY,
+        created_at DOUBLE PRECISION NOT NULL,
+        modality TEXT NOT NULL,
+        level TEXT NOT NULL,
+        query TEXT NOT NULL,
+        answers TEXT NOT NULL)""",
+]
+
+SQLITE_SCHEMA = [_RESOURCES.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"), *_COMMON, *JOBS_SCHEMA, *PEERS_SCHEMA]
+POSTGRES_SCHEMA = [_RESOURCES.format(pk="BIGSERIAL PRIMARY KEY"), *_COMMON, *JOBS_SCHEMA, *PEERS_SCHEMA]
 
 
 def schema_for(dialect: str) -> list[str]:

@@ -1,14 +1,18 @@
 """The store transaction (ARCHITECTURE.md step 3), as one unit over an open `Tx`.
 
 Mirrors Orthanc's ServerIndex::Store: hierarchy upsert, AlreadyStored or
-OverwriteInstances, attachments, core metadata, LastUpdate, recycling order,
-and the changes NewInstance, NewSeries, NewStudy, NewPatient, CompletedSeries.
+OverwriteInstances, recycling under the storage limits (sql_recycling.py),
+attachments, core metadata, LastUpdate, unstable parents (sql_stability.py),
+recycling order, and the changes NewInstance, NewSeries, NewStudy, NewPatient,
+CompletedSeries.
 """
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
+from dicomkeep.common.adapters.sql_stability import touch_unstable
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import ChangeType, StoreInstance, StoreStatus
 from dicomkeep.common.ids import Level
@@ -42,6 +46,8 @@ class StoreTransaction:
 
         command = self.command
         tx = self.tx
+        # With storage limits, concurrent stores decide on recycling one at a time.
+        await self.index.recycler.lock(tx)
         existing = await tx.fetchval(
             "SELECT internal_id FROM resources WHERE public_id = $1 AND level = 3"
             + self.index.for_update,
@@ -72,6 +78,14 @@ class StoreTransaction:
             # A concurrent writer stored the same instance first (PostgreSQL).
             await self._release_new_blobs()
             return StoreStatus.ALREADY_STORED
+        # Orthanc recycles once the hierarchy exists (a new patient is counted) and
+        # before the attachments are added; FULL_STORAGE rolls everything back.
+        await self.index.recycler.make_room(
+            tx,
+            self.pending,
+            incoming=sum(info.compressed_size for info in command.attachments),
+            keep=patient,
+        )
 
         if new_patient:
             await self._insert_tags(patient, Level.PATIENT, Level.PATIENT)
@@ -89,6 +103,15 @@ class StoreTransaction:
             await self.index.insert_attachment(tx, instance, info)
         for internal_id in (patient, study, series):
             await self.index.set_core_metadata(tx, internal_id, LAST_UPDATE, now)
+        await touch_unstable(
+            tx,
+            [
+                (patient, Level.PATIENT, command.patient_id),
+                (study, Level.STUDY, command.study_id),
+                (series, Level.SERIES, command.series_id),
+            ],
+            time.time(),
+        )
         order = await self.index.next_recycling_order(tx)
         await tx.execute(
             "UPDATE resources SET recycling_order = $2 WHERE internal_id = $1 AND is_protected = 0",

@@ -27,5 +27,8 @@ class StabilityClock(Protocol):
     async def forget(self, resources: Sequence[tuple[Level, str]]) -> None:
         """Drop resources (deleted ones) without making them stable."""
 
+    async def count(self) -> int:
+        """Return how many resources wait; 0 after a loss tells the service to rebuild."""
+
     async def close(self) -> None:
         """Release connections."""

@@ -21,6 +21,7 @@ from dicomkeep.common.receiving import Origin, Received, Receiver
 from dicomkeep.gateway.args import bool_arg, tag_format
 from dicomkeep.gateway.deps import BlobsDep, IndexDep, ReceiverDep, UsernameDep
 from dicomkeep.gateway.responses import OrthancJSONResponse
+from dicomkeep.gateway.tag_source import dicom_for_tags
 from dicomkeep.gateway.views import integer_or_none
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -171,8 +172,10 @@ async def get_tags(public_id: str, request: Request, index: IndexDep, blobs: Blo
         for name in request.query_params.get("ignore-length", "").split(",")
         if name.strip()
     ]
-    data = await _dicom_bytes(index, blobs, public_id)
-    tags = await asyncio.to_thread(tags_json, data, fmt, whole=whole, ignore_length=ignored)
+    data, is_prefix = await dicom_for_tags(index, blobs, public_id, whole=whole)
+    tags = await asyncio.to_thread(
+        tags_json, data, fmt, whole=whole, ignore_length=ignored, assume_pixel_data=is_prefix
+    )
     return OrthancJSONResponse(tags)
 
 
@@ -182,8 +185,10 @@ async def get_simplified_tags(
 ) -> Response:
     """Answer the dataset as `{keyword: value}` (= `/tags?simplify`)."""
     whole = bool_arg(request, "whole")
-    data = await _dicom_bytes(index, blobs, public_id)
-    tags = await asyncio.to_thread(tags_json, data, "simplify", whole=whole)
+    data, is_prefix = await dicom_for_tags(index, blobs, public_id, whole=whole)
+    tags = await asyncio.to_thread(
+        tags_json, data, "simplify", whole=whole, assume_pixel_data=is_prefix
+    )
     return OrthancJSONResponse(tags)
 
 

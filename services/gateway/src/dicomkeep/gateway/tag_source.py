@@ -1,0 +1,41 @@
+"""Which bytes answer a tag request: attachment 3 when it exists, else the file.
+
+Mirrors Orthanc 1.9.1+: with StorageCompression on, each instance with pixel
+data also has attachment 3 (`dicom-until-pixel-data`), the file up to the pixel
+data element. `/tags` and `/simplified-tags` (without `?whole`) read it instead
+of the whole, possibly large, compressed file.
+"""
+
+from __future__ import annotations
+
+from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, read_attachment
+from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
+from dicomkeep.common.ids import Level
+from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.ports.index import Index
+
+
+async def dicom_for_tags(
+    index: Index, blobs: BlobStore, public_id: str, *, whole: bool
+) -> tuple[bytes, bool]:
+    """Return (bytes, is_prefix) to build an instance's tags from.
+
+    `is_prefix` is True when the bytes are attachment 3: pass it to `tags_json`
+    as `assume_pixel_data`. With `whole`, always the full DICOM file. Raises 404
+    *Unknown resource* for an unknown instance, 404 *Accessing an inexistent item*
+    when the blob is missing from the storage area.
+    """
+    attachments = await index.list_attachments(Level.INSTANCE, public_id)
+    if attachments is None:
+        raise unknown_resource()
+    by_type = {info.content_type: info for info in attachments}
+    prefix = None if whole else by_type.get(DICOM_UNTIL_PIXEL_DATA)
+    source = prefix or by_type.get(DICOM)
+    if source is None:
+        raise unknown_resource()
+    try:
+        return await read_attachment(blobs, source), prefix is not None
+    except KeyError as error:
+        raise OrthancError(
+            ErrorCode.INEXISTENT_ITEM, "The DICOM file is missing from the storage area"
+        ) from error

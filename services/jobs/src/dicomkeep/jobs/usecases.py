@@ -1,0 +1,267 @@
+"""What each job type does: store to a modality, C-MOVE SCU, store to a peer.
+
+An executor runs one job from its checkpoint to its end, asynchronously; the
+blocking DICOM calls go to worker threads. Steps are idempotent: a job resumed
+after its worker died re-sends at most the instances sent since its last
+recorded checkpoint (a receiver answers a repeated C-STORE with success). A
+cancel or pause is honoured between two steps (ORTHANC_API.md §10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dicomkeep.common import dicom_scu, peer_transfer
+from dicomkeep.common.attachments import read_attachment
+from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
+from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.ids import Level
+from dicomkeep.common.jobs import DICOM_MODALITY_STORE, DICOM_MOVE_SCU
+from dicomkeep.common.peer_http import HttpOptions
+from dicomkeep.common.peers import find_peer
+from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.ports.index import Index
+from dicomkeep.common.ports.jobs import JobAction, JobOutcome, JobRecord, JobState, JobUpdate
+from dicomkeep.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SOP_CLASS_UID = 10
+TRANSFER_SYNTAX = 9
+
+
+class JobRun:
+    """A running job's link to its worker: checkpoints out, stop requests in.
+
+    The worker's heartbeat saves the latest checkpoint with the lease renewal and
+    passes on a cancel or pause asked through REST.
+    """
+
+    def __init__(self, job: JobRecord) -> None:
+        self.job = job
+        self.update: JobUpdate | None = None
+        self.requested: JobAction | None = None
+        self.lost = False
+
+    def checkpoint(self, progress: int, content: dict[str, Any], payload: dict[str, Any]) -> None:
+        """Record how far the job got (saved at the next heartbeat and at the end)."""
+        self.update = JobUpdate(progress, copy.deepcopy(content), copy.deepcopy(payload))
+
+    def stop_requested(self) -> JobAction | None:
+        """Return CANCEL or PAUSE when the job must stop before its next step.
+
+        A job whose lease was lost stops as if cancelled (its outcome is dropped).
+        """
+        return JobAction.CANCEL if self.lost else self.requested
+
+
+@dataclass(frozen=True)
+class Deps:
+    """What executors use."""
+
+    settings: Settings
+    index: Index
+    blobs: BlobStore
+
+
+Executor = Callable[[JobRecord, JobRun, Deps], Awaitable[JobOutcome]]
+
+
+def success(update: JobUpdate) -> JobOutcome:
+    """Return a Success outcome."""
+    return JobOutcome(JobState.SUCCESS, update)
+
+
+def failure(update: JobUpdate, code: ErrorCode, details: str = "") -> JobOutcome:
+    """Return a Failure outcome with an Orthanc error."""
+    return JobOutcome(JobState.FAILURE, update, code.status, details)
+
+
+def stopped(action: JobAction, update: JobUpdate) -> JobOutcome:
+    """Return the outcome of a job stopped between steps: Failure(37) or Paused."""
+    if action is JobAction.PAUSE:
+        return JobOutcome(JobState.PAUSED, update)
+    return failure(update, ErrorCode.CANCELED_JOB)
+
+
+def peer_of(payload: dict[str, Any]) -> Peer:
+    """Return where a DICOM job connects, from its payload (common.jobs)."""
+    modality = payload["Modality"]
+    return Peer(
+        aet=modality["AET"],
+        host=modality["Host"],
+        port=int(modality["Port"]),
+        local_aet=payload["LocalAet"],
+        timeout=float(payload["Timeout"]),
+    )
+
+
+async def read_instance(index: Index, blobs: BlobStore, instance_id: str) -> bytes:
+    """Return the DICOM file of an instance; raise OrthancError if it is gone."""
+    resource = await index.get_resource(Level.INSTANCE, instance_id)
+    if resource is None or resource.dicom is None:
+        raise OrthancError(ErrorCode.UNKNOWN_RESOURCE, f"Instance {instance_id} was deleted")
+    try:
+        data: bytes = await read_attachment(blobs, resource.dicom)
+    except KeyError as error:
+        raise OrthancError(
+            ErrorCode.INEXISTENT_ITEM, f"The DICOM file of instance {instance_id} is missing"
+        ) from error
+    return data
+
+
+async def syntaxes(index: Index, instances: list[str]) -> list[tuple[str, str]]:
+    """Return the (SOP class, transfer syntax) of instances, from their core metadata."""
+    pairs: set[tuple[str, str]] = set()
+    for instance_id in instances:
+        resource = await index.get_resource(Level.INSTANCE, instance_id)
+        if resource is not None:
+            metadata = resource.metadata
+            pairs.add((metadata.get(SOP_CLASS_UID, ""), metadata.get(TRANSFER_SYNTAX, "")))
+    return sorted(pairs)
+
+
+def _is_stored(status: int) -> bool:
+    """Success or a warning (0xB000-0xBFFF, e.g. coercion): the peer kept the instance."""
+    return status == dicom_scu.SUCCESS or status & 0xF000 == 0xB000
+
+
+async def run_modality_store(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
+    """Send the job's instances with C-STORE on one association (DicomModalityStore).
+
+    Mirrors Orthanc's DicomModalityStoreJob: a refused instance fails the job
+    (500 *Error in the network protocol*) unless Permissive, where it counts in
+    FailedInstancesCount. `Checkpoint.Next` is the first instance not yet sent.
+    """
+    payload = copy.deepcopy(job.payload)
+    content = copy.deepcopy(job.content)
+    checkpoint: dict[str, Any] = payload.setdefault("Checkpoint", {})
+    instances: list[str] = payload["Instances"]
+    position = int(checkpoint.get("Next", 0))
+    failed = int(checkpoint.get("Failed", 0))
+    peer = peer_of(payload)
+
+    def update() -> JobUpdate:
+        checkpoint.update({"Next": position, "Failed": failed})
+        content["FailedInstancesCount"] = failed
+        progress = 100 if not instances else position * 100 // len(instances)
+        return JobUpdate(progress, content, payload)
+
+    originator = payload.get("MoveOriginator")
+    session = StoreSession(
+        peer,
+        await syntaxes(deps.index, instances[position:]),
+        originator=(originator[0], int(originator[1])) if originator else None,
+    )
+    try:
+        while position < len(instances):
+            action = run.stop_requested()
+            if action is not None:
+                return stopped(action, update())
+            instance_id = instances[position]
+            try:
+                data = await read_instance(deps.index, deps.blobs, instance_id)
+                status = await asyncio.to_thread(session.send, data)
+            except OrthancError as error:
+                status, reason = -1, error.details or error.code.message
+            else:
+                reason = f"C-STORE SCU to AET \"{peer.aet}\" has failed with DIMSE status 0x{status:04X}"
+            position += 1
+            if not _is_stored(status):
+                failed += 1
+                if not payload.get("Permissive"):
+                    return failure(update(), ErrorCode.NETWORK_PROTOCOL, reason)
+            run.checkpoint(*_parts(update()))
+    except DicomNetworkError as error:
+        return failure(update(), ErrorCode.NETWORK_PROTOCOL, str(error))
+    finally:
+        await asyncio.to_thread(session.close)
+    return success(update())
+
+
+def _parts(update: JobUpdate) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    return update.progress, update.content, update.payload
+
+
+async def run_move_scu(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
+    """Send one C-MOVE per identifier of the job (DicomMoveScu).
+
+    Any failure status fails the job with 500 *Error in the network protocol*
+    (Orthanc's DicomMoveScuJob). `Checkpoint.Next` is the first identifier not done.
+    """
+    payload = copy.deepcopy(job.payload)
+    content = copy.deepcopy(job.content)
+    checkpoint: dict[str, Any] = payload.setdefault("Checkpoint", {})
+    queries: list[dict[str, str]] = payload["Queries"]
+    position = int(checkpoint.get("Next", 0))
+    peer = peer_of(payload)
+
+    def update() -> JobUpdate:
+        checkpoint["Next"] = position
+        progress = 100 if not queries else position * 100 // len(queries)
+        return JobUpdate(progress, content, payload)
+
+    while position < len(queries):
+        action = run.stop_requested()
+        if action is not None:
+            return stopped(action, update())
+        try:
+            query = dicom_scu.identifier(queries[position])
+            await asyncio.to_thread(dicom_scu.move, peer, query, payload["TargetAet"])
+        except (KeyError, ValueError) as error:
+            return failure(update(), ErrorCode.BAD_REQUEST, f"Bad identifier: {error}")
+        except DicomNetworkError as error:
+            return failure(update(), ErrorCode.NETWORK_PROTOCOL, str(error))
+        position += 1
+        run.checkpoint(*_parts(update()))
+    return success(update())
+
+
+async def run_peer_store(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
+    """Send the job's instances to an Orthanc peer over HTTP (OrthancPeerStore).
+
+    The transfer itself is `common.peer_transfer` (shared with the gateway's
+    synchronous path); it records each delivered instance in the payload.
+    """
+    payload = job.payload
+    peer = await find_peer(deps.settings.orthanc_peers, deps.index.peers, payload.get("Peer", ""))
+    if peer is None:
+        update = JobUpdate(job.progress, job.content, payload)
+        return failure(update, ErrorCode.UNKNOWN_RESOURCE, f"No peer with symbolic name: {payload.get('Peer')}")
+
+    async def checkpoint(state: dict[str, Any], content: dict[str, Any], progress: int) -> bool:
+        run.checkpoint(progress, content, state)
+        return run.stop_requested() is None
+
+    outcome = await peer_transfer.transfer(
+        deps.index, deps.blobs, peer, HttpOptions.from_settings(deps.settings), payload,
+        checkpoint=checkpoint,
+    )
+    update = JobUpdate(outcome.progress, outcome.content, outcome.payload)
+    action = run.stop_requested()
+    if outcome.stopped and action is not None:
+        return stopped(action, update)
+    if outcome.error is not None:
+        return failure(update, outcome.error.code, outcome.error.details or "")
+    return success(update)
+
+
+EXECUTORS: dict[str, Executor] = {
+    DICOM_MODALITY_STORE: run_modality_store,
+    DICOM_MOVE_SCU: run_move_scu,
+    peer_transfer.JOB_TYPE: run_peer_store,
+}
+
+
+async def execute(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
+    """Run a job with the executor of its type; an unknown type fails it."""
+    executor = EXECUTORS.get(job.type)
+    if executor is None:
+        update = JobUpdate(job.progress, job.content, job.payload)
+        return failure(update, ErrorCode.NOT_IMPLEMENTED, f"Unknown job type: {job.type}")
+    return await executor(job, run, deps)

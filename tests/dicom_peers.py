@@ -1,0 +1,130 @@
+"""Remote DICOM peers for the tests: DCMTK's storescp and an in-process storage SCP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from servers import dcmtk, free_port
+
+
+@dataclass
+class StoreScpProcess:
+    """A running DCMTK storescp: its AET, port and the folder it writes to."""
+
+    aet: str
+    port: int
+    folder: Path
+    process: subprocess.Popen[bytes]
+
+    def files(self) -> list[Path]:
+        """The files received so far (storescp writes each one whole before renaming)."""
+        return sorted(p for p in self.folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def clear(self) -> None:
+        for path in self.files():
+            path.unlink()
+
+
+@contextmanager
+def storescp(folder: Path, aet: str = "STORESCP", port: int | None = None) -> Iterator[StoreScpProcess]:
+    """Run DCMTK's storescp (TCP_NODELAY on, as INFRA.md advises) until the block ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    process = subprocess.Popen(
+        [dcmtk("storescp"), "--fork", "-aet", aet, "-od", str(folder), "-uf", str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("storescp did not start")
+            time.sleep(0.05)
+        yield StoreScpProcess(aet, port, folder, process)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class StorageScp:
+    """An in-process C-STORE SCP recording what it receives.
+
+    `delay` slows every C-STORE (seconds); `silent` makes the first `silent`
+    C-STOREs go unanswered for `silent_for` seconds (a lost response, from the
+    sender's side).
+    """
+
+    aet: str = "PYSCP"
+    delay: float = 0.0
+    silent: int = 0
+    silent_for: float = 0.0
+    received: list[str] = field(default_factory=list)
+    associations: int = 0
+    port: int = 0
+    _server: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> StorageScp:
+        ae = AE(ae_title=self.aet)
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.maximum_associations = 32
+        self.port = free_port()
+        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_ESTABLISHED, self._established)]
+        self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _established(self, event: Any) -> None:
+        with self._lock:
+            self.associations += 1
+
+    def _store(self, event: Any) -> int:
+        dataset: Dataset = event.dataset
+        with self._lock:
+            silent = self.silent > 0
+            self.silent -= 1 if silent else 0
+        if silent:
+            time.sleep(self.silent_for)
+            return 0xC000  # too late: the sender gave up on this response
+        if self.delay:
+            time.sleep(self.delay)
+        with self._lock:
+            self.received.append(str(dataset.SOPInstanceUID))
+        return 0x0000
+
+
+@contextmanager
+def storage_scp(**options: Any) -> Iterator[StorageScp]:
+    """Run a StorageScp until the block ends."""
+    scp = StorageScp(**options).start()
+    try:
+        yield scp
+    finally:
+        scp.stop()

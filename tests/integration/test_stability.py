@@ -1,0 +1,190 @@
+"""Stable resources cluster-wide (ORTHANC_API.md §7): each quiet period yields one
+StableSeries, StableStudy and StablePatient, after StableAge, whichever replica
+is asked, and whatever happens to the stability replicas or to Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from dicomkeep.common.synthetic import generate_study
+from servers import (
+    Server,
+    allinone_server,
+    cluster_server,
+    kill_member,
+    restart_member,
+    wait_until,
+)
+
+STABLE_AGE = 2
+SERVER_CONFIG = {"StableAge": STABLE_AGE}
+STABLE = ("StableSeries", "StableStudy", "StablePatient")
+
+
+@pytest.fixture(scope="module", params=["allinone", "distributed"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """This module's server: the distributed cluster runs 2 stability replicas."""
+    tmp = tmp_path_factory.mktemp(f"stability-{request.param}")
+    if request.param == "allinone":
+        with allinone_server(tmp, SERVER_CONFIG) as running:
+            yield running
+    else:
+        with cluster_server(tmp, SERVER_CONFIG, stability=2) as running:
+            yield running
+
+
+@dataclass
+class StoredStudy:
+    patient: str
+    study: str
+    series: list[str]  # the series of the last instance first
+    last_sent: float  # time.monotonic() just before the last instance was sent
+
+    @property
+    def resources(self) -> list[tuple[str, str]]:
+        """(level path, public id) of every resource that must become stable."""
+        return [("patients", self.patient), ("studies", self.study)] + [
+            ("series", s) for s in self.series
+        ]
+
+
+def store_study(server: Server, seed: int) -> StoredStudy:
+    """Store one study of 2 series x 3 instances over REST, alternating the replicas."""
+    answers: list[dict[str, Any]] = []
+    last_sent = 0.0
+    for n, item in enumerate(generate_study(series=2, instances_per_series=3, seed=seed)):
+        with server.client(n) as client:
+            last_sent = time.monotonic()
+            answer = client.post("/instances", content=item.data)
+        assert answer.status_code == 200 and answer.json()["Status"] == "Success"
+        answers.append(answer.json())
+    return StoredStudy(
+        patient=answers[0]["ParentPatient"],
+        study=answers[0]["ParentStudy"],
+        series=list(dict.fromkeys(a["ParentSeries"] for a in reversed(answers))),
+        last_sent=last_sent,
+    )
+
+
+def all_changes(client: httpx.Client) -> list[dict[str, Any]]:
+    changes: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        page = client.get(f"/changes?since={since}&limit=1000").json()
+        changes += page["Changes"]
+        since = page["Last"]
+        if page["Done"]:
+            return changes
+
+
+def stable_changes(server: Server, public_ids: set[str]) -> list[dict[str, Any]]:
+    with server.client() as client:
+        return [
+            c for c in all_changes(client)
+            if c["ChangeType"] in STABLE and c["ID"] in public_ids
+        ]
+
+
+def is_stable_everywhere(
+    server: Server, stored: StoredStudy, resources: list[tuple[str, str]] | None = None
+) -> list[bool]:
+    """IsStable of the study's resources, as every gateway replica answers it."""
+    answers = []
+    for replica in range(len(server.urls)):
+        with server.client(replica) as client:
+            for level, public_id in resources or stored.resources:
+                answers.append(client.get(f"/{level}/{public_id}").json()["IsStable"])
+    return answers
+
+
+def wait_until_stable(server: Server, stored: StoredStudy, timeout: float = 30) -> float:
+    """Wait for the Stable* change of every resource of the study; return when seen."""
+    ids = {public_id for _, public_id in stored.resources}
+    wait_until(
+        lambda: {c["ID"] for c in stable_changes(server, ids)} == ids,
+        timeout=timeout, what="Stable* changes",
+    )
+    return time.monotonic()
+
+
+def assert_each_stable_once(server: Server, studies: list[StoredStudy], seed: int) -> None:
+    """Check exactly one Stable* change per resource, in order series, study, patient.
+
+    A later study going stable is the barrier: a duplicate would have come by then.
+    """
+    barrier = store_study(server, seed)
+    wait_until_stable(server, barrier)
+    for stored in studies:
+        _assert_once(server, stored)
+    assert all(is_stable_everywhere(server, barrier))
+
+
+def _assert_once(server: Server, stored: StoredStudy) -> None:
+    ids = {public_id for _, public_id in stored.resources}
+    changes = stable_changes(server, ids)
+    expected = {("StableSeries", s) for s in stored.series} | {
+        ("StableStudy", stored.study), ("StablePatient", stored.patient),
+    }
+    assert sorted((c["ChangeType"], c["ID"]) for c in changes) == sorted(expected)
+    seq = {c["ID"]: c["Seq"] for c in changes}
+    assert max(seq[s] for s in stored.series) < seq[stored.study] < seq[stored.patient]
+
+
+def test_stable_changes_once_after_the_age(clean: Server) -> None:
+    stored = store_study(clean, seed=101)
+    # Right after the store, every replica says unstable (the index decides). The
+    # first series may be stable already on a slow machine: its instances came first.
+    last = stored.resources[:3]
+    assert is_stable_everywhere(clean, stored, last) == [False] * (3 * len(clean.urls))
+    assert stable_changes(clean, {stored.study}) == []
+    seen = wait_until_stable(clean, stored)
+    assert seen - stored.last_sent > STABLE_AGE
+    assert all(is_stable_everywhere(clean, stored))
+    # AlreadyStored does not reset the timer.
+    first = generate_study(series=2, instances_per_series=3, seed=101)[0]
+    with clean.client(1) as client:
+        assert client.post("/instances", content=first.data).json()["Status"] == "AlreadyStored"
+    assert all(is_stable_everywhere(clean, stored))
+    assert_each_stable_once(clean, [stored], seed=102)
+
+
+def test_a_crashed_stability_replica_loses_nothing(clean: Server) -> None:
+    stored = store_study(clean, seed=201)
+    # All-in-one: the whole process (and its in-memory clock) goes; distributed: one
+    # of the two stability replicas, possibly with NewInstance messages in flight.
+    kill_member(clean, "stability-1")
+    if clean.mode == "allinone":
+        restart_member(clean)
+    wait_until_stable(clean, stored)
+    assert all(is_stable_everywhere(clean, stored))
+    if clean.mode == "distributed":
+        restart_member(clean, "stability-1")
+    assert_each_stable_once(clean, [stored], seed=202)
+
+
+def test_a_lost_clock_loses_nothing(clean: Server) -> None:
+    stored = store_study(clean, seed=301)
+    if clean.mode == "allinone":
+        # The in-memory clock is lost with the process; the index rebuilds it.
+        kill_member(clean)
+        restart_member(clean)
+    else:
+        # Every stability replica dies and Redis loses the clock; then they come back.
+        kill_member(clean, "stability-1")
+        kill_member(clean, "stability-2")
+        redis.Redis.from_url(clean.config["Redis"]["Url"]).flushdb()
+        restart_member(clean, "stability-1")
+        restart_member(clean, "stability-2")
+    wait_until_stable(clean, stored)
+    # Redis flushed while the replicas run.
+    second = store_study(clean, seed=302)
+    if clean.mode == "distributed":
+        redis.Redis.from_url(clean.config["Redis"]["Url"]).flushdb()
+    wait_until_stable(clean, second)
+    assert_each_stable_once(clean, [stored, second], seed=303)
