@@ -7,7 +7,7 @@ TOOLS := .tools
 UV := $(TOOLS)/bin/uv
 VENV := .venv
 CONFIG ?=
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 .PHONY: install run test test-unit test-integration lint test-deps services cluster cluster-stop bench clean
 
