@@ -4,43 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import asyncpg
 import pytest
-from backends import PG_ADMIN_DSN, pg_dsn
-from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 from dicomkeep.common.adapters.sql_index import SqlIndex
-from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import AttachmentInfo, ChangeType, StoreInstance, StoreStatus
 from dicomkeep.common.ids import Level, hierarchy_ids
 from dicomkeep.common.ports.index import Expected
-
-PG_DATABASE = "dicomkeep_contract"
-
-
-async def _reset_pg_database() -> str:
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
-        await admin.execute(f"CREATE DATABASE {PG_DATABASE}")
-    finally:
-        await admin.close()
-    return pg_dsn(PG_DATABASE)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlIndex]:
-    if request.param == "sqlite":
-        db = SqliteDatabase(tmp_path / "index")
-    else:
-        db = PostgresDatabase(await _reset_pg_database(), size=12)
-    idx = SqlIndex(db)
-    await idx.open()
-    yield idx
-    await idx.close()
 
 
 def make_command(
