@@ -12,12 +12,36 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
+from dicomkeep.common.ids import Level
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 
 Check = Callable[[], Awaitable[object]]
+
+#: Readiness probes publish here (an exchange nobody consumes).
+OPS_EXCHANGE = "dicomkeep.ops"
+
+
+def adapter_checks(
+    *, index: Any = None, blobs: Any = None, bus: Any = None, clock: Any = None
+) -> dict[str, Check]:
+    """Readiness checks of the adapters a process holds: one cheap call each.
+
+    Adapters not opened yet (None) are left out of the checks.
+    """
+    checks: dict[str, Check] = {}
+    if index is not None:
+        checks["index"] = lambda: index.get_property("readyz")
+    if blobs is not None:
+        checks["blobs"] = lambda: blobs.exists("readyz")
+    if bus is not None:
+        checks["bus"] = lambda: bus.publish(OPS_EXCHANGE, "readyz", b"", {})
+    if clock is not None:
+        checks["clock"] = lambda: clock.is_unstable(Level.PATIENT, "readyz")
+    return checks
 
 
 class OpsServer:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import uvicorn
+from dicomkeep.common.ops import OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import (
     is_distributed,
@@ -113,6 +114,11 @@ class AllInOne:
             HttpServer(api.app, http_host(settings), settings.http_port),
             ingest.build(settings, blobs=blobs, bus=bus, index=index),
         ]
+        if settings.dicomkeep.ops_port:
+            checks = adapter_checks(index=index, blobs=blobs, bus=bus, clock=clock)
+            self.services.append(
+                OpsServer(settings.dicomkeep.ops_port, lambda: checks, host="0.0.0.0")
+            )
         started: list[Service] = []
         try:
             for service in self.services:

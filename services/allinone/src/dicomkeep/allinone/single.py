@@ -6,8 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from dicomkeep.allinone.app import HttpServer, Service, http_host
-from dicomkeep.common.ids import Level
-from dicomkeep.common.ops import Check, OpsServer
+from dicomkeep.common.ops import OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway import main as gateway
 from dicomkeep.indexer import main as indexer
@@ -15,8 +14,6 @@ from dicomkeep.ingest import main as ingest
 from dicomkeep.jobs import main as jobs
 from dicomkeep.stability import main as stability
 from dicomkeep.storage import main as storage
-
-OPS_EXCHANGE = "dicomkeep.ops"
 
 
 class Chain:
@@ -32,20 +29,6 @@ class Chain:
     async def stop(self) -> None:
         for service in reversed(self.services):
             await service.stop()
-
-
-def dependency_checks(service: Any) -> dict[str, Check]:
-    """Readiness checks of the adapters a service holds: one cheap call each."""
-    checks: dict[str, Check] = {}
-    if getattr(service, "index", None) is not None:
-        checks["index"] = lambda: service.index.get_property("readyz")
-    if getattr(service, "blobs", None) is not None:
-        checks["blobs"] = lambda: service.blobs.exists("readyz")
-    if getattr(service, "bus", None) is not None:
-        checks["bus"] = lambda: service.bus.publish(OPS_EXCHANGE, "readyz", b"", {})
-    if getattr(service, "clock", None) is not None:
-        checks["clock"] = lambda: service.clock.is_unstable(Level.PATIENT, "readyz")
-    return checks
 
 
 def build_service(
@@ -73,5 +56,10 @@ def build_service(
     port = ops_port if ops_port is not None else settings.dicomkeep.ops_port
     if port:
         target = getattr(core, "context", None) or core
-        parts.append(OpsServer(port, lambda: dependency_checks(target), host="0.0.0.0"))
+        parts.append(OpsServer(port, lambda: adapter_checks(
+            index=getattr(target, "index", None),
+            blobs=getattr(target, "blobs", None),
+            bus=getattr(target, "bus", None),
+            clock=getattr(target, "clock", None),
+        ), host="0.0.0.0"))
     return Chain(*parts)
