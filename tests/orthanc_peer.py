@@ -1,7 +1,7 @@
 """A real Orthanc (Debian's package, 1.10.1) as a test peer, kept off every network.
 
 Orthanc 1.10.1 listens on all interfaces whatever its configuration says
-(/work/shared/INFRA.md), so it runs in a network namespace of its own that has
+(measured on this project's machines), so it runs in a network namespace of its own that has
 only a loopback interface. Relays (tests/netns_relay.py) join the two loopbacks
 through filesystem Unix sockets, which cross namespaces:
 - `OrthancPeer.url` on the host's loopback reaches Orthanc's HTTP port;

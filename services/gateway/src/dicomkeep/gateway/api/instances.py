@@ -97,6 +97,7 @@ async def _store_zip(body: bytes, receiver: Receiver, origin: Origin) -> list[di
                 continue
             try:
                 data = await asyncio.to_thread(archive.read, info)
+            # zipfile raises NotImplementedError for a compression method it lacks.
             except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
                 raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Invalid ZIP archive") from error
             if not data:
