@@ -10,13 +10,17 @@ the outbox later (ARCHITECTURE.md step 5).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from dicomkeep.common.adapters import sql_find, sql_stability
+from dicomkeep.common.adapters.sql_annotations import (
+    ATTACHMENT_COLUMNS,
+    SqlAnnotations,
+    attachment_from_row,
+)
+from dicomkeep.common.adapters.sql_changes import PendingChanges, SqlChangeLog
 from dicomkeep.common.adapters.sql_peers import SqlPeerStore
 from dicomkeep.common.adapters.sql_recycling import Recycler, StorageLimits
 from dicomkeep.common.adapters.sql_schema import schema_for
@@ -33,7 +37,7 @@ from dicomkeep.common.events import (
     StoreStatus,
 )
 from dicomkeep.common.find import Constraint
-from dicomkeep.common.ids import Level, resource_path
+from dicomkeep.common.ids import Level
 from dicomkeep.common.ports.database import Database, RetryableError, Tx
 from dicomkeep.common.ports.index import (
     ChangesPage,
@@ -53,102 +57,8 @@ T = TypeVar("T")
 
 LAST_UPDATE = 7
 DICOM = 1
-FIRST_USER_CONTENT_TYPE = 1024
 
 
-def md5_hex(value: bytes | str) -> str:
-    """Return the hex MD5 of bytes or of a UTF-8 string."""
-    data = value.encode("utf-8") if isinstance(value, str) else value
-    return hashlib.md5(data).hexdigest()
-
-
-class PendingChanges:
-    """Changes collected during a transaction, written with their Seq at the end.
-
-    Seqs are reserved by one `UPDATE counters ... RETURNING` just before commit:
-    on PostgreSQL that row lock orders concurrent writers, so Seq order equals
-    commit order and `GET /changes?since=` never skips a late commit.
-    """
-
-    def __init__(self) -> None:
-        self.items: list[tuple[ChangeType, Level | str, str, dict[str, str]]] = []
-
-    def add(
-        self,
-        change_type: ChangeType,
-        level: Level | str,
-        public_id: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.items.append((change_type, level, public_id, headers or {}))
-
-    async def flush(self, tx: Tx) -> list[Change]:
-        if not self.items:
-            return []
-        count = len(self.items)
-        last = await tx.fetchval(
-            "UPDATE counters SET value = value + $1 WHERE name = 'seq' RETURNING value", count
-        )
-        first = int(last) - count + 1
-        date = now_stamp()
-        changes: list[Change] = []
-        change_rows: list[tuple[Any, ...]] = []
-        outbox_rows: list[tuple[Any, ...]] = []
-        for offset, (change_type, level, public_id, headers) in enumerate(self.items):
-            resource_type = level.value if isinstance(level, Level) else level
-            path = (
-                resource_path(level, public_id)
-                if isinstance(level, Level)
-                else f"/{resource_type.lower()}s/{public_id}"
-            )
-            change = Change(
-                Seq=first + offset,
-                ChangeType=change_type,
-                ResourceType=resource_type,
-                ID=public_id,
-                Path=path,
-                Date=date,
-            )
-            changes.append(change)
-            if change_type.is_logged:
-                change_rows.append(
-                    (change.seq, change_type.value, resource_type, public_id, path, date)
-                )
-            outbox_rows.append(
-                (change.seq, json.dumps(change.to_json()), json.dumps(headers))
-            )
-        if change_rows:
-            await tx.executemany(
-                "INSERT INTO changes(seq, change_type, resource_type, public_id, path, date) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
-                change_rows,
-            )
-        await tx.executemany(
-            "INSERT INTO outbox(seq, body, headers) VALUES ($1, $2, $3)", outbox_rows
-        )
-        self.items.clear()
-        return changes
-
-
-def _attachment(row: Sequence[Any]) -> AttachmentInfo:
-    """Build an AttachmentInfo from (content_type, uuid, csize, usize, compression,
-    umd5, cmd5, revision)."""
-    return AttachmentInfo(
-        content_type=int(row[0]),
-        uuid=row[1],
-        compressed_size=int(row[2]),
-        uncompressed_size=int(row[3]),
-        compression=int(row[4]),
-        uncompressed_md5=row[5],
-        compressed_md5=row[6],
-        revision=int(row[7]),
-    )
-
-
-ATTACHMENT_COLUMNS = (
-    "content_type, uuid, compressed_size, uncompressed_size, compression, "
-    "uncompressed_md5, compressed_md5, revision"
-)
 
 DESCENDANTS = """WITH RECURSIVE d(internal_id) AS (
     SELECT internal_id FROM resources WHERE internal_id = $1
@@ -166,6 +76,8 @@ class SqlIndex:
         self._max_retries = max_retries
         #: MaximumStorageSize/MaximumPatientCount, applied in the store transaction.
         self.recycler = Recycler(self, limits)
+        self.annotations = SqlAnnotations(self)
+        self.changelog = SqlChangeLog(self._run)
 
     async def open(self) -> None:
         """Connect and apply the schema (idempotent)."""
@@ -292,7 +204,7 @@ class SqlIndex:
                     internal_id,
                     DICOM,
                 )
-                dicom = _attachment(att) if att is not None else None
+                dicom = attachment_from_row(att) if att is not None else None
             return Resource(
                 level=level,
                 public_id=public_id,
@@ -530,228 +442,57 @@ class SqlIndex:
             value,
         )
 
-    # -- metadata ------------------------------------------------------------------
+    # -- metadata and attachments (adapters/sql_annotations.py) ------------------
     async def get_metadata(
         self, level: Level, public_id: str
     ) -> dict[int, MetadataValue] | None:
         """Return all metadata of a resource, or None if unknown."""
-
-        async def body(tx: Tx) -> dict[int, MetadataValue] | None:
-            internal_id = await self._find(tx, level, public_id)
-            if internal_id is None:
-                return None
-            rows = await tx.fetch(
-                "SELECT key, value, revision FROM metadata WHERE internal_id = $1 ORDER BY key",
-                internal_id,
-            )
-            return {int(k): MetadataValue(value=v, revision=int(r)) for k, v, r in rows}
-
-        return await self._run(body, readonly=True)
-
-    @staticmethod
-    def check_expected(
-        current: tuple[int, str] | None, expected: Expected | None, *, check_revisions: bool,
-        deleting: bool,
-    ) -> None:
-        """Apply Orthanc's If-Match rules (ORTHANC_API.md §5) to (revision, md5)."""
-        if expected is not None:
-            if current is None:
-                if deleting:
-                    raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-                return
-            if current != (expected.revision, expected.md5):
-                raise OrthancError(ErrorCode.REVISION)
-            return
-        if check_revisions and current is not None:
-            raise OrthancError(
-                ErrorCode.REVISION,
-                'HTTP header "If-Match" is missing, as "CheckRevisions" is "true"',
-            )
+        return await self.annotations.get_metadata(level, public_id)
 
     async def set_metadata(
-        self,
-        level: Level,
-        public_id: str,
-        key: int,
-        value: str,
-        expected: Expected | None,
-        *,
-        check_revisions: bool,
+        self, level: Level, public_id: str, key: int, value: str, expected: Expected | None,
+        *, check_revisions: bool,
     ) -> int:
         """Create or replace a user metadata value; return its new revision."""
-
-        async def body(tx: Tx) -> int:
-            internal_id = await self._find(tx, level, public_id)
-            if internal_id is None:
-                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            row = await tx.fetchrow(
-                "SELECT value, revision FROM metadata WHERE internal_id = $1 AND key = $2"
-                + self.for_update,
-                internal_id,
-                key,
-            )
-            current = None if row is None else (int(row[1]), md5_hex(row[0]))
-            self.check_expected(current, expected, check_revisions=check_revisions, deleting=False)
-            revision = await tx.fetchval(
-                "INSERT INTO metadata(internal_id, key, value, revision) VALUES ($1, $2, $3, 0) "
-                "ON CONFLICT (internal_id, key) DO UPDATE SET value = excluded.value, "
-                "revision = metadata.revision + 1 RETURNING revision",
-                internal_id,
-                key,
-                value,
-            )
-            pending = PendingChanges()
-            pending.add(ChangeType.UPDATED_METADATA, level, public_id)
-            await pending.flush(tx)
-            return int(revision)
-
-        return await self._run(body)
+        return await self.annotations.set_metadata(
+            level, public_id, key, value, expected, check_revisions=check_revisions
+        )
 
     async def delete_metadata(
-        self,
-        level: Level,
-        public_id: str,
-        key: int,
-        expected: Expected | None,
-        *,
-        check_revisions: bool,
+        self, level: Level, public_id: str, key: int, expected: Expected | None,
+        *, check_revisions: bool,
     ) -> None:
         """Delete a user metadata value."""
+        await self.annotations.delete_metadata(
+            level, public_id, key, expected, check_revisions=check_revisions
+        )
 
-        async def body(tx: Tx) -> None:
-            internal_id = await self._find(tx, level, public_id)
-            if internal_id is None:
-                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            row = await tx.fetchrow(
-                "SELECT value, revision FROM metadata WHERE internal_id = $1 AND key = $2"
-                + self.for_update,
-                internal_id,
-                key,
-            )
-            current = None if row is None else (int(row[1]), md5_hex(row[0]))
-            self.check_expected(current, expected, check_revisions=check_revisions, deleting=True)
-            if row is None:
-                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            await tx.execute(
-                "DELETE FROM metadata WHERE internal_id = $1 AND key = $2", internal_id, key
-            )
-            pending = PendingChanges()
-            pending.add(ChangeType.UPDATED_METADATA, level, public_id)
-            await pending.flush(tx)
-
-        await self._run(body)
-
-    # -- attachments ---------------------------------------------------------------
     async def list_attachments(
         self, level: Level, public_id: str
     ) -> list[AttachmentInfo] | None:
         """Return the attachments of a resource, or None if unknown."""
-
-        async def body(tx: Tx) -> list[AttachmentInfo] | None:
-            internal_id = await self._find(tx, level, public_id)
-            if internal_id is None:
-                return None
-            rows = await tx.fetch(
-                f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE internal_id = $1 "
-                "ORDER BY content_type",
-                internal_id,
-            )
-            return [_attachment(r) for r in rows]
-
-        return await self._run(body, readonly=True)
+        return await self.annotations.list_attachments(level, public_id)
 
     async def set_attachment(
-        self,
-        level: Level,
-        public_id: str,
-        info: AttachmentInfo,
-        expected: Expected | None,
-        *,
-        check_revisions: bool,
-        log_change: bool = True,
+        self, level: Level, public_id: str, info: AttachmentInfo, expected: Expected | None,
+        *, check_revisions: bool, log_change: bool = True,
     ) -> int:
-        """Create or replace an attachment; the replaced blob becomes pending.
-
-        With storage limits, recycles other patients first (or raises FULL_STORAGE).
-        """
-
-        async def body(tx: Tx) -> int:
-            await self.recycler.lock(tx)
-            internal_id = await self._find(tx, level, public_id)
-            if internal_id is None:
-                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            row = await tx.fetchrow(
-                "SELECT uuid, revision, uncompressed_md5 FROM attachments "
-                "WHERE internal_id = $1 AND content_type = $2" + self.for_update,
-                internal_id,
-                info.content_type,
-            )
-            current = None if row is None else (int(row[1]), row[2])
-            self.check_expected(current, expected, check_revisions=check_revisions, deleting=False)
-            revision = 0 if row is None else int(row[1]) + 1
-            if row is not None:
-                await self.release_blob(tx, row[0])
-                await tx.execute(
-                    "DELETE FROM attachments WHERE internal_id = $1 AND content_type = $2",
-                    internal_id,
-                    info.content_type,
-                )
-            pending = PendingChanges()
-            if self.recycler.is_active:
-                owner = await self.recycler.owning_patient(tx, internal_id)
-                await self.recycler.make_room(
-                    tx, pending, incoming=info.compressed_size, keep=owner
-                )
-            await self.insert_attachment(tx, internal_id, info, revision)
-            if log_change:
-                pending.add(ChangeType.UPDATED_ATTACHMENT, level, public_id)
-            await pending.flush(tx)
-            return revision
-
-        return await self._run(body)
+        """Create or replace an attachment; the replaced blob becomes pending."""
+        return await self.annotations.set_attachment(
+            level, public_id, info, expected,
+            check_revisions=check_revisions, log_change=log_change,
+        )
 
     async def delete_attachment(
-        self,
-        level: Level,
-        public_id: str,
-        content_type: int,
-        expected: Expected | None,
-        *,
-        check_revisions: bool,
+        self, level: Level, public_id: str, content_type: int, expected: Expected | None,
+        *, check_revisions: bool,
     ) -> None:
-        """Delete an attachment; its blob becomes pending.
+        """Delete an attachment; its blob becomes pending."""
+        await self.annotations.delete_attachment(
+            level, public_id, content_type, expected, check_revisions=check_revisions
+        )
 
-        Deleting a user type (>= 1024) appends an UpdatedAttachment change, as
-        Orthanc's DeleteAttachment does.
-        """
-
-        async def body(tx: Tx) -> None:
-            internal_id = await self._find(tx, level, public_id)
-            if internal_id is None:
-                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            row = await tx.fetchrow(
-                "SELECT uuid, revision, uncompressed_md5 FROM attachments "
-                "WHERE internal_id = $1 AND content_type = $2" + self.for_update,
-                internal_id,
-                content_type,
-            )
-            current = None if row is None else (int(row[1]), row[2])
-            self.check_expected(current, expected, check_revisions=check_revisions, deleting=True)
-            if row is None:
-                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            await self.release_blob(tx, row[0])
-            await tx.execute(
-                "DELETE FROM attachments WHERE internal_id = $1 AND content_type = $2",
-                internal_id,
-                content_type,
-            )
-            if content_type >= FIRST_USER_CONTENT_TYPE:
-                pending = PendingChanges()
-                pending.add(ChangeType.UPDATED_ATTACHMENT, level, public_id)
-                await pending.flush(tx)
-
-        await self._run(body)
-
+    # -- attachment rows (shared with the store transaction) ---------------------
     async def insert_attachment(
         self, tx: Tx, internal_id: int, info: AttachmentInfo, revision: int = 0
     ) -> None:
@@ -842,139 +583,48 @@ class SqlIndex:
 
         return await self._run(body, readonly=True)
 
-    # -- changes and outbox --------------------------------------------------------
+    # -- changes, outbox, blob garbage (adapters/sql_changes.py) -----------------
     async def get_changes(self, since: int, limit: int) -> ChangesPage:
         """Return logged changes with Seq > since, ascending, at most `limit`."""
-
-        async def body(tx: Tx) -> ChangesPage:
-            rows = await tx.fetch(
-                "SELECT seq, change_type, resource_type, public_id, path, date FROM changes "
-                "WHERE seq > $1 ORDER BY seq LIMIT $2",
-                since,
-                limit + 1,
-            )
-            changes = [_change(r) for r in rows[:limit]]
-            done = len(rows) <= limit
-            if changes:
-                last = changes[-1].seq
-            else:
-                last = await self._last_seq(tx)
-            return ChangesPage(changes=changes, done=done, last=last)
-
-        return await self._run(body, readonly=True)
-
-    async def _last_seq(self, tx: Tx) -> int:
-        value = await tx.fetchval("SELECT MAX(seq) FROM changes")
-        if value is None:
-            value = await tx.fetchval("SELECT value FROM counters WHERE name = 'seq'")
-        return int(value or 0)
+        return await self.changelog.get_changes(since, limit)
 
     async def last_change(self) -> ChangesPage:
         """Return the latest logged change, if any."""
-
-        async def body(tx: Tx) -> ChangesPage:
-            row = await tx.fetchrow(
-                "SELECT seq, change_type, resource_type, public_id, path, date FROM changes "
-                "ORDER BY seq DESC LIMIT 1"
-            )
-            changes = [_change(row)] if row is not None else []
-            last = changes[0].seq if changes else await self._last_seq(tx)
-            return ChangesPage(changes=changes, done=True, last=last)
-
-        return await self._run(body, readonly=True)
+        return await self.changelog.last_change()
 
     async def clear_changes(self) -> None:
         """Empty the changes log; the Seq counter goes on."""
-
-        async def body(tx: Tx) -> None:
-            await tx.execute("DELETE FROM changes")
-
-        await self._run(body)
+        await self.changelog.clear_changes()
 
     async def append_change(
-        self,
-        change_type: ChangeType,
-        resource_type: str,
-        public_id: str,
-        path: str,
+        self, change_type: ChangeType, resource_type: str, public_id: str, path: str,
         headers: dict[str, str] | None = None,
     ) -> Change:
         """Append one change to the log (when logged) and to the outbox."""
-
-        async def body(tx: Tx) -> Change:
-            pending = PendingChanges()
-            level: Level | str = resource_type
-            try:
-                level = Level(resource_type)
-            except ValueError:
-                pass
-            pending.add(change_type, level, public_id, headers)
-            changes = await pending.flush(tx)
-            return changes[0]
-
-        return await self._run(body)
+        return await self.changelog.append_change(
+            change_type, resource_type, public_id, path, headers
+        )
 
     async def outbox_batch(self, limit: int) -> list[OutboxEvent]:
         """Return the oldest unpublished events, in Seq order."""
-
-        async def body(tx: Tx) -> list[OutboxEvent]:
-            rows = await tx.fetch(
-                "SELECT body, headers FROM outbox ORDER BY seq LIMIT $1", limit
-            )
-            return [
-                OutboxEvent(change=Change.model_validate_json(r[0]), headers=json.loads(r[1]))
-                for r in rows
-            ]
-
-        return await self._run(body, readonly=True)
+        return await self.changelog.outbox_batch(limit)
 
     async def outbox_done(self, seqs: Sequence[int]) -> None:
         """Forget published events."""
-        if not seqs:
-            return
+        await self.changelog.outbox_done(seqs)
 
-        async def body(tx: Tx) -> None:
-            await tx.executemany("DELETE FROM outbox WHERE seq = $1", [(s,) for s in seqs])
-
-        await self._run(body)
-
-    # -- blob garbage --------------------------------------------------------------
     async def pending_blobs(self, limit: int) -> list[str]:
         """Return blob keys released by committed transactions."""
-
-        async def body(tx: Tx) -> list[str]:
-            rows = await tx.fetch(
-                "SELECT uuid FROM pending_blobs ORDER BY since LIMIT $1", limit
-            )
-            return [r[0] for r in rows]
-
-        return await self._run(body, readonly=True)
+        return await self.changelog.pending_blobs(limit)
 
     async def blobs_deleted(self, keys: Sequence[str]) -> None:
         """Forget pending deletions once the blobs are gone."""
-        if not keys:
-            return
-
-        async def body(tx: Tx) -> None:
-            await tx.executemany(
-                "DELETE FROM pending_blobs WHERE uuid = $1", [(k,) for k in keys]
-            )
-
-        await self._run(body)
+        await self.changelog.blobs_deleted(keys)
 
     async def referenced_blobs(self, keys: Sequence[str]) -> set[str]:
         """Return the keys that an attachment row refers to."""
-        if not keys:
-            return set()
+        return await self.changelog.referenced_blobs(keys)
 
-        async def body(tx: Tx) -> set[str]:
-            found: set[str] = set()
-            for key in keys:
-                if await tx.fetchval("SELECT 1 FROM attachments WHERE uuid = $1", key):
-                    found.add(key)
-            return found
-
-        return await self._run(body, readonly=True)
 
     # -- global properties ---------------------------------------------------------
     async def get_property(self, name: str) -> str | None:
@@ -1007,14 +657,3 @@ class SqlIndex:
 
 
 _LEVELS = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE]
-
-
-def _change(row: Sequence[Any]) -> Change:
-    return Change(
-        Seq=int(row[0]),
-        ChangeType=ChangeType(row[1]),
-        ResourceType=row[2],
-        ID=row[3],
-        Path=row[4],
-        Date=row[5],
-    )

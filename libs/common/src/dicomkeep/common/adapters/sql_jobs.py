@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from dicomkeep.common.adapters.sql_index import PendingChanges
+from dicomkeep.common.adapters.sql_changes import PendingChanges
 from dicomkeep.common.errors import ErrorCode
 from dicomkeep.common.events import ChangeType
 from dicomkeep.common.ports.database import Database, Tx

@@ -26,7 +26,8 @@ from dicomkeep.common.ids import Level
 from dicomkeep.common.ports.database import Tx
 
 if TYPE_CHECKING:
-    from dicomkeep.common.adapters.sql_index import PendingChanges, SqlIndex
+    from dicomkeep.common.adapters.sql_changes import PendingChanges
+    from dicomkeep.common.adapters.sql_index import SqlIndex
     from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)

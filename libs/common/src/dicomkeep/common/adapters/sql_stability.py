@@ -22,7 +22,7 @@ from dicomkeep.common.ports.database import Tx
 from dicomkeep.common.ports.index import UnstableResource
 
 if TYPE_CHECKING:
-    from dicomkeep.common.adapters.sql_index import PendingChanges
+    from dicomkeep.common.adapters.sql_changes import PendingChanges
 
 _LEVELS = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE]
 

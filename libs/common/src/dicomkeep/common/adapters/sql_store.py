@@ -21,7 +21,8 @@ from dicomkeep.common.series_status import SeriesStatus, series_status
 from dicomkeep.common.timestamps import now_stamp
 
 if TYPE_CHECKING:
-    from dicomkeep.common.adapters.sql_index import PendingChanges, SqlIndex
+    from dicomkeep.common.adapters.sql_changes import PendingChanges
+    from dicomkeep.common.adapters.sql_index import SqlIndex
 
 INDEX_IN_SERIES = 1
 RECEPTION_DATE = 2
@@ -42,7 +43,7 @@ class StoreTransaction:
 
     async def run(self) -> StoreStatus:
         """Store the instance; return Success or AlreadyStored."""
-        from dicomkeep.common.adapters.sql_index import PendingChanges
+        from dicomkeep.common.adapters.sql_changes import PendingChanges
 
         command = self.command
         tx = self.tx

@@ -1,0 +1,270 @@
+"""Metadata and attachments of the index, with Orthanc's revision rules (§3-§5).
+
+Part of `SqlIndex` (which delegates here): every public method is one
+transaction run through the index's retry loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from dicomkeep.common.adapters.sql_changes import PendingChanges, md5_hex
+from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.events import AttachmentInfo, ChangeType
+from dicomkeep.common.ids import Level
+from dicomkeep.common.ports.database import Tx
+from dicomkeep.common.ports.index import Expected, MetadataValue
+
+if TYPE_CHECKING:
+    from dicomkeep.common.adapters.sql_index import SqlIndex
+
+ATTACHMENT_COLUMNS = (
+    "content_type, uuid, compressed_size, uncompressed_size, compression, "
+    "uncompressed_md5, compressed_md5, revision"
+)
+FIRST_USER_CONTENT_TYPE = 1024
+
+
+def attachment_from_row(row: Sequence[Any]) -> AttachmentInfo:
+    """Build an AttachmentInfo from (content_type, uuid, csize, usize, compression,
+    umd5, cmd5, revision)."""
+    return AttachmentInfo(
+        content_type=int(row[0]),
+        uuid=row[1],
+        compressed_size=int(row[2]),
+        uncompressed_size=int(row[3]),
+        compression=int(row[4]),
+        uncompressed_md5=row[5],
+        compressed_md5=row[6],
+        revision=int(row[7]),
+    )
+
+
+class SqlAnnotations:
+    """Metadata and attachments over the index's database."""
+
+    def __init__(self, index: SqlIndex) -> None:
+        self.index = index
+
+    async def get_metadata(
+        self, level: Level, public_id: str
+    ) -> dict[int, MetadataValue] | None:
+        """Return all metadata of a resource, or None if unknown."""
+
+        async def body(tx: Tx) -> dict[int, MetadataValue] | None:
+            internal_id = await self.index._find(tx, level, public_id)
+            if internal_id is None:
+                return None
+            rows = await tx.fetch(
+                "SELECT key, value, revision FROM metadata WHERE internal_id = $1 ORDER BY key",
+                internal_id,
+            )
+            return {int(k): MetadataValue(value=v, revision=int(r)) for k, v, r in rows}
+
+        return await self.index._run(body, readonly=True)
+
+    @staticmethod
+    def check_expected(
+        current: tuple[int, str] | None, expected: Expected | None, *, check_revisions: bool,
+        deleting: bool,
+    ) -> None:
+        """Apply Orthanc's If-Match rules (ORTHANC_API.md §5) to (revision, md5)."""
+        if expected is not None:
+            if current is None:
+                if deleting:
+                    raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+                return
+            if current != (expected.revision, expected.md5):
+                raise OrthancError(ErrorCode.REVISION)
+            return
+        if check_revisions and current is not None:
+            raise OrthancError(
+                ErrorCode.REVISION,
+                'HTTP header "If-Match" is missing, as "CheckRevisions" is "true"',
+            )
+
+    async def set_metadata(
+        self,
+        level: Level,
+        public_id: str,
+        key: int,
+        value: str,
+        expected: Expected | None,
+        *,
+        check_revisions: bool,
+    ) -> int:
+        """Create or replace a user metadata value; return its new revision."""
+
+        async def body(tx: Tx) -> int:
+            internal_id = await self.index._find(tx, level, public_id)
+            if internal_id is None:
+                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+            row = await tx.fetchrow(
+                "SELECT value, revision FROM metadata WHERE internal_id = $1 AND key = $2"
+                + self.index.for_update,
+                internal_id,
+                key,
+            )
+            current = None if row is None else (int(row[1]), md5_hex(row[0]))
+            self.check_expected(current, expected, check_revisions=check_revisions, deleting=False)
+            revision = await tx.fetchval(
+                "INSERT INTO metadata(internal_id, key, value, revision) VALUES ($1, $2, $3, 0) "
+                "ON CONFLICT (internal_id, key) DO UPDATE SET value = excluded.value, "
+                "revision = metadata.revision + 1 RETURNING revision",
+                internal_id,
+                key,
+                value,
+            )
+            pending = PendingChanges()
+            pending.add(ChangeType.UPDATED_METADATA, level, public_id)
+            await pending.flush(tx)
+            return int(revision)
+
+        return await self.index._run(body)
+
+    async def delete_metadata(
+        self,
+        level: Level,
+        public_id: str,
+        key: int,
+        expected: Expected | None,
+        *,
+        check_revisions: bool,
+    ) -> None:
+        """Delete a user metadata value."""
+
+        async def body(tx: Tx) -> None:
+            internal_id = await self.index._find(tx, level, public_id)
+            if internal_id is None:
+                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+            row = await tx.fetchrow(
+                "SELECT value, revision FROM metadata WHERE internal_id = $1 AND key = $2"
+                + self.index.for_update,
+                internal_id,
+                key,
+            )
+            current = None if row is None else (int(row[1]), md5_hex(row[0]))
+            self.check_expected(current, expected, check_revisions=check_revisions, deleting=True)
+            if row is None:
+                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+            await tx.execute(
+                "DELETE FROM metadata WHERE internal_id = $1 AND key = $2", internal_id, key
+            )
+            pending = PendingChanges()
+            pending.add(ChangeType.UPDATED_METADATA, level, public_id)
+            await pending.flush(tx)
+
+        await self.index._run(body)
+
+    # -- attachments ---------------------------------------------------------------
+    async def list_attachments(
+        self, level: Level, public_id: str
+    ) -> list[AttachmentInfo] | None:
+        """Return the attachments of a resource, or None if unknown."""
+
+        async def body(tx: Tx) -> list[AttachmentInfo] | None:
+            internal_id = await self.index._find(tx, level, public_id)
+            if internal_id is None:
+                return None
+            rows = await tx.fetch(
+                f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE internal_id = $1 "
+                "ORDER BY content_type",
+                internal_id,
+            )
+            return [attachment_from_row(r) for r in rows]
+
+        return await self.index._run(body, readonly=True)
+
+    async def set_attachment(
+        self,
+        level: Level,
+        public_id: str,
+        info: AttachmentInfo,
+        expected: Expected | None,
+        *,
+        check_revisions: bool,
+        log_change: bool = True,
+    ) -> int:
+        """Create or replace an attachment; the replaced blob becomes pending.
+
+        With storage limits, recycles other patients first (or raises FULL_STORAGE).
+        """
+
+        async def body(tx: Tx) -> int:
+            await self.index.recycler.lock(tx)
+            internal_id = await self.index._find(tx, level, public_id)
+            if internal_id is None:
+                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+            row = await tx.fetchrow(
+                "SELECT uuid, revision, uncompressed_md5 FROM attachments "
+                "WHERE internal_id = $1 AND content_type = $2" + self.index.for_update,
+                internal_id,
+                info.content_type,
+            )
+            current = None if row is None else (int(row[1]), row[2])
+            self.check_expected(current, expected, check_revisions=check_revisions, deleting=False)
+            revision = 0 if row is None else int(row[1]) + 1
+            if row is not None:
+                await self.index.release_blob(tx, row[0])
+                await tx.execute(
+                    "DELETE FROM attachments WHERE internal_id = $1 AND content_type = $2",
+                    internal_id,
+                    info.content_type,
+                )
+            pending = PendingChanges()
+            if self.index.recycler.is_active:
+                owner = await self.index.recycler.owning_patient(tx, internal_id)
+                await self.index.recycler.make_room(
+                    tx, pending, incoming=info.compressed_size, keep=owner
+                )
+            await self.index.insert_attachment(tx, internal_id, info, revision)
+            if log_change:
+                pending.add(ChangeType.UPDATED_ATTACHMENT, level, public_id)
+            await pending.flush(tx)
+            return revision
+
+        return await self.index._run(body)
+
+    async def delete_attachment(
+        self,
+        level: Level,
+        public_id: str,
+        content_type: int,
+        expected: Expected | None,
+        *,
+        check_revisions: bool,
+    ) -> None:
+        """Delete an attachment; its blob becomes pending.
+
+        Deleting a user type (>= 1024) appends an UpdatedAttachment change, as
+        Orthanc's DeleteAttachment does.
+        """
+
+        async def body(tx: Tx) -> None:
+            internal_id = await self.index._find(tx, level, public_id)
+            if internal_id is None:
+                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+            row = await tx.fetchrow(
+                "SELECT uuid, revision, uncompressed_md5 FROM attachments "
+                "WHERE internal_id = $1 AND content_type = $2" + self.index.for_update,
+                internal_id,
+                content_type,
+            )
+            current = None if row is None else (int(row[1]), row[2])
+            self.check_expected(current, expected, check_revisions=check_revisions, deleting=True)
+            if row is None:
+                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+            await self.index.release_blob(tx, row[0])
+            await tx.execute(
+                "DELETE FROM attachments WHERE internal_id = $1 AND content_type = $2",
+                internal_id,
+                content_type,
+            )
+            if content_type >= FIRST_USER_CONTENT_TYPE:
+                pending = PendingChanges()
+                pending.add(ChangeType.UPDATED_ATTACHMENT, level, public_id)
+                await pending.flush(tx)
+
+        await self.index._run(body)
+
