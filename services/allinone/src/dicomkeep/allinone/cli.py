@@ -16,6 +16,7 @@ from pathlib import Path
 
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
 
+COMMANDS = ("serve", "run", "cluster", "generate")
 SERVICES = ("gateway", "ingest", "indexer", "storage", "stability", "jobs")
 ORTHANC_VERSION = "1.12.4"
 
@@ -74,6 +75,25 @@ def _load(path: str | None) -> Settings:
         raise SystemExit(2) from error
 
 
+def with_command(argv: list[str]) -> list[str]:
+    """Insert `serve` before a bare configuration path, as Orthanc's synopsis reads
+    (`Orthanc [OPTION]... [CONFIGURATION]`)."""
+    skip_next = False
+    for position, arg in enumerate(argv):
+        if skip_next:
+            skip_next = False
+        elif arg in _OPTIONS_WITH_VALUE:
+            skip_next = True
+        elif not arg.startswith("-"):
+            if arg in COMMANDS:
+                return argv
+            return [*argv[:position], "serve", *argv[position:]]
+    return argv
+
+
+_OPTIONS_WITH_VALUE = {"--config"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -82,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dicomkeep.common.synthetic import main as generate_main
 
         return generate_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(with_command(argv))
     if args.version:
         sys.stdout.write(
             f"DicomKeep {dicomkeep_version()} (Orthanc {ORTHANC_VERSION} REST API)\n"
