@@ -233,7 +233,9 @@ def _cluster(
     try:
         # The configuration file names this cluster's backends: drop overrides.
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
-        state = cluster.start(str(path), state_dir, environ=environ, **cluster_options)
+        # Generous: two test workers may be starting clusters at once on two cores.
+        options = {"timeout": 180.0, **cluster_options}
+        state = cluster.start(str(path), state_dir, environ=environ, **options)
         yield Server(
             urls=[f"http://127.0.0.1:{p}" for p in state.http_ports],
             dicom_port=dicom_port, aet="DICOMKEEP", storage_dir=None, config=config,
