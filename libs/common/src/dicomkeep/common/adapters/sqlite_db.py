@@ -9,6 +9,7 @@ asyncio lock: SQLite has a single writer anyway, and this keeps
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +25,7 @@ T = TypeVar("T")
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
+@functools.lru_cache(maxsize=1024)
 def _rewrite(sql: str) -> str:
     """Turn PostgreSQL's `$1` placeholders into SQLite's `?1`."""
     return _PLACEHOLDER.sub(r"?\1", sql)
@@ -60,20 +62,35 @@ class _Connection:
 
 
 class _SqliteTx:
-    def __init__(self, connection: _Connection) -> None:
+    """Statements of one transaction.
+
+    Inside a write transaction (`inline`), statements run on the event loop's
+    thread: each is a few B-tree operations on pages already in memory, and a
+    hop to the connection's thread per statement cost more than the statement
+    (a store runs ~20 of them). What can block (BEGIN IMMEDIATE, COMMIT and its
+    fsync, ROLLBACK) still runs on the connection's thread, and the write lock
+    guarantees the two threads never use the connection at once. Read
+    transactions keep every statement off the loop: a listing can be large.
+    """
+
+    def __init__(self, connection: _Connection, *, inline: bool = False) -> None:
         self._c = connection
+        self._inline = inline
 
     def _conn(self) -> sqlite3.Connection:
         assert self._c.conn is not None
         return self._c.conn
 
+    async def _call(self, fn: Any) -> Any:
+        return fn() if self._inline else await self._c.run(fn)
+
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         conn = self._conn()
-        return await self._c.run(lambda: conn.execute(_rewrite(sql), args).fetchall())
+        return await self._call(lambda: conn.execute(_rewrite(sql), args).fetchall())
 
     async def fetchrow(self, sql: str, *args: Any) -> Sequence[Any] | None:
         conn = self._conn()
-        return await self._c.run(lambda: conn.execute(_rewrite(sql), args).fetchone())
+        return await self._call(lambda: conn.execute(_rewrite(sql), args).fetchone())
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         row = await self.fetchrow(sql, *args)
@@ -81,11 +98,11 @@ class _SqliteTx:
 
     async def execute(self, sql: str, *args: Any) -> None:
         conn = self._conn()
-        await self._c.run(lambda: conn.execute(_rewrite(sql), args))
+        await self._call(lambda: conn.execute(_rewrite(sql), args))
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         conn = self._conn()
-        await self._c.run(lambda: conn.executemany(_rewrite(sql), rows))
+        await self._call(lambda: conn.executemany(_rewrite(sql), rows))
 
 
 class SqliteDatabase:
@@ -143,7 +160,7 @@ class SqliteDatabase:
             assert conn is not None
             await self._writer.run(conn.execute, "BEGIN IMMEDIATE")
             try:
-                yield _SqliteTx(self._writer)
+                yield _SqliteTx(self._writer, inline=True)
             except BaseException:
                 await self._writer.run(conn.execute, "ROLLBACK")
                 raise
