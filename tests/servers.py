@@ -18,16 +18,12 @@ from typing import Any
 
 import httpx
 from backends import PG_ADMIN_DSN, REDIS_URL, pg_dsn
+from dicomkeep.allinone.cluster import free_port
 
 VENV_BIN = Path(sys.executable).parent
 DICOMKEEP = str(VENV_BIN / "dicomkeep")
 
 
-def free_port() -> int:
-    """Return a TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 #: Debian's DCMTK leaves Nagle's algorithm on unless told: pass this env to its tools.
@@ -216,26 +212,34 @@ def _cluster(
 
     redis_url = REDIS_URL.rsplit("/", 1)[0] + f"/{redis_db}"
     redis_client.Redis.from_url(redis_url).flushdb()
-    http_port, dicom_port = _http_port_pair(), free_port()
-    config: dict[str, Any] = {
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": "DICOMKEEP",
-        "StableAge": 2,
-        "PostgreSQL": {"ConnectionUri": pg_dsn(name)},
-        "RabbitMQ": {"Url": amqp_url},
-        "Redis": {"Url": redis_url},
-        "AwsS3Storage": {"BucketName": "dicomkeep-it"},
-        **(extra or {}),
-    }
-    path = write_config(tmp, config)
     state_dir = tmp / "cluster"
+    # The configuration file names this cluster's backends: drop overrides.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
+    # Generous: two test workers may be starting clusters at once on two cores.
+    options = {"timeout": 180.0, **cluster_options}
     try:
-        # The configuration file names this cluster's backends: drop overrides.
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
-        # Generous: two test workers may be starting clusters at once on two cores.
-        options = {"timeout": 180.0, **cluster_options}
-        state = cluster.start(str(path), state_dir, environ=environ, **options)
+        for attempt in range(3):
+            http_port, dicom_port = _http_port_pair(), free_port()
+            config: dict[str, Any] = {
+                "HttpPort": http_port,
+                "DicomPort": dicom_port,
+                "DicomAet": "DICOMKEEP",
+                "StableAge": 2,
+                "PostgreSQL": {"ConnectionUri": pg_dsn(name)},
+                "RabbitMQ": {"Url": amqp_url},
+                "Redis": {"Url": redis_url},
+                "AwsS3Storage": {"BucketName": "dicomkeep-it"},
+                **(extra or {}),
+            }
+            path = write_config(tmp, config)
+            try:
+                state = cluster.start(str(path), state_dir, environ=environ, **options)
+                break
+            except RuntimeError:
+                # Another test worker's server may have bound a chosen port first:
+                # start again on other ports.
+                if attempt == 2:
+                    raise
         yield Server(
             urls=[f"http://127.0.0.1:{p}" for p in state.http_ports],
             dicom_port=dicom_port, aet="DICOMKEEP", storage_dir=None, config=config,

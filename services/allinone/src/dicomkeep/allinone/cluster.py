@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -51,10 +52,31 @@ class ClusterState:
 
 
 def free_port() -> int:
-    """Return a TCP port free on loopback now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port free on every interface now, chosen below the kernel's
+    ephemeral range.
+
+    A port from the ephemeral range (what binding port 0 gives) can be taken by
+    any outgoing connection between this choice and the server's bind; below the
+    range only another listener can take it.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(10000, low - 1) if low > 10001 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free TCP port")
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _is_ready(url: str) -> bool:
