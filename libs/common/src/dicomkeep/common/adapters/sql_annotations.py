@@ -84,6 +84,35 @@ class SqlAnnotations:
                 'HTTP header "If-Match" is missing, as "CheckRevisions" is "true"',
             )
 
+    async def _checked_metadata(
+        self,
+        tx: Tx,
+        level: Level,
+        public_id: str,
+        key: int,
+        expected: Expected | None,
+        check_revisions: bool,
+        *,
+        deleting: bool,
+    ) -> tuple[int, Sequence[Any] | None]:
+        """Find the resource, lock its metadata row, apply the If-Match rules.
+
+        Returns (internal_id, the (value, revision) row or None); raises
+        UNKNOWN_RESOURCE or REVISION.
+        """
+        internal_id = await self.index._find(tx, level, public_id)
+        if internal_id is None:
+            raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+        row = await tx.fetchrow(
+            "SELECT value, revision FROM metadata WHERE internal_id = $1 AND key = $2"
+            + self.index.for_update,
+            internal_id,
+            key,
+        )
+        current = None if row is None else (int(row[1]), md5_hex(row[0]))
+        self.check_expected(current, expected, check_revisions=check_revisions, deleting=deleting)
+        return internal_id, row
+
     async def set_metadata(
         self,
         level: Level,
@@ -97,17 +126,9 @@ class SqlAnnotations:
         """Create or replace a user metadata value; return its new revision."""
 
         async def body(tx: Tx) -> int:
-            internal_id = await self.index._find(tx, level, public_id)
-            if internal_id is None:
-                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            row = await tx.fetchrow(
-                "SELECT value, revision FROM metadata WHERE internal_id = $1 AND key = $2"
-                + self.index.for_update,
-                internal_id,
-                key,
+            internal_id, _ = await self._checked_metadata(
+                tx, level, public_id, key, expected, check_revisions, deleting=False
             )
-            current = None if row is None else (int(row[1]), md5_hex(row[0]))
-            self.check_expected(current, expected, check_revisions=check_revisions, deleting=False)
             revision = await tx.fetchval(
                 "INSERT INTO metadata(internal_id, key, value, revision) VALUES ($1, $2, $3, 0) "
                 "ON CONFLICT (internal_id, key) DO UPDATE SET value = excluded.value, "
@@ -135,17 +156,9 @@ class SqlAnnotations:
         """Delete a user metadata value."""
 
         async def body(tx: Tx) -> None:
-            internal_id = await self.index._find(tx, level, public_id)
-            if internal_id is None:
-                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            row = await tx.fetchrow(
-                "SELECT value, revision FROM metadata WHERE internal_id = $1 AND key = $2"
-                + self.index.for_update,
-                internal_id,
-                key,
+            internal_id, row = await self._checked_metadata(
+                tx, level, public_id, key, expected, check_revisions, deleting=True
             )
-            current = None if row is None else (int(row[1]), md5_hex(row[0]))
-            self.check_expected(current, expected, check_revisions=check_revisions, deleting=True)
             if row is None:
                 raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
             await tx.execute(
