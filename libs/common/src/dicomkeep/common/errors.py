@@ -59,6 +59,9 @@ class ErrorCode(Enum):
     CREATE_DICOM_NOT_STRING = (
         2019, "Only string values are supported when creating DICOM instances", 400
     )
+    CREATE_DICOM_OVERRIDE_TAG = (
+        2020, "Trying to override a value inherited from a parent module", 400
+    )
     CREATE_DICOM_USE_CONTENT = (
         2021, 'Use "Content" to inject an image into a new DICOM instance', 400
     )

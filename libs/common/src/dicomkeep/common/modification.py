@@ -223,7 +223,7 @@ class Modification:
             if tag in ds:
                 del ds[tag]
         for tag, value in self.replacements.items():
-            _set_value(ds, tag, value, self.private_creator)
+            set_json_value(ds, tag, value, self.private_creator)
         for level, tag in _UID_TAGS_BY_LEVEL.items():
             if level.depth >= self.level.depth or level is Level.INSTANCE:
                 if tag not in self.replacements and tag not in self.keep:
@@ -299,7 +299,7 @@ def _remove_from(ds: Dataset, tag: int) -> None:
 
 def _setter(value: Any, private_creator: str) -> Callable[[Dataset, int], None]:
     def set_value(ds: Dataset, tag: int) -> None:
-        _set_value(ds, tag, value, private_creator)
+        set_json_value(ds, tag, value, private_creator)
 
     return set_value
 
@@ -354,7 +354,7 @@ def decode_data_uri(text: str) -> tuple[str, bytes] | None:
         return None
 
 
-def _set_value(ds: Dataset, tag: int, value: Any, private_creator: str) -> None:
+def set_json_value(ds: Dataset, tag: int, value: Any, private_creator: str = "") -> None:
     """Insert or replace one element from a JSON value (Orthanc's FromJson)."""
     vr = _element_vr(ds, tag, private_creator)
     if isinstance(value, list):
@@ -397,7 +397,7 @@ def _json_item(item: Any, private_creator: str) -> Dataset:
         raise OrthancError(ErrorCode.BAD_PARAMETER_TYPE, "A sequence item must be a JSON object")
     dataset = Dataset()
     for name, value in item.items():
-        _set_value(dataset, _tag(str(name)), value, private_creator)
+        set_json_value(dataset, _tag(str(name)), value, private_creator)
     return dataset
 
 

@@ -30,6 +30,7 @@ from dicomkeep.gateway.api import (
     queries,
     resources,
     system,
+    tools,
 )
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
@@ -70,7 +71,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     routers = (
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
-        jobs.router, modalities.router, queries.router, modify.router,
+        jobs.router, modalities.router, queries.router, modify.router, tools.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
