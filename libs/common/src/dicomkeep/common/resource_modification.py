@@ -21,7 +21,7 @@ from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level
 from dicomkeep.common.modification import Modification, boolean_member
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
+from dicomkeep.common.index import Index
 from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.transcoding import check_target, dataset_bytes, read_dataset, transcode
 from pydicom.uid import UID

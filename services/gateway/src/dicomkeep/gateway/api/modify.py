@@ -23,7 +23,7 @@ from dicomkeep.common.modification import (
     parse_anonymize_request,
     parse_modify_request,
 )
-from dicomkeep.common.ports.index import Index
+from dicomkeep.common.index import Index
 from dicomkeep.common.receiving import Origin
 from dicomkeep.common.resource_modification import (
     ModificationOptions,
