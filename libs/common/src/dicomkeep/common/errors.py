@@ -56,6 +56,7 @@ class ErrorCode(Enum):
     )
     FORBIDDEN_ACCESS = (45, "Access to a resource is forbidden", 403)
     DUPLICATE_RESOURCE = (46, "Duplicate resource", 409)
+    UNSUPPORTED_MEDIA_TYPE = (3000, "Unsupported media type", 415)
     CREATE_DICOM_NOT_STRING = (
         2019, "Only string values are supported when creating DICOM instances", 400
     )

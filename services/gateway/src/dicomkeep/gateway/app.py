@@ -21,6 +21,7 @@ from dicomkeep.gateway.api import (
     attachments,
     changes,
     find,
+    images,
     instances,
     jobs,
     metadata,
@@ -72,6 +73,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
         jobs.router, modalities.router, queries.router, modify.router, tools.router,
+        images.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)

@@ -18,12 +18,12 @@ from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.modification import (
     Modification,
     parse_anonymize_request,
     parse_modify_request,
 )
-from dicomkeep.common.index import Index
 from dicomkeep.common.receiving import Origin
 from dicomkeep.common.resource_modification import (
     ModificationOptions,

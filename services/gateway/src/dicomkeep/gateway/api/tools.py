@@ -8,8 +8,8 @@ from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.ids import Level
-from dicomkeep.common.modification import boolean_member as boolean
 from dicomkeep.common.index import Index
+from dicomkeep.common.modification import boolean_member as boolean
 from dicomkeep.common.receiving import Origin
 from dicomkeep.common.resource_modification import read_instance
 from dicomkeep.common.transcoding import dataset_bytes, read_dataset
