@@ -24,6 +24,7 @@ from dicomkeep.gateway.api import (
     images,
     instances,
     jobs,
+    labels,
     metadata,
     modalities,
     modify,
@@ -73,7 +74,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
         jobs.router, modalities.router, queries.router, modify.router, tools.router,
-        images.router,
+        images.router, labels.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
