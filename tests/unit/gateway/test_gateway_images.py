@@ -80,3 +80,9 @@ async def test_shared_tags_and_ordered_slices(gateway: Gateway) -> None:
         "SlicesShort": [[stored["ID"], 0, 1]],
         "Type": "Sequence",
     }
+
+
+async def test_return_unsupported_image(gateway: Gateway) -> None:
+    plan = await gateway.upload(dicom_file("rtplan.dcm"))
+    answer = await gateway.client.get(f"/instances/{plan['ID']}/preview?returnUnsupportedImage=true")
+    assert answer.status_code == 200 and image(answer.content).size == (64, 64)

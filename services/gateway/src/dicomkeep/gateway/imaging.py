@@ -169,6 +169,11 @@ def encode(pixels: np.ndarray, mime: str, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
+def unsupported_image() -> bytes:
+    """Return the placeholder PNG answered for `returnUnsupportedImage` (a grey square)."""
+    return encode(np.full((64, 64), 128, dtype=np.uint8), PNG)
+
+
 def raw_frame(ds: Dataset, index: int) -> tuple[bytes, str]:
     """Return one frame's stored bytes and MIME type (compressed frames as encoded)."""
     if "PixelData" not in ds:

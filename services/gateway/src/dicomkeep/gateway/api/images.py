@@ -74,7 +74,13 @@ def _frame_index(ds: Dataset, frame: str) -> int:
 
 
 def _render(kind: str, request: Request, ds: Dataset, index: int) -> Response:
-    frame = imaging.decode_frame(ds, index)
+    try:
+        frame = imaging.decode_frame(ds, index)
+    except OrthancError as error:
+        # Orthanc 1.12: `returnUnsupportedImage` answers a placeholder instead of 415.
+        if error.code is ErrorCode.UNSUPPORTED_MEDIA_TYPE and bool_arg(request, "returnUnsupportedImage"):
+            return Response(imaging.unsupported_image(), media_type=imaging.PNG)
+        raise
     if kind in ("image-uint8", "image-uint16", "image-int16"):
         pixels = imaging.integer_pixels(frame, kind.removeprefix("image-"))
         return Response(imaging.encode(pixels, imaging.PNG), media_type=imaging.PNG)
