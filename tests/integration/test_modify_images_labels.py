@@ -19,7 +19,7 @@ from dicomfiles import SAMPLES, expected_ids, sample_path
 from orthanc_api_client import OrthancApiClient
 from orthanc_peer import OrthancPeer, orthanc_available, orthanc_peer
 from PIL import Image
-from servers import Server
+from servers import Server, wait_until
 
 #: Tags the 2023 edition of PS3.15 Table E.1-1 removes (X/D) and the 2021b edition,
 #: the default of Debian's Orthanc 1.10.1, kept: Orthanc 1.12 (2023b) removes them too.
@@ -245,3 +245,21 @@ def test_frames_numpy_shared_tags_and_slices(clean: Server, tmp_path: Path) -> N
         assert client.get(f"/studies/{study}/shared-tags?simplify").json()["PatientID"] == "1CT1"
         series = expected_ids(sample_path("CT_small.dcm"))[2]
         assert client.get(f"/series/{series}/ordered-slices").json()["Type"] == "Sequence"
+
+
+def test_asynchronous_anonymization_job(clean: Server) -> None:
+    with clean.client() as client:
+        ct = sample_path("CT_small.dcm")
+        client.post("/instances", content=ct.read_bytes())
+        _, study_id, _, _ = expected_ids(ct)
+        answer = client.post(f"/studies/{study_id}/anonymize", json={"Asynchronous": True}).json()
+        job_id = answer["ID"]
+        wait_until(
+            lambda: client.get(f"/jobs/{job_id}").json()["State"] in ("Success", "Failure"),
+            timeout=60, what="the anonymization job",
+        )
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["State"] == "Success" and job["Type"] == "ResourceModification", job
+        assert job["Progress"] == 100 and job["Content"]["InstancesCount"] == 1
+        copy = client.get(f"/studies/{job['Content']['ID']}").json()
+        assert copy["AnonymizedFrom"] == study_id

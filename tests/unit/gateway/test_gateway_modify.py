@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pydicom
@@ -139,3 +140,50 @@ async def test_bulk_modify_and_anonymize_answer_every_level(gateway: Gateway) ->
     bad = await gateway.client.post("/tools/bulk-modify", json={"Resources": "x"})
     assert bad.status_code == 400
     assert bad.json()["Details"] == "List of strings expected in field: Resources"
+
+
+async def test_asynchronous_modification_runs_as_a_job(gateway: Gateway) -> None:
+    from dicomkeep.jobs.usecases import Deps
+    from dicomkeep.jobs.worker import JobWorkers
+
+    ctx = gateway.ctx
+    workers = JobWorkers(
+        ctx.index.jobs, Deps(ctx.settings, ctx.index, ctx.blobs, ctx.receiver), concurrency=1,
+        history_size=10, poll=0.05,
+    )
+    workers.start()
+    try:
+        ct = await gateway.upload(dicom_file("CT_small.dcm"))
+        await gateway.upload(dicom_file("MR_small.dcm"))
+        response = await gateway.client.post(
+            f"/studies/{ct['ParentStudy']}/anonymize", json={"Asynchronous": True}
+        )
+        assert response.status_code == 200, response.text
+        job_id = response.json()["ID"]
+        assert response.json()["Path"] == f"/jobs/{job_id}"
+        for _ in range(200):
+            job = (await gateway.client.get(f"/jobs/{job_id}")).json()
+            if job["State"] in ("Success", "Failure"):
+                break
+            await asyncio.sleep(0.05)
+        assert job["State"] == "Success", job
+        assert job["Type"] == "ResourceModification" and job["Progress"] == 100
+        content = job["Content"]
+        assert content["IsAnonymization"] is True and content["InstancesCount"] == 1
+        copy = (await gateway.client.get(f"/studies/{content['ID']}")).json()
+        assert copy["AnonymizedFrom"] == ct["ParentStudy"]
+        assert copy["ParentPatient"] == content["PatientID"]
+        bulk = await gateway.client.post(
+            "/tools/bulk-modify",
+            json={"Resources": [ct["ID"]], "Replace": {"StudyDescription": "J"}, "Asynchronous": True},
+        )
+        bulk_id = bulk.json()["ID"]
+        for _ in range(200):
+            job = (await gateway.client.get(f"/jobs/{bulk_id}")).json()
+            if job["State"] in ("Success", "Failure"):
+                break
+            await asyncio.sleep(0.05)
+        assert job["State"] == "Success", job
+        assert {item["Type"] for item in job["Content"]["Resources"]} == {"Instance", "Series", "Study", "Patient"}
+    finally:
+        await workers.stop()

@@ -18,10 +18,10 @@ from typing import Any
 
 from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
-from dicomkeep.common.ids import Level
+from dicomkeep.common.ids import Level, resource_path
+from dicomkeep.common.index import Index
 from dicomkeep.common.modification import Modification, boolean_member
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.index import Index
 from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.transcoding import check_target, dataset_bytes, read_dataset, transcode
 from pydicom.uid import UID
@@ -147,16 +147,19 @@ async def modify_resources(
     origin: Origin,
     progress: Progress | None = None,
     delete_original: Callable[[str], Awaitable[None]] | None = None,
+    outcome: ModificationOutcome | None = None,
 ) -> ModificationOutcome:
     """Store a modified copy of each instance; return the IDs of the copies.
 
     Without `Permissive`, the first failure raises (copies already stored stay,
     as in Orthanc); with it, failures are counted and the rest goes on. With
     `KeepSource: false`, each original instance is deleted once its copy is stored
-    (by `delete_original`, else straight from the index).
+    (by `delete_original`, else straight from the index). A given `outcome`
+    accumulates (a job resumed from its checkpoint).
     """
     key = ANONYMIZED_FROM if modification.is_anonymization else MODIFIED_FROM
-    outcome = ModificationOutcome(is_anonymization=modification.is_anonymization)
+    if outcome is None:
+        outcome = ModificationOutcome(is_anonymization=modification.is_anonymization)
     for position, instance_id in enumerate(instances):
         try:
             data, originals = await read_instance(index, blobs, instance_id)
@@ -180,3 +183,97 @@ async def modify_resources(
         if progress is not None:
             await progress(position + 1, len(instances))
     return outcome
+
+
+# -- as a job (Asynchronous) ---------------------------------------------------------------
+#: Orthanc's job type of a resource modification or anonymization.
+JOB_TYPE = "ResourceModification"
+DESCRIPTION = "REST API"
+
+
+def job_content(outcome: ModificationOutcome, level: Level | None, public_id: str | None) -> dict[str, Any]:
+    """Return Orthanc's public content of a modification job (= the synchronous answer).
+
+    With a level and ID, `ID`/`Path`/`Type`/`PatientID` name the copy of that
+    resource; without (bulk), `Resources` lists the copies at every level.
+    """
+    content: dict[str, Any] = {
+        "Description": DESCRIPTION,
+        "FailedInstancesCount": outcome.failed_count,
+        "InstancesCount": outcome.instances_count,
+        "IsAnonymization": outcome.is_anonymization,
+    }
+    if level is None or public_id is None:
+        content["Resources"] = [
+            {"ID": new_id, "Path": resource_path(each, new_id), "Type": each.value}
+            for each in reversed(Level)
+            for new_id in dict.fromkeys(outcome.mapping.get(each, {}).values())
+        ]
+        return content
+    new_id = outcome.new_id(level, public_id)
+    if new_id is not None:
+        patients = list(outcome.mapping.get(Level.PATIENT, {}).values())
+        content.update(
+            {"ID": new_id, "Path": resource_path(level, new_id), "Type": level.value,
+             "PatientID": patients[0] if patients else None}
+        )  # fmt: skip
+    return content
+
+
+def job_payload(
+    body: dict[str, Any],
+    modification: Modification,
+    instances: list[str],
+    level: Level | None,
+    public_id: str | None,
+) -> dict[str, Any]:
+    """Return what a worker needs to run (and resume) a modification job."""
+    return {
+        "Body": body,
+        "Level": modification.level.value,
+        "IsAnonymization": modification.is_anonymization,
+        "Replacements": {f"{tag:08x}": value for tag, value in modification.replacements.items()},
+        "Resource": {"Level": level.value, "ID": public_id} if level and public_id else None,
+        "Instances": instances,
+        "Done": 0,
+        "UidMap": [],
+        "Mapping": {},
+        "Failed": 0,
+        "Count": 0,
+    }
+
+
+def modification_from_payload(payload: dict[str, Any]) -> tuple[Modification, ModificationOutcome]:
+    """Rebuild a job's modification (with the UIDs already mapped) and its outcome so far."""
+    from dicomkeep.common.modification import parse_anonymize_request, parse_modify_request
+
+    body = payload["Body"]
+    if payload["IsAnonymization"]:
+        modification, _ = parse_anonymize_request(body)
+    else:
+        modification = parse_modify_request(body, Level(payload["Level"]))
+    for tag, value in payload.get("Replacements", {}).items():
+        modification.replace_tag(int(tag, 16), value)
+    for level, original, mapped in payload.get("UidMap", []):
+        modification.uid_map[(Level(level), original)] = mapped
+    outcome = ModificationOutcome(
+        is_anonymization=modification.is_anonymization,
+        instances_count=int(payload.get("Count", 0)),
+        failed_count=int(payload.get("Failed", 0)),
+        mapping={Level(level): dict(ids) for level, ids in payload.get("Mapping", {}).items()},
+    )
+    return modification, outcome
+
+
+def checkpoint_payload(
+    payload: dict[str, Any], modification: Modification, outcome: ModificationOutcome, done: int
+) -> dict[str, Any]:
+    """Return the payload recording that `done` instances were handled."""
+    return {
+        **payload,
+        "Done": done,
+        "UidMap": [[level.value, original, mapped] for (level, original), mapped in modification.uid_map.items()],
+        "Mapping": {level.value: ids for level, ids in outcome.mapping.items()},
+        "Failed": outcome.failed_count,
+        "Count": outcome.instances_count,
+    }

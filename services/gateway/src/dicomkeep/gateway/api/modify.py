@@ -7,6 +7,8 @@
   `PatientID`, `Type`, counts);
 - `POST /tools/bulk-modify|bulk-anonymize` do the same for a list of resources
   of any levels and answer the copies at every level (`Resources`).
+With `"Asynchronous": true` the resource and bulk routes queue a
+`ResourceModification` job (run by the jobs service) and answer `{"ID", "Path"}`.
 Bad bodies are refused before anything is read or stored (common/modification.py).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
+from dicomkeep.common.jobs import job_path, submit
 from dicomkeep.common.modification import (
     Modification,
     parse_anonymize_request,
@@ -26,18 +29,28 @@ from dicomkeep.common.modification import (
 )
 from dicomkeep.common.receiving import Origin
 from dicomkeep.common.resource_modification import (
+    JOB_TYPE,
     ModificationOptions,
     ModificationOutcome,
     anonymized_patient_name,
     instances_of,
+    job_content,
+    job_payload,
     modify_bytes,
     modify_resources,
     parse_options,
     read_instance,
 )
-from dicomkeep.gateway.deps import BlobsDep, ClockDep, IndexDep, ReceiverDep, UsernameDep
+from dicomkeep.gateway.context import GatewayContext
+from dicomkeep.gateway.deps import (
+    BlobsDep,
+    ClockDep,
+    ContextDep,
+    IndexDep,
+    ReceiverDep,
+    UsernameDep,
+)
 from dicomkeep.gateway.responses import OrthancJSONResponse
-from dicomkeep.gateway.views import reference
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -46,7 +59,6 @@ PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
 STUDY_INSTANCE_UID = 0x0020000D
 SERIES_INSTANCE_UID = 0x0020000E
-DESCRIPTION = "REST API"
 
 
 async def json_body(request: Request) -> Any:
@@ -76,15 +88,20 @@ def _origin(request: Request, username: str) -> Origin:
     return Origin(protocol="RestApi", remote_ip=client.host if client else "", http_username=username)
 
 
-def _refuse_asynchronous(options: ModificationOptions) -> None:
-    # Asynchronous modification jobs are not run by the jobs service yet: refuse
-    # clearly rather than pretend (the synchronous answer is Orthanc's job content).
-    if options.asynchronous:
-        raise OrthancError(
-            ErrorCode.BAD_REQUEST,
-            "DicomKeep runs modifications synchronously only: "
-            'remove "Asynchronous" or set "Synchronous" to true',
-        )
+async def _submit(
+    ctx: GatewayContext,
+    body: dict[str, Any],
+    modification: Modification,
+    instances: list[str],
+    options: ModificationOptions,
+    resource: tuple[Level, str] | None,
+) -> Response:
+    """Queue the modification as a job for the jobs service; answer `{"ID", "Path"}`."""
+    level, public_id = resource if resource is not None else (None, None)
+    payload = job_payload(body, modification, instances, level, public_id)
+    content = job_content(ModificationOutcome(modification.is_anonymization), level, public_id)
+    job = await submit(ctx.index.jobs, ctx.bus, JOB_TYPE, content, payload, options.priority)
+    return OrthancJSONResponse({"ID": job.id, "Path": job_path(job.id)})
 
 
 def _instance_route(anonymize: bool):  # type: ignore[no-untyped-def]
@@ -102,19 +119,11 @@ def _instance_route(anonymize: bool):  # type: ignore[no-untyped-def]
     return modify_instance
 
 
-def _job_content(outcome: ModificationOutcome) -> dict[str, Any]:
-    return {
-        "Description": DESCRIPTION,
-        "FailedInstancesCount": outcome.failed_count,
-        "InstancesCount": outcome.instances_count,
-        "IsAnonymization": outcome.is_anonymization,
-    }
-
-
 def _resource_route(level: Level, anonymize: bool):  # type: ignore[no-untyped-def]
     async def modify_resource(
         public_id: str,
         request: Request,
+        ctx: ContextDep,
         index: IndexDep,
         blobs: BlobsDep,
         clock: ClockDep,
@@ -125,8 +134,9 @@ def _resource_route(level: Level, anonymize: bool):  # type: ignore[no-untyped-d
         body = await json_body(request)
         modification = await _modification(index, body, level, anonymize)
         options = parse_options(body)
-        _refuse_asynchronous(options)
         instances = await instances_of(index, level, public_id)
+        if options.asynchronous:
+            return await _submit(ctx, body, modification, instances, options, (level, public_id))
 
         async def delete_original(instance_id: str) -> None:
             outcome = await index.delete_resource(Level.INSTANCE, instance_id)
@@ -137,13 +147,7 @@ def _resource_route(level: Level, anonymize: bool):  # type: ignore[no-untyped-d
             index, blobs, receiver, modification, instances, options,
             _origin(request, username), delete_original=delete_original,
         )  # fmt: skip
-        answer = _job_content(outcome)
-        new_id = outcome.new_id(level, public_id)
-        if new_id is not None:
-            answer.update(reference(level, new_id))
-            patients = list(outcome.mapping.get(Level.PATIENT, {}).values())
-            answer["PatientID"] = patients[0] if patients else None
-        return OrthancJSONResponse(answer)
+        return OrthancJSONResponse(job_content(outcome, level, public_id))
 
     return modify_resource
 
@@ -183,6 +187,7 @@ def resources_member(body: Any) -> list[str]:
 def _bulk_route(anonymize: bool):  # type: ignore[no-untyped-def]
     async def bulk(
         request: Request,
+        ctx: ContextDep,
         index: IndexDep,
         blobs: BlobsDep,
         receiver: ReceiverDep,
@@ -197,7 +202,6 @@ def _bulk_route(anonymize: bool):  # type: ignore[no-untyped-def]
             probe = parse_modify_request({**body, "Force": True}, Level.INSTANCE)
             modification = parse_modify_request(body, _bulk_level(body, probe))
         options = parse_options(body)
-        _refuse_asynchronous(options)
         instances: list[str] = []
         for public_id in resources:
             level = await _level_of(index, public_id)
@@ -206,16 +210,12 @@ def _bulk_route(anonymize: bool):  # type: ignore[no-untyped-def]
             for instance_id in await instances_of(index, level, public_id):
                 if instance_id not in instances:
                     instances.append(instance_id)
+        if options.asynchronous:
+            return await _submit(ctx, body, modification, instances, options, None)
         outcome = await modify_resources(
             index, blobs, receiver, modification, instances, options, _origin(request, username)
         )
-        answer = _job_content(outcome)
-        seen: list[dict[str, str]] = []
-        for level in reversed(Level):
-            for new_id in dict.fromkeys(outcome.mapping.get(level, {}).values()):
-                seen.append(reference(level, new_id))
-        answer["Resources"] = seen
-        return OrthancJSONResponse(answer)
+        return OrthancJSONResponse(job_content(outcome, None, None))
 
     return bulk
 
