@@ -90,3 +90,24 @@ async def test_bulk_content_and_delete(gateway: Gateway) -> None:
     assert (await gateway.client.get("/instances")).json() == [mr["ID"]]
     bad = await gateway.client.post("/tools/bulk-delete", json={})
     assert bad.status_code == 400
+
+
+async def test_create_dicom_series_from_a_content_array(gateway: Gateway) -> None:
+    frames = []
+    for shade in (10, 200):
+        buffer = io.BytesIO()
+        Image.new("L", (4, 3), shade).save(buffer, format="PNG")
+        frames.append(data_uri("image/png", buffer.getvalue()))
+    response = await gateway.client.post(
+        "/tools/create-dicom",
+        json={"Tags": {"PatientName": "Series^Test"},
+              "Content": [frames[0], {"Content": frames[1], "Tags": {"ImageComments": "second"}}]},
+    )  # fmt: skip
+    assert response.status_code == 200, response.text
+    series = response.json()["ID"]
+    assert response.json()["Path"] == f"/series/{series}"
+    instances = (await gateway.client.get(f"/series/{series}/instances")).json()
+    numbers = sorted(item["MainDicomTags"]["InstanceNumber"] for item in instances)
+    assert numbers == ["1", "2"]
+    empty = await gateway.client.post("/tools/create-dicom", json={"Content": []})
+    assert empty.status_code == 400 and empty.json()["OrthancStatus"] == 2022

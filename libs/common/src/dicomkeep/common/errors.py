@@ -66,6 +66,7 @@ class ErrorCode(Enum):
     CREATE_DICOM_USE_CONTENT = (
         2021, 'Use "Content" to inject an image into a new DICOM instance', 400
     )
+    CREATE_DICOM_NO_PAYLOAD = (2022, "No payload is present for one instance in the series", 400)
     CREATE_DICOM_USE_DATA_URI_SCHEME = (
         2023,
         "The payload of the DICOM instance must be specified according to Data URI scheme",

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
-from dicomkeep.common.ids import Level
+from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
 from dicomkeep.common.modification import boolean_member as boolean
 from dicomkeep.common.receiving import Origin
@@ -27,6 +27,8 @@ from starlette.responses import Response
 router = APIRouter()
 #: Orthanc always lists its explorer extension first; DicomKeep has no plugins.
 PLUGINS = ["explorer.js"]
+#: What the instances created from one `Content` array share.
+SERIES_IDENTIFIERS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
 @router.get("/plugins")
@@ -77,7 +79,8 @@ async def create_dicom(
 ) -> Response:
     """Create and store one instance from `Tags`, `Content` (data URI) and `Parent`.
 
-    Answers as `POST /instances`. Errors as Orthanc: unknown tag 500 *Unknown
+    Answers as `POST /instances`; with a `Content` array (data URIs, or objects
+    with `Content` and `Tags`), one series of instances and `{"ID", "Path"}` of it. Errors as Orthanc: unknown tag 500 *Unknown
     DICOM tag*; unknown parent 400 (2024); instance parent 400 (2025);
     content not a data URI 400 (2023).
     """
@@ -92,16 +95,46 @@ async def create_dicom(
         raise OrthancError(ErrorCode.BAD_FILE_FORMAT, 'Member "PrivateCreator" should be a string')
     force = boolean(body, "Force", False)
     inherited = await _parent_tags(index, body["Parent"]) if "Parent" in body else {}
-    ds = await asyncio.to_thread(
-        build_instance, tags, body.get("Content"), inherited, private_creator=creator, force=force
-    )
-    data = await asyncio.to_thread(dataset_bytes, ds)
     client = request.client
     origin = Origin(
         protocol="RestApi", remote_ip=client.host if client else "", http_username=username
     )
-    received = await receiver.receive(data, origin)
-    return OrthancJSONResponse(store_answer(received))
+    content = body.get("Content")
+    if not isinstance(content, list):
+        ds = await asyncio.to_thread(
+            build_instance, tags, content, inherited, private_creator=creator, force=force
+        )
+        received = await receiver.receive(await asyncio.to_thread(dataset_bytes, ds), origin)
+        return OrthancJSONResponse(store_answer(received))
+    # A list of contents: one series, one instance per item (Orthanc's CreateSeries).
+    if not content:
+        raise OrthancError(ErrorCode.CREATE_DICOM_NO_PAYLOAD)
+    shared = dict(inherited)
+    series_id = ""
+    for number, item in enumerate(content, start=1):
+        item_tags = dict(tags)
+        payload = item
+        if isinstance(item, dict):
+            payload = item.get("Content")
+            extra = item.get("Tags", {})
+            if not isinstance(extra, dict):
+                raise OrthancError(ErrorCode.BAD_REQUEST, 'Member "Tags" should be an object')
+            item_tags.update(extra)
+        if payload is None:
+            raise OrthancError(ErrorCode.CREATE_DICOM_NO_PAYLOAD)
+        item_tags.setdefault("InstanceNumber", str(number))
+        if number > 1:  # the identifiers of the first instance hold for the series
+            for keyword in SERIES_IDENTIFIERS:
+                item_tags.pop(keyword, None)
+        ds = await asyncio.to_thread(
+            build_instance, item_tags, payload, shared, private_creator=creator, force=force
+        )
+        if number == 1:
+            for keyword in SERIES_IDENTIFIERS:
+                shared[keyword] = str(ds.get(keyword, ""))
+        received = await receiver.receive(await asyncio.to_thread(dataset_bytes, ds), origin)
+        series_id = received.parsed.ids[2]
+    return OrthancJSONResponse({"ID": series_id, "Path": resource_path(Level.SERIES, series_id)})
 
 
 @router.get("/instances/{public_id}/pdf")
