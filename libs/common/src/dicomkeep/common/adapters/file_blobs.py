@@ -15,6 +15,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Self
 
 from dicomkeep.common.retries import retrying_sync
 
@@ -103,6 +104,13 @@ class FileBlobStore:
             found = await asyncio.to_thread(_keys_under, top, older_than)
             for key in found:
                 yield key
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: nothing to open; `async with` closes it on exit."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Release nothing: files need no connection. Provided for the port."""

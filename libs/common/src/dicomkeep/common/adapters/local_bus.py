@@ -15,6 +15,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 from dicomkeep.common.adapters.bus_errors import BusError, describe
 from dicomkeep.common.events import SCHEMA_VERSION
@@ -136,6 +137,14 @@ class LocalBus:
     async def start(self) -> None:
         """Nothing to connect; exchanges exist on first use."""
         self._is_closed = False
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: start it; `async with` closes it on exit."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Cancel dispatchers and running handlers; fail pending requests with BusError.

@@ -40,7 +40,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aio_pika
 import aiormq
@@ -160,6 +160,14 @@ class RabbitBus:
         )
         self._reply_queue = reply_queue.name
         await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: start it; `async with` closes it on exit."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Cancel consumers and running handlers, fail pending requests, disconnect.

@@ -11,7 +11,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -157,6 +157,14 @@ class S3BlobStore:
                 return
             for key in batch:
                 yield key
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: open it; `async with` closes it on exit."""
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Drop the pooled HTTP connections."""

@@ -137,7 +137,11 @@ class DicomKeepSettings(BaseModel):
     ingest_workers: Positive = 1
     """Ingest worker tasks. Default 1."""
     ops_port: Port = 0
-    """Port of the health and metrics endpoints; 0 = none. Default 0."""
+    """Port of the health and metrics endpoints (/livez, /readyz, /metrics); 0 = none.
+    Default 0."""
+    ops_host: str = "127.0.0.1"
+    """Address the ops endpoints listen on; "0.0.0.0" for every interface (needed for
+    probes from outside a container). Default "127.0.0.1"."""
     store_timeout: Annotated[float, Field(gt=0)] = 30.0
     """Seconds to wait for a store to complete. Default 30."""
     orphan_grace_period: Annotated[float, Field(ge=0)] = 600.0
