@@ -20,10 +20,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.clock import StabilityClock
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 
 if TYPE_CHECKING:  # the drivers are imported only when their adapter is chosen
@@ -42,22 +42,21 @@ def is_distributed(settings: Settings) -> bool:
 
 def make_index(settings: Settings) -> Index:
     """Return the (unopened) index: PostgreSQL or SQLite under IndexDirectory."""
-    from dicomkeep.common.adapters.sql_index import SqlIndex
-    from dicomkeep.common.adapters.sql_recycling import StorageLimits
+    from dicomkeep.common.index import StorageLimits
 
     limits = StorageLimits.from_settings(settings)
     if is_distributed(settings):
         from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 
         pg = settings.postgresql
-        return SqlIndex(
+        return Index(
             PostgresDatabase(pg.dsn(), size=pg.index_connections_count),
             max_retries=pg.maximum_connection_retries,
             limits=limits,
         )
     from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 
-    return SqlIndex(
+    return Index(
         SqliteDatabase(Path(settings.effective_index_directory) / "index"), limits=limits
     )
 
@@ -140,11 +139,7 @@ async def open_adapters(
         name in needs for name in ("index", "blobs", "bus", "clock", "public_bus")
     )
     if index and opened.index is None:
-        made_index = make_index(settings)
-        # The index opens with open()/close() until it is an async context manager.
-        await made_index.open()
-        stack.push_async_callback(made_index.close)
-        opened = replace(opened, index=made_index)
+        opened = replace(opened, index=await stack.enter_async_context(make_index(settings)))
     if blobs and opened.blobs is None:
         opened = replace(opened, blobs=await stack.enter_async_context(make_blobs(settings)))
     if bus and opened.bus is None:

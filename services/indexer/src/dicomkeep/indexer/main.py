@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import STORE_QUEUE
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, cancel, open_adapters
 from dicomkeep.indexer.usecases import relay_outbox, store

@@ -11,8 +11,8 @@ deleted through REST (kept in the index, `JobStore.modality_overrides`).
 
 from __future__ import annotations
 
+from dicomkeep.common.index import Index
 from dicomkeep.common.modalities import Modality, configured_modalities, load_modalities
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 
 #: Commands and the option allowing them from unknown AETs.

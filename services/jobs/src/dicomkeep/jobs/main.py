@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import JOBS_QUEUE
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.jobs.usecases import Deps

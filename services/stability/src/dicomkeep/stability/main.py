@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import CHANGES_EXCHANGE
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.clock import StabilityClock
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, cancel, open_adapters
 from dicomkeep.stability.usecases import emit_due, on_change, rebuild_clock, reconcile

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import CHANGES_EXCHANGE
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, cancel, open_adapters
 from dicomkeep.storage.usecases import collect_orphans, purge_released
