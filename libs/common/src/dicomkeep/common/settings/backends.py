@@ -134,8 +134,9 @@ class DicomKeepSettings(BaseModel):
     mode: Literal["allinone", "distributed"] = "allinone"
     """"allinone" (SQLite, files, in-process bus) or "distributed" (PostgreSQL, S3,
     RabbitMQ, Redis). Default "allinone"."""
-    ingest_workers: Positive = 1
-    """Ingest worker tasks. Default 1."""
+    ingest_workers: Annotated[int, Field(ge=1, le=1)] = 1
+    """Ingest worker tasks; only 1 (run more ingest processes to receive in parallel).
+    Default 1."""
     ops_port: Port = 0
     """Port of the health and metrics endpoints (/livez, /readyz, /metrics); 0 = none.
     Default 0."""
