@@ -44,7 +44,6 @@ from dicomkeep.common.resource_modification import (
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.deps import (
     BlobsDep,
-    ClockDep,
     ContextDep,
     IndexDep,
     ReceiverDep,
@@ -126,7 +125,6 @@ def _resource_route(level: Level, anonymize: bool):  # type: ignore[no-untyped-d
         ctx: ContextDep,
         index: IndexDep,
         blobs: BlobsDep,
-        clock: ClockDep,
         receiver: ReceiverDep,
         username: UsernameDep,
     ) -> Response:
@@ -138,14 +136,9 @@ def _resource_route(level: Level, anonymize: bool):  # type: ignore[no-untyped-d
         if options.asynchronous:
             return await _submit(ctx, body, modification, instances, options, (level, public_id))
 
-        async def delete_original(instance_id: str) -> None:
-            outcome = await index.delete_resource(Level.INSTANCE, instance_id)
-            if outcome is not None and outcome.deleted:
-                await clock.forget(outcome.deleted)
-
         outcome = await modify_resources(
             index, blobs, receiver, modification, instances, options,
-            _origin(request, username), delete_original=delete_original,
+            _origin(request, username),
         )  # fmt: skip
         return OrthancJSONResponse(job_content(outcome, level, public_id))
 

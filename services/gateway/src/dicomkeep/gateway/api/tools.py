@@ -17,7 +17,7 @@ from dicomkeep.gateway.api.instances import store_answer
 from dicomkeep.gateway.api.modify import json_body, resources_member
 from dicomkeep.gateway.args import TagFormat
 from dicomkeep.gateway.conformance import conformance_statement
-from dicomkeep.gateway.deps import BlobsDep, ClockDep, IndexDep, ReceiverDep, UsernameDep
+from dicomkeep.gateway.deps import BlobsDep, IndexDep, ReceiverDep, UsernameDep
 from dicomkeep.gateway.dicom_creation import ENCAPSULATED_PDF, build_instance
 from dicomkeep.gateway.responses import OrthancJSONResponse, plain
 from dicomkeep.gateway.views import expand_resource
@@ -162,16 +162,15 @@ async def _find_level(index: Index, public_id: str) -> Level | None:
 
 
 @router.post("/tools/bulk-delete")
-async def bulk_delete(request: Request, index: IndexDep, clock: ClockDep) -> Response:
+async def bulk_delete(request: Request, index: IndexDep) -> Response:
     """Delete resources of any levels; unknown IDs are skipped (Orthanc 1.9.4+). Empty answer."""
     resources = resources_member(await json_body(request))
     for public_id in resources:
         level = await _find_level(index, public_id)
         if level is None:
             continue
-        outcome = await index.delete_resource(level, public_id)
-        if outcome is not None and outcome.deleted:
-            await clock.forget(outcome.deleted)
+        # Deleted changes take the resources out of the stability clock (stability service).
+        await index.delete_resource(level, public_id)
     return plain("")
 
 
@@ -190,7 +189,7 @@ async def _related(index: Index, level: Level, public_id: str, target: Level) ->
 
 
 @router.post("/tools/bulk-content")
-async def bulk_content(request: Request, index: IndexDep, clock: ClockDep) -> Response:
+async def bulk_content(request: Request, index: IndexDep) -> Response:
     """Answer the expanded objects of resources of any levels (or, with `Level`,
     of the resources of that level related to them). Unknown IDs are skipped."""
     body = await json_body(request)
@@ -217,5 +216,5 @@ async def bulk_content(request: Request, index: IndexDep, clock: ClockDep) -> Re
             seen.add(related)
             resource = await index.get_resource(target or level, related)
             if resource is not None:
-                answer.append(await expand_resource(index, clock, resource, fmt))
+                answer.append(await expand_resource(index, resource, fmt))
     return OrthancJSONResponse(answer)
