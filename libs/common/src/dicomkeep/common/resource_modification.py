@@ -118,7 +118,7 @@ def modify_bytes(data: bytes, modification: Modification, target: UID | None) ->
     ds = read_dataset(data)
     modification.apply(ds)
     if target is not None:
-        transcode(ds, target)
+        ds = transcode(ds, target)
     return dataset_bytes(ds)
 
 

@@ -20,6 +20,7 @@ from pydicom.pixels import get_encoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
@@ -45,6 +46,20 @@ def dataset_bytes(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def _from_big_endian(ds: Dataset, target: UID) -> Dataset:
+    """Return a little-endian copy of a big-endian dataset (pydicom writes no
+    endianness conversion itself): values decoded, pixel data byte-swapped."""
+    pixels = ds.pixel_array if "PixelData" in ds else None
+    for _ in ds:  # decode every raw element while the big-endian encoding is known
+        pass
+    copy = Dataset(ds)
+    copy.file_meta = ds.file_meta
+    if pixels is not None:
+        copy.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    copy.file_meta.TransferSyntaxUID = target
+    return copy
+
+
 def _encoder_available(target: UID) -> bool:
     try:
         return bool(get_encoder(target).is_available)
@@ -66,8 +81,9 @@ def check_target(target: str) -> UID:
     )
 
 
-def transcode(ds: Dataset, target: UID) -> None:
-    """Change a dataset's transfer syntax in place.
+def transcode(ds: Dataset, target: UID) -> Dataset:
+    """Return the dataset in another transfer syntax (the same object, changed in
+    place, except from big endian, which gives a copy).
 
     Raises OrthancError *Bad request* for a target that cannot be written and
     *Bad file format* when the source pixel data cannot be decoded (no plugin
@@ -76,9 +92,14 @@ def transcode(ds: Dataset, target: UID) -> None:
     target = check_target(target)
     source = UID(str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
     if source == target:
-        return
+        return ds
     has_pixels = "PixelData" in ds
     try:
+        if source == ExplicitVRBigEndian:
+            ds = _from_big_endian(ds, ExplicitVRLittleEndian)
+            source = ExplicitVRLittleEndian
+            if source == target:
+                return ds
         if has_pixels and source.is_compressed:
             ds.decompress()
         if target in UNCOMPRESSED_TARGETS:
@@ -87,6 +108,7 @@ def transcode(ds: Dataset, target: UID) -> None:
             ds.compress(target)
         else:
             ds.file_meta.TransferSyntaxUID = target
+        return ds
     except (RuntimeError, NotImplementedError, ValueError, AttributeError) as error:
         raise OrthancError(
             ErrorCode.BAD_FILE_FORMAT, f"Cannot transcode from {source} to {target}: {error}"
