@@ -7,15 +7,16 @@ follows ORTHANC_API.md §0 and §16:
 - `NoAnswer` -> empty 404 (400 for POST, or its own status); `Forbidden` -> empty 403;
 - unknown route -> empty 404; known route, wrong method -> empty 405 with
   `Allow: GET,POST,DELETE,PUT` (the path's methods, Orthanc's order);
-- invalid request parameters -> 400 *Bad request*; any other exception -> 500
-  *Internal error*.
+- invalid request parameters -> 400 *Bad request*; an unreachable database,
+  broker or clock -> 503 *database unavailable* (`availability.py`); any other
+  exception -> 500 *Internal error*.
 """
 
 from __future__ import annotations
 
 import logging
 
-from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
+from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError, unavailability
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.api import (
     attachments,
@@ -34,6 +35,7 @@ from dicomkeep.gateway.api import (
     system,
     tools,
 )
+from dicomkeep.gateway.availability import UnavailableMiddleware
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
 from dicomkeep.gateway.security import SecurityMiddleware
@@ -86,6 +88,8 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(SecurityMiddleware, settings=effective)
+    # Outermost of ours: also covers the security layer's own index lookups.
+    app.add_middleware(UnavailableMiddleware)
     return app
 
 
@@ -137,6 +141,11 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Reached only by what UnavailableMiddleware did not see (errors raised while
+    # an answer was already being sent are not rendered at all).
+    unavailable = unavailability(exc)
+    if unavailable is not None:
+        return render_error(request, unavailable.code, 503, unavailable.details)
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return render_error(request, ErrorCode.INTERNAL_ERROR, 500)
 

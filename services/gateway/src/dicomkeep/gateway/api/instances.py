@@ -19,7 +19,8 @@ from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.receiving import Origin, Received, Receiver
 from dicomkeep.gateway.args import bool_arg, tag_format
-from dicomkeep.gateway.deps import BlobsDep, IndexDep, ReceiverDep, UsernameDep
+from dicomkeep.gateway.bodies import read_limited
+from dicomkeep.gateway.deps import BlobsDep, IndexDep, ReceiverDep, SettingsDep, UsernameDep
 from dicomkeep.gateway.responses import OrthancJSONResponse
 from dicomkeep.gateway.tag_source import dicom_for_tags
 from dicomkeep.gateway.views import integer_or_none
@@ -114,15 +115,22 @@ async def _store_zip(body: bytes, receiver: Receiver, origin: Origin) -> list[di
 
 
 @router.post("/instances")
-async def post_instances(request: Request, receiver: ReceiverDep, username: UsernameDep) -> Response:
+async def post_instances(
+    request: Request, receiver: ReceiverDep, username: UsernameDep, settings: SettingsDep
+) -> Response:
     """Store a DICOM file (-> one object) or a ZIP of DICOM files (-> an array).
 
     Any content type; `Content-Encoding: gzip` accepted. Empty body -> 400
-    *Bad file format* "Received an empty DICOM file"; the Receiver's errors propagate
-    (invalid file 400, absent UID 404 *Inexistent tag*, storage full 507). Answers
+    *Bad file format* "Received an empty DICOM file"; a body over the DicomKeep
+    `MaximumUploadSize` 413 (up front when Content-Length says so), a body
+    stalled for `BodyTimeout` seconds 408; the Receiver's errors propagate
+    (invalid file 400, absent UID 400 as Orthanc 1.12, storage full 507). Answers
     only after the indexer committed.
     """
-    body = _decoded_body(await request.body(), request.headers.get("content-encoding"))
+    options = settings.dicomkeep
+    limit = options.maximum_upload_size * 1024 * 1024
+    raw = await read_limited(request, "The uploaded body", limit, pause=options.body_timeout)
+    body = _decoded_body(raw, request.headers.get("content-encoding"))
     if not body:
         raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
     client = request.client
