@@ -1,0 +1,132 @@
+"""Issue 11's HTTP behaviours as real clients see them, in both modes: empty path
+components, Content-Type of empty answers, conditional GETs, modality forms,
+/tools/dicom-echo bodies, /tools/execute-script, /tools/count-resources."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pyorthanc
+import pytest
+from dicom_peers import StoreScpProcess, storescp
+from dicomfiles import expected_ids, sample_path
+from orthanc_api_client import OrthancApiClient
+from servers import Server, free_port
+
+STORESCP_PORT = free_port()
+SERVER_CONFIG = {
+    "DicomModalities": {
+        "three": ["STORESCP", "127.0.0.1", STORESCP_PORT],
+        "four": ["STORESCP", "127.0.0.1", STORESCP_PORT, "GenericNoWildcardInDates"],
+        "object": {"AET": "STORESCP", "Host": "127.0.0.1", "Port": STORESCP_PORT,
+                   "Manufacturer": "GE"},
+    },
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreScpProcess]:
+    with storescp(tmp_path_factory.mktemp("storescp"), port=STORESCP_PORT) as running:
+        yield running
+
+
+def test_clients_with_a_base_url_ending_in_slash(clean: Server) -> None:
+    ct = sample_path("CT_small.dcm")
+    patient_id, study_id, _, instance_id = expected_ids(ct)
+    api_client = OrthancApiClient(clean.url + "/")
+    assert api_client.is_alive()
+    assert api_client.upload_file(ct) == [instance_id]
+    assert api_client.studies.get_all_ids() == [study_id]
+    assert api_client.instances.get_file(instance_id) == ct.read_bytes()
+    client = pyorthanc.Orthanc(clean.url + "/")
+    assert client.get_patients() == [patient_id]
+    assert client.get_system()["Version"] == "1.12.4"
+    raw = httpx.get(f"{clean.url}//instances//{instance_id}/file/", timeout=30)
+    assert (raw.status_code, raw.content) == (200, ct.read_bytes())
+    assert httpx.get(f"{clean.url}//system", timeout=30).json()["Name"]
+
+
+def test_empty_answers_carry_text_plain_and_pyorthanc_accepts_them(clean: Server) -> None:
+    ct = sample_path("CT_small.dcm")
+    patient_id = expected_ids(ct)[0]
+    client = pyorthanc.Orthanc(clean.url)
+    client.post_instances(ct.read_bytes())
+    patient = pyorthanc.Patient(patient_id, client)
+    patient.protected = True  # pyorthanc reads the Content-Type of the empty answer
+    assert patient.protected is True
+    with clean.client() as http:
+        answer = http.put(f"/patients/{patient_id}/protected", content=b"0")
+        assert (answer.status_code, answer.content) == (200, b"")
+        assert answer.headers["content-type"] == "text/plain"
+        assert http.get(f"/patients/{patient_id}/protected").text == "0"
+
+
+def test_conditional_gets_on_metadata_and_attachments(clean: Server) -> None:
+    ct = sample_path("CT_small.dcm")
+    instance_id = expected_ids(ct)[3]
+    with clean.client() as http:
+        assert http.post("/instances", content=ct.read_bytes()).status_code == 200
+        assert http.put(f"/instances/{instance_id}/metadata/1024", content=b"v1").status_code == 200
+        for path in ("metadata/TransferSyntax", "metadata/1024", "attachments/dicom/data"):
+            url = f"/instances/{instance_id}/{path}"
+            current = http.get(url)
+            tag = current.headers["etag"]
+            not_modified = http.get(url, headers={"If-None-Match": tag})
+            assert (not_modified.status_code, not_modified.content) == (304, b"")
+            assert not_modified.headers["etag"] == tag
+            other = http.get(url, headers={"If-None-Match": '"99-0123"'})
+            assert other.status_code == 200
+            assert other.content == current.content
+            malformed = http.get(url, headers={"If-None-Match": "abc"})
+            assert malformed.status_code == 400
+            assert malformed.headers["etag"] == tag
+            assert malformed.json()["OrthancStatus"] == 3
+
+
+def test_modality_forms_from_configuration_and_put(server: Server) -> None:
+    with server.client() as http:
+        configured = http.get("/modalities", params={"expand": ""}).json()
+        assert configured["three"]["Manufacturer"] == "Generic"
+        assert configured["four"]["Manufacturer"] == "GenericNoWildcardInDates"
+        assert configured["object"]["Manufacturer"] == "GE"
+        assert {configured[n]["Port"] for n in ("three", "four", "object")} == {STORESCP_PORT}
+        put = http.put("/modalities/put4", json=["PEER", "10.0.0.9", 104, "GenericNoUniversalWildcard"])
+        assert (put.status_code, put.headers["content-type"]) == (200, "text/plain")
+        shown = http.get("/modalities/put4/configuration").json()
+        assert (shown["AET"], shown["Host"], shown["Port"], shown["Manufacturer"]) == (
+            "PEER", "10.0.0.9", 104, "GenericNoUniversalWildcard"
+        )
+        bad = http.put("/modalities/bad", json=["PEER", "10.0.0.9", 104, "NoSuchVendor"])
+        assert bad.status_code == 400
+        assert "bad" not in http.get("/modalities").json()
+        assert http.delete("/modalities/put4").status_code == 200
+
+
+def test_dicom_echo_accepts_object_and_array_forms(server: Server, scp: StoreScpProcess) -> None:
+    with server.client() as http:
+        for body in (
+            {"AET": "STORESCP", "Host": "127.0.0.1", "Port": STORESCP_PORT},
+            ["STORESCP", "127.0.0.1", STORESCP_PORT],
+            ["STORESCP", "127.0.0.1", STORESCP_PORT, "GE"],
+        ):
+            answer = http.post("/tools/dicom-echo", json=body)
+            assert (answer.status_code, answer.json()) == (200, {}), body
+        closed = free_port()
+        failed = http.post("/tools/dicom-echo", json=["STORESCP", "127.0.0.1", closed])
+        assert failed.status_code == 500
+        for name in ("three", "four", "object"):
+            assert http.post(f"/modalities/{name}/echo", json={}).status_code == 200
+
+
+def test_execute_script_and_count_resources(clean: Server, tmp_path: Path) -> None:
+    with clean.client() as http:
+        script = http.post("/tools/execute-script", content=b"print(42)")
+        assert (script.status_code, script.content) == (403, b"")
+        for name in ("CT_small.dcm", "MR_small.dcm"):
+            assert http.post("/instances", content=sample_path(name).read_bytes()).status_code == 200
+        count = http.post("/tools/count-resources", json={"Level": "Instance", "Query": {}})
+        assert count.json() == {"Count": 2}
+        mr = http.post("/tools/count-resources", json={"Level": "Study", "Query": {"ModalitiesInStudy": "MR"}})
+        assert mr.json() == {"Count": 1}
