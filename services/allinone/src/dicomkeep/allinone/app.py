@@ -11,10 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
-import uvicorn
 from dicomkeep.common.ops import OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import (
@@ -26,6 +25,7 @@ from dicomkeep.common.wiring import (
     open_clock,
 )
 from dicomkeep.gateway import main as gateway
+from dicomkeep.gateway.http_server import HttpServer
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
 from dicomkeep.jobs import main as jobs
@@ -43,39 +43,6 @@ class Service(Protocol):
 def http_host(settings: Settings) -> str:
     """Listen on every interface only when remote access is allowed (as Orthanc)."""
     return "0.0.0.0" if settings.remote_access_allowed else "127.0.0.1"
-
-
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the process's handler stops it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class HttpServer:
-    """uvicorn inside the caller's event loop (no signal handlers of its own)."""
-
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            app, host=host, port=port, lifespan="off", log_level="warning",
-            access_log=False, timeout_keep_alive=1,
-        )
-        self.server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve(), name="http")
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()  # raises the bind error
-                raise RuntimeError("HTTP server stopped at start")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
 
 
 class AllInOne:
@@ -111,9 +78,11 @@ class AllInOne:
             stability.build(settings, index=index, clock=clock, bus=bus),
             jobs.build(settings, index=index, blobs=blobs, bus=bus),
             api,
-            HttpServer(api.app, http_host(settings), settings.http_port),
             ingest.build(settings, blobs=blobs, bus=bus, index=index),
         ]
+        if settings.http_server_enabled:  # Orthanc's HttpServerEnabled: DICOM only if false
+            http = HttpServer(api.app, settings, http_host(settings), settings.http_port)
+            self.services.insert(self.services.index(api) + 1, http)
         if settings.dicomkeep.ops_port:
             checks = adapter_checks(index=index, blobs=blobs, bus=bus, clock=clock)
             self.services.append(

@@ -10,10 +10,12 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
+from dicomkeep.common.option_support import check_options
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
 
 COMMANDS = ("serve", "run", "cluster", "generate")
@@ -69,7 +71,7 @@ def _configure_logging(verbose: bool, trace: bool) -> None:
 
 def _load(path: str | None) -> Settings:
     try:
-        return load_settings(Path(path) if path else None)
+        return check_options(load_settings(Path(path) if path else None))
     except ConfigError as error:
         sys.stderr.write(f"dicomkeep: bad configuration: {error}\n")
         raise SystemExit(2) from error
@@ -118,8 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dicomkeep.allinone.app import AllInOne, run_until_signalled
 
         settings = _load(getattr(args, "configuration", None))
-        asyncio.run(run_until_signalled(AllInOne(settings)))
-        return 0
+        return _run(run_until_signalled(AllInOne(settings)))
     from dicomkeep.allinone.app import run_until_signalled
     from dicomkeep.allinone.single import build_service
 
@@ -127,7 +128,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     service = build_service(
         args.service, settings, http_port=args.http_port, ops_port=args.ops_port
     )
-    asyncio.run(run_until_signalled(service))
+    return _run(run_until_signalled(service))
+
+
+def _run(main_task: Coroutine[Any, Any, None]) -> int:
+    """Run until signalled; a configuration found unusable at start exits 2 with one line."""
+    try:
+        asyncio.run(main_task)
+    except ConfigError as error:
+        sys.stderr.write(f"dicomkeep: bad configuration: {error}\n")
+        return 2
     return 0
 
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dicomkeep.common.option_support import check_options
 from dicomkeep.common.settings import Settings, load_settings
 
 STATE_FILE = "cluster.json"
@@ -125,7 +126,7 @@ def start(
     base_env = os.environ if environ is None else environ
     overrides = {"ORTHANC__DICOM_KEEP__MODE": "distributed"}
     env = {**base_env, **overrides}
-    settings: Settings = load_settings(config, environ=env)
+    settings: Settings = check_options(load_settings(config, environ=env), warn=lambda _: None)
     state = ClusterState(dicom_port=settings.dicom_port)
     try:
         endpoint = settings.aws_s3_storage.endpoint
@@ -169,7 +170,9 @@ def start(
             ops = free_port()
             plan.append((f"gateway-{n + 1}",
                          [*base, "gateway", *tail, "--http-port", str(http), "--ops-port", str(ops)],
-                         f"http://127.0.0.1:{http}/system"))
+                         # the ops port answers once the REST API listens, whatever
+                         # its TLS or authentication options
+                         f"http://127.0.0.1:{ops}/readyz"))
         ops = free_port()
         plan.append(("ingest", [*base, "ingest", *tail, "--ops-port", str(ops)],
                      f"http://127.0.0.1:{ops}/readyz"))

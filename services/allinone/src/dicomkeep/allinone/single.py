@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dicomkeep.allinone.app import HttpServer, Service, http_host
+from dicomkeep.allinone.app import Service, http_host
 from dicomkeep.common.ops import OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway import main as gateway
+from dicomkeep.gateway.http_server import HttpServer
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
 from dicomkeep.jobs import main as jobs
@@ -39,7 +40,7 @@ def build_service(
     if name == "gateway":
         core: Any = gateway.build(settings)
         port = http_port if http_port is not None else settings.http_port
-        parts = [core, HttpServer(core.app, http_host(settings), port)]
+        parts = [core, HttpServer(core.app, settings, http_host(settings), port)]
     elif name == "ingest":
         core = ingest.build(settings)
     elif name == "indexer":

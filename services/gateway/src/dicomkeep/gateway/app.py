@@ -32,6 +32,7 @@ from dicomkeep.gateway.api import (
     system,
 )
 from dicomkeep.gateway.context import GatewayContext
+from dicomkeep.gateway.http_options import ConnectionCloseMiddleware, RequestTimeoutMiddleware
 from dicomkeep.gateway.paths import PathMiddleware
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
 from dicomkeep.gateway.revisions import AnsweredError
@@ -40,6 +41,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 from starlette.routing import Match
 
@@ -83,6 +85,12 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
+    if effective.http_request_timeout > 0:
+        app.add_middleware(RequestTimeoutMiddleware, seconds=effective.http_request_timeout)
+    if effective.http_compression_enabled:
+        app.add_middleware(GZipMiddleware)
+    if not effective.keep_alive:
+        app.add_middleware(ConnectionCloseMiddleware)
     app.add_middleware(SecurityMiddleware, settings=effective)
     app.add_middleware(PathMiddleware)  # outermost: every layer sees the clean path
     return app
