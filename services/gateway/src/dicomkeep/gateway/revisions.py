@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.ports.index import Expected
+from dicomkeep.common.index import Expected
 from starlette.requests import Request
 
 IF_MATCH = "If-Match"
