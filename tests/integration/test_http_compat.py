@@ -12,8 +12,9 @@ import pyorthanc
 import pytest
 from dicom_peers import StoreScpProcess, storescp
 from dicomfiles import expected_ids, sample_path
+from dicomkeep.common.synthetic import generate_study, write_files
 from orthanc_api_client import OrthancApiClient
-from servers import Server, free_port
+from servers import Server, free_port, wait_until
 
 STORESCP_PORT = free_port()
 SERVER_CONFIG = {
@@ -130,3 +131,51 @@ def test_execute_script_and_count_resources(clean: Server, tmp_path: Path) -> No
         assert count.json() == {"Count": 2}
         mr = http.post("/tools/count-resources", json={"Level": "Study", "Query": {"ModalitiesInStudy": "MR"}})
         assert mr.json() == {"Count": 1}
+
+
+def test_changes_keep_only_existing_resources(clean: Server) -> None:
+    ct, mr = sample_path("CT_small.dcm"), sample_path("MR_small.dcm")
+    ct_ids, mr_ids = set(expected_ids(ct)), set(expected_ids(mr))
+    with clean.client() as http:
+        http.delete("/changes")
+        for path in (ct, mr):
+            assert http.post("/instances", content=path.read_bytes()).status_code == 200
+        patient = expected_ids(ct)[0]
+        assert http.delete(f"/patients/{patient}").status_code == 200
+        page = http.get("/changes", params={"limit": 1000}).json()
+        listed = {change["ID"] for change in page["Changes"]}
+        assert not listed & ct_ids
+        assert mr_ids <= listed
+        assert page["Last"] == page["Changes"][-1]["Seq"]
+        one = http.get("/changes", params={"limit": 1}).json()
+        following = http.get("/changes", params={"since": one["Last"], "limit": 1000}).json()
+        assert one["Changes"] + following["Changes"] == page["Changes"]
+
+
+def test_lookup_is_case_insensitive(clean: Server) -> None:
+    ct = sample_path("CT_small.dcm")
+    patient_id, study_id, _, _ = expected_ids(ct)
+    with clean.client() as http:
+        assert http.post("/instances", content=ct.read_bytes()).status_code == 200
+        found = http.post("/tools/lookup", content=b"1ct1").json()
+        assert found == [{"ID": patient_id, "Path": f"/patients/{patient_id}", "Type": "Patient"}]
+        uid = http.get(f"/studies/{study_id}").json()["MainDicomTags"]["StudyInstanceUID"]
+        assert [item["ID"] for item in http.post("/tools/lookup", content=uid.encode()).json()] == [study_id]
+
+
+def test_deleting_a_child_updates_parents_last_update(clean: Server, tmp_path: Path) -> None:
+    files = write_files(generate_study(series=1, instances_per_series=2, seed=11), tmp_path)
+    with clean.client() as http:
+        ids = [http.post("/instances", content=f.read_bytes()).json() for f in files]
+        first = ids[0]
+        parents = [
+            ("series", first["ParentSeries"]), ("studies", first["ParentStudy"]),
+            ("patients", first["ParentPatient"]),
+        ]  # fmt: skip
+        before = {level: http.get(f"/{level}/{pid}/metadata/LastUpdate").text for level, pid in parents}
+        latest = max(before.values())
+        wait_until(lambda: http.get("/tools/now").text > latest, what="the clock to pass the stores")
+        assert http.delete(f"/instances/{ids[1]['ID']}").status_code == 200
+        for level, pid in parents:
+            after = http.get(f"/{level}/{pid}/metadata/LastUpdate").text
+            assert after > before[level], level

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from dicomkeep.gateway.paths import normalize_path, normalize_raw_path
-from gateway_support import Gateway, dicom_file, orthanc_id
+from gateway_support import Gateway, dicom_file, orthanc_id, variant
 
 ROOT = "http://localhost"
 
@@ -94,3 +94,50 @@ async def test_dicom_echo_refuses_other_bodies(gateway: Gateway) -> None:
     for body in (b"3", b'"AET"', b"", b'["A", "h"]'):
         response = await gateway.client.post("/tools/dicom-echo", content=body)
         assert response.status_code == 400, body
+
+
+async def test_changes_of_deleted_resources_are_removed(gateway: Gateway) -> None:
+    ct = await gateway.upload(dicom_file("CT_small.dcm"))
+    mr = await gateway.upload(dicom_file("MR_small.dcm"))
+    before = (await gateway.client.get("/changes")).json()
+    ct_ids = {ct["ID"], ct["ParentSeries"], ct["ParentStudy"], ct["ParentPatient"]}
+    assert ct_ids <= {change["ID"] for change in before["Changes"]}
+    assert (await gateway.client.delete(f"/patients/{ct['ParentPatient']}")).status_code == 200
+    after = (await gateway.client.get("/changes")).json()
+    ids = {change["ID"] for change in after["Changes"]}
+    assert not ids & ct_ids
+    assert {mr["ID"], mr["ParentPatient"]} <= ids
+    assert after["Done"] is True
+    assert after["Last"] == after["Changes"][-1]["Seq"]
+    first = (await gateway.client.get("/changes", params={"limit": 1})).json()
+    assert first["Changes"] == after["Changes"][:1]
+    assert first["Done"] is False
+    rest = (await gateway.client.get("/changes", params={"since": first["Last"]})).json()
+    assert rest["Changes"] == after["Changes"][1:]
+    last = (await gateway.client.get("/changes", params={"last": ""})).json()
+    assert last["Changes"] == after["Changes"][-1:]
+
+
+async def test_deleting_a_child_updates_the_parents_last_update(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomkeep.common.index import core
+
+    first = await gateway.upload(dicom_file("CT_small.dcm"))
+    second = await gateway.upload(variant(SOPInstanceUID="1.2.3.4.5.6.7"))
+    assert second["ParentSeries"] == first["ParentSeries"]
+    monkeypatch.setattr(core, "now_stamp", lambda: "20300101T000000")
+    assert (await gateway.client.delete(f"/instances/{second['ID']}")).status_code == 200
+    for level, key in (("series", "ParentSeries"), ("studies", "ParentStudy"),
+                       ("patients", "ParentPatient")):  # fmt: skip
+        value = await gateway.client.get(f"/{level}/{first[key]}/metadata/LastUpdate")
+        assert value.text == "20300101T000000", level
+
+
+async def test_lookup_ignores_case_and_spaces(gateway: Gateway) -> None:
+    answer = await gateway.upload(variant(PatientID="AbC-12x"))
+    for text in ("AbC-12x", "abc-12X", "  ABC-12X \n"):
+        found = (await gateway.client.post("/tools/lookup", content=text.encode())).json()
+        assert found == [{"ID": answer["ParentPatient"], "Path": f"/patients/{answer['ParentPatient']}",
+                          "Type": "Patient"}], text  # fmt: skip
+    assert (await gateway.client.post("/tools/lookup", content=b"abc-12")).json() == []

@@ -256,13 +256,15 @@ class Index:
         return await self._run(body, readonly=True)
 
     async def lookup(self, identifier: str) -> list[tuple[Level, str]]:
-        """Find resources whose PatientID or Study/Series/SOP Instance UID equals this."""
+        """Find resources whose PatientID or Study/Series/SOP Instance UID equals this,
+        ignoring case and surrounding spaces (Orthanc compares normalized identifiers)."""
 
         async def body(tx: Tx) -> list[tuple[Level, str]]:
             rows = await tx.fetch(
-                "SELECT level, public_id FROM resources WHERE dicom_uid = $1 "
+                "SELECT level, public_id FROM resources WHERE UPPER(dicom_uid) = $1 "
                 "ORDER BY level, internal_id",
-                identifier,
+                # ASCII only, as SQLite's UPPER (and DICOM identifiers)
+                identifier.strip().translate(_ASCII_UPPER),
             )
             return [(_LEVELS[int(r[0])], r[1]) for r in rows]
 
@@ -378,12 +380,18 @@ class Index:
         """Delete a resource and its descendants inside `tx`; queue their blobs.
 
         Returns the deleted (level, public_id), top first; a Deleted event is queued
-        for each. Mirrors Orthanc: files are removed after the commit (by storage).
+        for each. Their rows in the changes log go too, as Orthanc's Changes table
+        cascades on delete (the Deleted events still reach the bus). Mirrors Orthanc:
+        files are removed after the commit (by storage).
         """
         rows = await tx.fetch(
             f"{DESCENDANTS} SELECT r.level, r.public_id, r.internal_id FROM resources r "
             "JOIN d ON d.internal_id = r.internal_id ORDER BY r.level",
             internal_id,
+        )
+        await tx.executemany(
+            "DELETE FROM changes WHERE public_id = $1 AND resource_type = $2",
+            [(r[1], _LEVELS[int(r[0])].value) for r in rows],
         )
         since = now_stamp()
         await tx.execute(
@@ -447,12 +455,27 @@ class Index:
             if row is None:
                 return None
             if int(row[2]) > 0:
-                await self.set_core_metadata(tx, int(current), LAST_UPDATE, now_stamp())
+                await self._touch_ancestors(tx, int(current))
                 return RemainingAncestor(level=current_level, public_id=row[0])
             deleted.extend(await self.delete_subtree(tx, int(current), pending))
             current = row[1]
             current_level = current_level.parent
         return None
+
+    async def _touch_ancestors(self, tx: Tx, internal_id: int) -> None:
+        """Set LastUpdate to now on a surviving resource and each of its ancestors.
+
+        Mirrors Orthanc 1.12.1+: deleting a child updates its parents' LastUpdate, as
+        storing one does.
+        """
+        now = now_stamp()
+        current: int | None = internal_id
+        while current is not None:
+            await self.set_core_metadata(tx, current, LAST_UPDATE, now)
+            parent = await tx.fetchval(
+                "SELECT parent_id FROM resources WHERE internal_id = $1", current
+            )
+            current = None if parent is None else int(parent)
 
     async def set_core_metadata(self, tx: Tx, internal_id: int, key: int, value: str) -> None:
         """Upsert one metadata value written by the core (no change logged)."""
@@ -692,3 +715,4 @@ class Index:
 
 
 _LEVELS = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE]
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")

@@ -42,6 +42,8 @@ _COMMON = [
         public_id TEXT NOT NULL,
         path TEXT NOT NULL,
         date TEXT NOT NULL)""",
+    # deleting a resource deletes its change rows (Orthanc's ON DELETE CASCADE)
+    "CREATE INDEX IF NOT EXISTS changes_public_id ON changes(public_id)",
     """CREATE TABLE IF NOT EXISTS outbox (
         seq BIGINT PRIMARY KEY,
         body TEXT NOT NULL,
@@ -60,6 +62,8 @@ _COMMON = [
     "CREATE INDEX IF NOT EXISTS resources_parent ON resources(parent_id)",
     "CREATE INDEX IF NOT EXISTS resources_level ON resources(level, internal_id)",
     "CREATE INDEX IF NOT EXISTS resources_uid ON resources(dicom_uid)",
+    # /tools/lookup compares identifiers case-insensitively, as Orthanc's normalized ones
+    "CREATE INDEX IF NOT EXISTS resources_uid_upper ON resources(UPPER(dicom_uid))",
     "CREATE INDEX IF NOT EXISTS resources_recycling ON resources(level, is_protected, recycling_order)",
     "CREATE INDEX IF NOT EXISTS main_tags_value ON main_tags(tag_level, name, value)",
     # Resources waiting for their Stable* change (stability.py).
