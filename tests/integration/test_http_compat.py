@@ -12,9 +12,9 @@ import pyorthanc
 import pytest
 from dicom_peers import StoreScpProcess, storescp
 from dicomfiles import expected_ids, sample_path
-from dicomkeep.common.synthetic import generate_study, write_files
 from orthanc_api_client import OrthancApiClient
 from servers import Server, free_port, wait_until
+from synthetic import generate_study, write_files
 
 STORESCP_PORT = free_port()
 SERVER_CONFIG = {

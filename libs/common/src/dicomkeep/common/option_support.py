@@ -67,11 +67,6 @@ def _refusals(settings: Settings) -> list[str]:
             '"AwsS3Storage.VirtualAddressing" is true, but DicomKeep addresses buckets '
             "path-style only; remove it or set it to false",
         ),
-        (
-            settings.dicomkeep.ingest_workers != 1,
-            '"DicomKeep.IngestWorkers" must be 1: run more ingest services in the '
-            "distributed mode to receive in parallel",
-        ),
     ]
     return [message for refused, message in checks if refused]
 

@@ -11,15 +11,13 @@ An unreadable certificate is a ConfigError naming the option, at start.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 from dicomkeep.common.config_files import ConfigError
+from dicomkeep.common.ops import AsgiServer
 from dicomkeep.common.settings import Settings
 
 #: Orthanc's SslMinimumProtocolVersion -> the lowest TLS version Python allows.
@@ -68,32 +66,15 @@ def uvicorn_config(app: Any, settings: Settings, host: str, port: int) -> uvicor
     return config
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the process's handler stops it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class HttpServer:
-    """The REST API's uvicorn inside the caller's event loop (start/stop)."""
+class HttpServer(AsgiServer):
+    """The REST API's uvicorn inside the caller's event loop (start/stop), configured
+    by `uvicorn_config` from the settings."""
 
     def __init__(self, app: Any, settings: Settings, host: str, port: int) -> None:
-        self.server = _QuietServer(uvicorn_config(app, settings, host, port))
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(app, host, port)
+        self.server.config = uvicorn_config(app, settings, host, port)
 
-    async def start(self) -> None:
-        """Serve in a task; return once listening. Raises the bind error (OSError)."""
-        self._task = asyncio.create_task(self.server.serve(), name="http")
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()  # raises the bind error
-                raise RuntimeError("HTTP server stopped at start")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        """Stop accepting, let open requests finish, return when stopped."""
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
+    async def listening(self) -> None:
+        """Readiness check: raise until the server listens."""
+        if not self.server.started:
+            raise RuntimeError("the REST API is not listening yet")
