@@ -13,6 +13,9 @@ import pytest
 from dicom_peers import StoreScpProcess, storescp
 from dicomfiles import expected_ids, sample_path
 from orthanc_api_client import OrthancApiClient
+from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from servers import Server, free_port, wait_until
 from synthetic import generate_study, write_files
 
@@ -179,3 +182,21 @@ def test_deleting_a_child_updates_parents_last_update(clean: Server, tmp_path: P
         for level, pid in parents:
             after = http.get(f"/{level}/{pid}/metadata/LastUpdate").text
             assert after > before[level], level
+
+
+def test_a_bare_data_set_without_file_meta_is_stored_as_orthanc_does(clean: Server) -> None:
+    dataset = dcmread(sample_path("MR_small_implicit.dcm"))
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, dataset)
+    bare = buffer.getvalue()
+    with clean.client() as http:
+        answer = http.post("/instances", content=bare)
+        assert answer.status_code == 200, answer.text
+        instance = answer.json()["ID"]
+        # Orthanc 1.10.1 (measured): the file is kept as sent, the syntax guessed
+        assert http.get(f"/instances/{instance}/file").content == bare
+        assert http.get(f"/instances/{instance}/metadata/TransferSyntax").text == "1.2.840.10008.1.2"
+        tags = http.get(f"/instances/{instance}/simplified-tags").json()
+        assert tags["SOPInstanceUID"] == dataset.SOPInstanceUID
+        assert http.post("/instances", content=b"garbage").status_code == 400
