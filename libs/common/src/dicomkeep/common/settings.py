@@ -225,6 +225,10 @@ class DicomKeepSettings(BaseModel):
     """Ingest worker tasks. Default 1."""
     ops_port: Port = 0
     """Port of the health and metrics endpoints; 0 = none. Default 0."""
+    blob_store: Literal["files", "s3"] | None = None
+    """Where the blobs go: "files" (under StorageDirectory; in distributed mode a
+    folder that every service shares, as `dicomkeep cluster start` uses) or "s3"
+    (the AwsS3Storage section). Default: "files" all-in-one, "s3" distributed."""
     store_timeout: Annotated[float, Field(gt=0)] = 30.0
     """Seconds to wait for a store to complete. Default 30."""
     orphan_grace_period: Annotated[float, Field(ge=0)] = 600.0

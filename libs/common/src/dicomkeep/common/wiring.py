@@ -44,8 +44,12 @@ def make_index(settings: Settings) -> Index:
 
 
 async def open_blobs(settings: Settings) -> BlobStore:
-    """Return the blob store, ready: S3 (bucket created if missing) or local files."""
-    if is_distributed(settings):
+    """Return the blob store, ready: S3 (bucket created if missing) or local files.
+
+    `DicomKeep.BlobStore` chooses; by default S3 in distributed mode, files otherwise.
+    """
+    kind = settings.dicomkeep.blob_store or ("s3" if is_distributed(settings) else "files")
+    if kind == "s3":
         from dicomkeep.common.adapters.s3_blobs import S3BlobStore
 
         s3 = settings.aws_s3_storage
