@@ -169,3 +169,16 @@ def test_a_port_in_use_is_one_line_and_status_1(
     assert capsys.readouterr().err == (
         f"dicomkeep: port {port} ({option}) is already in use by another program\n"
     )
+
+
+def test_openapi_writes_every_route(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--openapi=-"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert {"/patients", "/instances", "/system", "/jobs/{job_id}"} <= set(document["paths"])
+    target = tmp_path / "openapi.json"
+    assert main([f"--openapi={target}"]) == 0
+    assert json.loads(target.read_text()) == document
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--cheatsheet=-"])
+    assert exit_info.value.code == 2
+    assert "--openapi" in capsys.readouterr().err

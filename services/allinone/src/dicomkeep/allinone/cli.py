@@ -90,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--errors", action="store_true",
                         help="print the supported error codes and exit")
+    parser.add_argument("--openapi", metavar="FILE",
+                        help="write the REST API's OpenAPI document to FILE (- for standard "
+                        "output) and exit")
+    parser.add_argument("--cheatsheet", metavar="FILE", help=argparse.SUPPRESS)
     _orthanc_options(parser, top=True)
     commands = parser.add_subparsers(dest="command")
 
@@ -218,7 +222,7 @@ def with_command(argv: list[str]) -> list[str]:
     return argv
 
 
-_OPTIONS_WITH_VALUE = {"--config", "--logdir", "--logfile"}
+_OPTIONS_WITH_VALUE = {"--config", "--logdir", "--logfile", "--openapi", "--cheatsheet"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _write_sample(args.config)
     if args.errors:
         return _print_errors()
+    if args.openapi:
+        return _write_openapi(args.openapi)
+    if args.cheatsheet:
+        _fail("--cheatsheet is not supported: --openapi=FILE writes every route", code=2)
     _configure_logging(args.verbose, args.trace)
     _apply_orthanc_options(args)
     if args.command == "cluster":
@@ -265,6 +273,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _write_sample(target: str) -> int:
     """`--config=FILE`: the annotated sample; `-` writes it to standard output (as Orthanc)."""
     text = sample_configuration()
+    if target == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as error:
+        _fail(f"cannot write {target}: {error.strerror}")
+    return 0
+
+
+def _write_openapi(target: str) -> int:
+    """`--openapi=FILE`: the gateway's OpenAPI document (`-`: standard output), as Orthanc."""
+    import json
+
+    from dicomkeep.gateway import main as gateway
+
+    document = gateway.build(Settings()).app.openapi()  # builds the routes, opens nothing
+    text = json.dumps(document, indent=2) + "\n"
     if target == "-":
         sys.stdout.write(text)
         return 0
