@@ -1,7 +1,7 @@
 """Where `dicomkeep cluster start` puts the blobs, and what its members then open.
 
 The end-to-end case (stop, start, every file read back, with authentication on)
-is tests/integration/test_cli.py; these check the choice for each configuration.
+is tests/integration/test_command_line.py; these check the choice for each configuration.
 """
 
 from __future__ import annotations
