@@ -132,8 +132,10 @@ def test_log_category_and_logdir_options_take_effect(tmp_path: Path) -> None:
     assert logging.getLogger("pynetdicom").level == logging.DEBUG
     assert logging.getLogger("dicomkeep.ingest").level == logging.DEBUG
     logging.getLogger("dicomkeep.ingest").debug("a DICOM trace line")
+    logging.getLogger("dicomkeep.gateway").debug("an HTTP trace line")
     (log,) = tmp_path.glob("dicomkeep-*.log")
     assert "a DICOM trace line" in log.read_text()
+    assert "an HTTP trace line" not in log.read_text()  # other categories as they were
 
 
 def test_errors_lists_orthanc_error_codes(capsys: pytest.CaptureFixture[str]) -> None:

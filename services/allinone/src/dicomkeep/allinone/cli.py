@@ -164,9 +164,10 @@ def _apply_orthanc_options(args: argparse.Namespace) -> None:
         level = (logging.DEBUG if getattr(args, f"trace_{category}", False)
                  else logging.INFO if getattr(args, f"verbose_{category}", False) else None)
         if level is not None:
+            # These loggers only: their records reach the root's handlers whatever
+            # the root's level, which stays as it is for the other categories.
             for name in loggers:
                 logging.getLogger(name).setLevel(level)
-            logging.getLogger().setLevel(min(logging.getLogger().level, level))
     if args.logdir and args.logfile:
         _fail("give --logdir or --logfile, not both", code=2)
     target = args.logfile
@@ -185,10 +186,12 @@ def _log_to_file(path: Path) -> None:
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError as error:
         _fail(f"cannot write the log to {path}: {error.strerror}", code=2)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         if isinstance(old, logging.StreamHandler) and old.stream is sys.stderr:
-            handler.setFormatter(old.formatter)
+            if old.formatter is not None:  # the same lines, e.g. JSON when asked for
+                handler.setFormatter(old.formatter)
             root.removeHandler(old)
     root.addHandler(handler)
 
