@@ -19,7 +19,6 @@ import pytest
 import redis
 from backends import REDIS_URL, pg_dsn
 from dicom_peers import storage_scp
-from dicomkeep.common.synthetic import generate_study, write_files
 from servers import (
     DICOMKEEP,
     Server,
@@ -31,6 +30,7 @@ from servers import (
     wait_http,
     write_config,
 )
+from synthetic import generate_study, write_files
 
 USERS = {"alice": "wonder-land-7"}
 

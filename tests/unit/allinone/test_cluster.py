@@ -11,7 +11,7 @@ from pathlib import Path
 from dicomkeep.allinone.cluster import _blob_overrides
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.settings import Settings, load_settings
-from dicomkeep.common.wiring import open_blobs
+from dicomkeep.common.wiring import make_blobs
 
 
 def settings_of(config: Path, text: str, environ: dict[str, str] | None = None) -> Settings:
@@ -47,10 +47,7 @@ async def test_the_members_open_the_shared_folder(tmp_path: Path) -> None:
     settings = settings_of(tmp_path / "c.json", "{}")
     environ = _blob_overrides(settings, tmp_path / "state")
     member = settings_of(tmp_path / "c.json", "{}", environ)
-    store = await open_blobs(member)
-    try:
+    async with make_blobs(member) as store:
         assert isinstance(store, FileBlobStore)
         await store.put("abcd-1234", b"kept")
-        assert (tmp_path / "state" / "storage" / "ab" / "cd" / "abcd-1234").read_bytes() == b"kept"
-    finally:
-        await store.close()
+    assert (tmp_path / "state" / "storage" / "ab" / "cd" / "abcd-1234").read_bytes() == b"kept"

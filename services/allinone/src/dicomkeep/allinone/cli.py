@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
 
-COMMANDS = ("serve", "run", "cluster", "generate", "upload", "job")
+COMMANDS = ("serve", "run", "cluster", "upload", "job")
 SERVICES = ("gateway", "ingest", "indexer", "storage", "stability", "jobs")
 ORTHANC_VERSION = "1.12.4"
 
@@ -116,10 +116,6 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--timeout", type=float, default=180.0,
                          help="seconds to wait for every member (default 180)")
     _client_commands(command)
-    generate = commands.add_parser(
-        "generate", help="write a synthetic DICOM data set (generate --help)", add_help=False
-    )
-    generate.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -231,11 +227,6 @@ _OPTIONS_WITH_VALUE = {"--config", "--logdir", "--logfile", "--openapi", "--chea
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["generate"]:
-        # The generator has its own options (and --help): hand it the rest as is.
-        from dicomkeep.common.synthetic import main as generate_main
-
-        return generate_main(argv[1:])
     args = _parser().parse_args(with_command(argv))
     if args.version:
         sys.stdout.write(
