@@ -1,15 +1,10 @@
-"""Errors shared by the Bus adapters (meant to be re-exported by `ports.bus`)."""
+"""Errors shared by the Bus adapters; `BusError` itself belongs to the port."""
 
 from __future__ import annotations
 
+from dicomkeep.common.ports.bus import BusError
 
-class BusError(Exception):
-    """The bus could not deliver what was asked.
-
-    Raised by `Bus.request` when the remote responder raised (the message is the
-    responder's `"<ExceptionType>: <message>"`) or the bus closed meanwhile, and by
-    `RabbitBus.publish` when the broker nacks a message.
-    """
+__all__ = ["BusError", "describe"]
 
 
 def describe(exc: BaseException) -> str:
