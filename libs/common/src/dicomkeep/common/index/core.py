@@ -4,7 +4,7 @@ Mirrors Orthanc's ServerIndex: the store transaction and deletes (store.py),
 reads and find (resources.py, find.py), metadata and attachments with revisions
 (annotations.py), protection and recycling (recycling.py), the Stable* ledger
 (stability.py), the changes log and the outbox (changes.py), jobs and REST
-queries (jobs.py), peers (peers.py). Each part is a class over `Transactions`;
+queries (jobs.py), labels (labels.py), peers (peers.py). Each part is a class over `Transactions`;
 `Index` inherits them all, so every method is reached as `index.<method>`.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dicomkeep.common.index.annotations import Annotations
 from dicomkeep.common.index.changes import ChangeLog
 from dicomkeep.common.index.jobs import JobStore
+from dicomkeep.common.index.labels import Labels
 from dicomkeep.common.index.peers import PeerStore
 from dicomkeep.common.index.recycling import Recycler, Recycling, StorageLimits
 from dicomkeep.common.index.resources import Resources
@@ -61,6 +62,11 @@ class Index(Store, Resources, Annotations, Recycling, StabilityLedger, ChangeLog
     def jobs(self) -> JobStore:
         """Jobs, registered modalities and REST queries kept in the index (jobs.py)."""
         return JobStore(self.db, max_retries=self.max_retries)
+
+    @property
+    def labels(self) -> Labels:
+        """Labels of resources (index/labels.py)."""
+        return Labels(self.db, max_retries=self.max_retries)
 
     @property
     def peers(self) -> PeerStore:

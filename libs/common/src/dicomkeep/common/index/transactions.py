@@ -14,13 +14,8 @@ from typing import TypeVar
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ports.database import Database, RetryableError, Tx
-from tenacity import (
-    AsyncRetrying,
-    RetryError,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential,
-)
+from dicomkeep.common.retries import retrying
+from tenacity import AsyncRetrying
 
 T = TypeVar("T")
 
@@ -32,14 +27,17 @@ MAX_WAIT = 0.5
 def serialization_retry(max_retries: int) -> AsyncRetrying:
     """Return the policy for transactions that collided: replay up to `max_retries` times.
 
-    Waits 5 ms, then twice as long each time, at most 0.5 s. Only
-    `RetryableError` is replayed; any other error propagates at once. When the
-    replays are exhausted, tenacity raises `RetryError`.
+    The project's one retry policy (dicomkeep.common.retries): waits 5 ms, then
+    twice as long each time, at most 0.5 s. Only `RetryableError` is replayed;
+    any other error propagates at once; the last `RetryableError` is re-raised
+    when the replays are exhausted.
     """
-    return AsyncRetrying(
-        retry=retry_if_exception_type(RetryableError),
-        stop=stop_after_attempt(max_retries + 1),
-        wait=wait_exponential(multiplier=FIRST_WAIT, max=MAX_WAIT),
+    return retrying(
+        "index transaction",
+        attempts=max_retries + 1,
+        first=FIRST_WAIT,
+        longest=MAX_WAIT,
+        on=(RetryableError,),
     )
 
 
@@ -71,6 +69,6 @@ class Transactions:
                 with attempt:
                     async with self.db.transaction(readonly=readonly) as tx:
                         return await body(tx)
-        except RetryError:
+        except RetryableError:
             pass
         raise OrthancError(ErrorCode.DATABASE_CANNOT_SERIALIZE)
