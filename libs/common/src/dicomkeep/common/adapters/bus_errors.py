@@ -1,4 +1,8 @@
-"""Errors shared by the Bus adapters; `BusError` itself belongs to the port."""
+"""What the Bus adapters share: the text of a responder's error.
+
+`BusError` is the port's (`dicomkeep.common.ports.bus`); it is re-exported here
+for the adapters, so that the port imports nothing from `adapters/`.
+"""
 
 from __future__ import annotations
 

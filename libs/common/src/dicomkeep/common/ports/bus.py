@@ -18,6 +18,10 @@ Consumer = Callable[[bytes, Mapping[str, str]], Awaitable[None]]
 Responder = Callable[[bytes, Mapping[str, str]], Awaitable[bytes]]
 
 
+class BusTimeout(Exception):
+    """No reply came within the timeout."""
+
+
 class BusError(Exception):
     """The bus could not deliver what was asked.
 
@@ -25,10 +29,6 @@ class BusError(Exception):
     responder's `"<ExceptionType>: <message>"`) or the bus closed meanwhile, and by
     `RabbitBus.publish` when the broker nacks a message.
     """
-
-
-class BusTimeout(Exception):
-    """No reply came within the timeout."""
 
 
 class Bus(Protocol):
