@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicomkeep.common.dicom_json import tags_json
+from dicomkeep.common.dicom.orthanc_json import tags_json
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.api import attachments as attachment_routes
 from dicomkeep.gateway.attachment_streams import CHUNK_BYTES

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from dicomkeep.common.dicom_json import parse_tag
+from dicomkeep.common.dicom.orthanc_json import parse_tag
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset

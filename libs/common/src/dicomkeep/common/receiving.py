@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, write_attachment
-from dicomkeep.common.dicom import ParsedInstance, dicom_prefix, parse_instance
+from dicomkeep.common.dicom.instance import ParsedInstance, dicom_prefix, parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import (
     STORE_QUEUE,

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, read_attachment
-from dicomkeep.common.dicom_json import tags_json
+from dicomkeep.common.dicom.orthanc_json import tags_json
 from dicomkeep.common.errors import OrthancError
 from dicomkeep.common.find import (
     COMPUTED_TAG_NUMBERS,

@@ -12,7 +12,7 @@ import zlib
 from typing import Any
 
 from dicomkeep.common.attachments import read_attachment
-from dicomkeep.common.dicom_json import content_value, header_json, tags_json
+from dicomkeep.common.dicom.orthanc_json import content_value, header_json, tags_json
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.ports.blobs import BlobStore
