@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
@@ -10,6 +10,7 @@ from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.ports.index import Index
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.storage import StorageAccessor
 
 
 @dataclass
@@ -26,3 +27,8 @@ class GatewayContext:
     bus: Bus
     clock: StabilityClock
     receiver: Receiver
+    #: Every read and write of attachment bytes goes through it (built over `blobs`).
+    storage: StorageAccessor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.storage = StorageAccessor(self.blobs)

@@ -10,6 +10,7 @@ from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.ports.index import Index
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.storage import StorageAccessor
 from dicomkeep.gateway.context import GatewayContext
 from fastapi import Depends, Request
 
@@ -30,6 +31,11 @@ def get_index(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Index:
 def get_blobs(ctx: Annotated[GatewayContext, Depends(get_context)]) -> BlobStore:
     """Return the BlobStore port."""
     return ctx.blobs
+
+
+def get_storage(ctx: Annotated[GatewayContext, Depends(get_context)]) -> StorageAccessor:
+    """Return the StorageAccessor over the BlobStore (attachment bytes)."""
+    return ctx.storage
 
 
 def get_clock(ctx: Annotated[GatewayContext, Depends(get_context)]) -> StabilityClock:
@@ -55,6 +61,7 @@ def get_username(request: Request) -> str:
 ContextDep = Annotated[GatewayContext, Depends(get_context)]
 IndexDep = Annotated[Index, Depends(get_index)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+StorageDep = Annotated[StorageAccessor, Depends(get_storage)]
 ClockDep = Annotated[StabilityClock, Depends(get_clock)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ReceiverDep = Annotated[Receiver, Depends(get_receiver)]
