@@ -30,9 +30,9 @@ from dicomkeep.common.find import (
     tag_of,
 )
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.orthanc import FileContentType
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.storage import StorageAccessor
 
 log = logging.getLogger(__name__)

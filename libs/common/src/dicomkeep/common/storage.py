@@ -20,7 +20,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from dicomkeep.common.compression import (
     CHUNK_BYTES,
@@ -34,7 +34,9 @@ from dicomkeep.common.events import AttachmentInfo
 from dicomkeep.common.ids import Level
 from dicomkeep.common.orthanc import CompressionType, FileContentType
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
+
+if TYPE_CHECKING:  # the index domain is needed for its type only
+    from dicomkeep.common.index import Index
 
 __all__ = [
     "CHUNK_BYTES",

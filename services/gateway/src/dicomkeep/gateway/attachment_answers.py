@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError, unknown_resource
 from dicomkeep.common.events import AttachmentInfo
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.orthanc import CompressionType
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.storage import CHUNK_BYTES, CorruptedBlob, find_attachment
 from dicomkeep.gateway.responses import OrthancJSONResponse, plain
 from starlette.responses import Response, StreamingResponse

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.orthanc import FileContentType
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.storage import StorageAccessor
 
 

@@ -20,13 +20,12 @@ from dicomkeep.common import dicom_scu, peer_transfer
 from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index, JobAction, JobOutcome, JobRecord, JobState, JobUpdate
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, DICOM_MOVE_SCU
 from dicomkeep.common.orthanc import DimseStatus, MetadataType
 from dicomkeep.common.peer_http import HttpOptions
 from dicomkeep.common.peers import find_peer
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
-from dicomkeep.common.ports.jobs import JobAction, JobOutcome, JobRecord, JobState, JobUpdate
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.storage import StorageAccessor, read_instance_file
 

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
 from dicomkeep.common.events import AttachmentInfo
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Expected
 from dicomkeep.common.orthanc import CompressionType, FileContentType
-from dicomkeep.common.ports.index import Expected
 from dicomkeep.common.storage import CorruptedBlob, TooLarge, encode
 from dicomkeep.gateway.args import bool_arg
 from dicomkeep.gateway.attachment_answers import (
