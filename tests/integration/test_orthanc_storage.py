@@ -23,10 +23,10 @@ from dicomkeep.common.events import AttachmentInfo
 from dicomkeep.common.orthanc import CompressionType, FileContentType
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.storage import StorageAccessor
-from dicomkeep.common.synthetic import generate_study
 from moto.server import ThreadedMotoServer
 from orthanc_peer import orthanc_available, orthanc_peer
 from servers import free_port
+from synthetic import generate_study
 
 UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 

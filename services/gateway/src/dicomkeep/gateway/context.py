@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.storage import StorageAccessor
@@ -25,7 +24,6 @@ class GatewayContext:
     index: Index
     blobs: BlobStore
     bus: Bus
-    clock: StabilityClock
     receiver: Receiver
     #: Every read and write of attachment bytes goes through it (built over `blobs`).
     storage: StorageAccessor = field(init=False)

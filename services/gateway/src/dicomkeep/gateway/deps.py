@@ -7,7 +7,6 @@ from typing import Annotated
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.storage import StorageAccessor
@@ -38,11 +37,6 @@ def get_storage(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Storage
     return ctx.storage
 
 
-def get_clock(ctx: Annotated[GatewayContext, Depends(get_context)]) -> StabilityClock:
-    """Return the StabilityClock port."""
-    return ctx.clock
-
-
 def get_settings(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Settings:
     """Return the settings."""
     return ctx.settings
@@ -62,7 +56,6 @@ ContextDep = Annotated[GatewayContext, Depends(get_context)]
 IndexDep = Annotated[Index, Depends(get_index)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 StorageDep = Annotated[StorageAccessor, Depends(get_storage)]
-ClockDep = Annotated[StabilityClock, Depends(get_clock)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ReceiverDep = Annotated[Receiver, Depends(get_receiver)]
 UsernameDep = Annotated[str, Depends(get_username)]
