@@ -67,7 +67,7 @@ class TooLarge(Exception):
 class Encoded:
     """An attachment ready to store: the stored bytes and what describes them."""
 
-    data: bytearray
+    data: bytes | bytearray
     uncompressed_size: int
     uncompressed_md5: str
     compressed_md5: str
@@ -96,12 +96,10 @@ async def _off_loop(size: int, work: Callable[..., T], *args: object) -> T:
 def _encode_whole(data: bytes, compressed: bool) -> Encoded:
     uncompressed_md5 = hashlib.md5(data).hexdigest()
     if not compressed:
-        return Encoded(
-            bytearray(data), len(data), uncompressed_md5, uncompressed_md5, CompressionType.NONE
-        )
+        return Encoded(data, len(data), uncompressed_md5, uncompressed_md5, CompressionType.NONE)
     stored = compress(data)
     return Encoded(
-        bytearray(stored), len(data), uncompressed_md5, hashlib.md5(stored).hexdigest(),
+        stored, len(data), uncompressed_md5, hashlib.md5(stored).hexdigest(),
         CompressionType.ZLIB_WITH_SIZE,
     )  # fmt: skip
 
@@ -163,7 +161,7 @@ class StorageAccessor:
     ) -> AttachmentInfo:
         """Write bytes from `encode` under a fresh UUID and return the attachment's row."""
         key = str(uuid.uuid4())
-        await self.blobs.put(key, encoded.data)  # a bytearray: no copy on the way
+        await self.blobs.put(key, encoded.data)  # no copy on the way
         return encoded.info(content_type, key, store_md5=store_md5)
 
     async def write_instance(
