@@ -21,14 +21,18 @@ from dicomkeep.gateway.api import (
     attachments,
     changes,
     find,
+    images,
     instances,
     jobs,
+    labels,
     metadata,
     modalities,
+    modify,
     peers,
     queries,
     resources,
     system,
+    tools,
 )
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
@@ -69,7 +73,8 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     routers = (
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
-        jobs.router, modalities.router, queries.router,
+        jobs.router, modalities.router, queries.router, modify.router, tools.router,
+        images.router, labels.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
