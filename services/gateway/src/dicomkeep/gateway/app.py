@@ -28,6 +28,7 @@ from dicomkeep.gateway.api import (
     peers,
     queries,
     resources,
+    scp_options,
     system,
 )
 from dicomkeep.gateway.context import GatewayContext
@@ -69,7 +70,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     routers = (
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
-        jobs.router, modalities.router, queries.router,
+        jobs.router, modalities.router, queries.router, scp_options.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
@@ -10,10 +11,14 @@ from dicomkeep.common.ports.index import Index
 from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import make_bus, make_index, open_blobs
+from dicomkeep.ingest.access import AccessControl
 from dicomkeep.ingest.find import FindScp
 from dicomkeep.ingest.move import RetrieveScp, add_retrieve_contexts
+from dicomkeep.ingest.negotiation import Negotiation
 from dicomkeep.ingest.scp import StoreScp
 from pynetdicom import evt
+
+log = logging.getLogger(__name__)
 
 
 class IngestService:
@@ -40,7 +45,10 @@ class IngestService:
         self.scp: StoreScp | None = None
 
     async def start(self) -> None:
-        """Open what it owns and start listening."""
+        """Open what it owns and start listening (not with DicomServerEnabled false)."""
+        if not self.settings.dicom_server_enabled:
+            log.info("DICOM server disabled (DicomServerEnabled false): not listening")
+            return
         if self._owns_blobs or self.blobs is None:
             self.blobs = await open_blobs(self.settings)
         if self._owns_bus:
@@ -50,28 +58,32 @@ class IngestService:
             self.index = make_index(settings)
             await self.index.open()
         loop = asyncio.get_running_loop()
-        find_scp = FindScp(settings, self.index, self.blobs, loop)
-        retrieve_scp = RetrieveScp(settings, self.index, self.blobs, self.bus, loop)
+        access = AccessControl(settings, self.index, loop)
+        find_scp = FindScp(settings, self.index, self.blobs, loop, access=access)
+        retrieve_scp = RetrieveScp(settings, self.index, self.blobs, self.bus, loop, access=access)
         receiver = Receiver(
             self.blobs,
             bus_submitter(self.bus, settings.dicomkeep.store_timeout),
             compression=settings.storage_compression,
             overwrite=settings.overwrite_instances,
         )
+        negotiation = Negotiation(settings, access, loop, [])
         self.scp = StoreScp(
             receiver,
-            asyncio.get_running_loop(),
+            loop,
             ae_title=settings.dicom_aet,
             timeout=float(settings.dicom_scp_timeout),
             store_timeout=settings.dicomkeep.store_timeout + 5,
-            require_called_aet=settings.dicom_check_called_aet,
+            access=access,
             extra_handlers=[
+                (evt.EVT_REQUESTED, negotiation.handle_requested),
                 (evt.EVT_C_FIND, find_scp.handle_find),
                 (evt.EVT_C_MOVE, retrieve_scp.handle_move),
                 (evt.EVT_C_GET, retrieve_scp.handle_get),
             ],
         )
         add_retrieve_contexts(self.scp.ae)
+        negotiation.supported = list(self.scp.ae.supported_contexts)
         await asyncio.to_thread(self.scp.start, self.host, settings.dicom_port)
 
     async def stop(self) -> None:
