@@ -7,9 +7,9 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from dicomkeep.common.events import CHANGES_EXCHANGE, SCHEMA_VERSION, OutboxEvent, StoreInstance
+from dicomkeep.common.index import Index
 from dicomkeep.common.metrics import CHANGES_PUBLISHED, STORE_TRANSACTIONS
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 
 log = logging.getLogger(__name__)
 

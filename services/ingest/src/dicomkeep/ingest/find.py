@@ -30,8 +30,8 @@ from dicomkeep.common.find import (
     vr_of,
 )
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.search import (
     NEVER,
     FileReader,

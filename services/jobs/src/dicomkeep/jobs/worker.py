@@ -19,7 +19,7 @@ import socket
 import uuid
 
 from dicomkeep.common.errors import ErrorCode
-from dicomkeep.common.ports.jobs import JobOutcome, JobRecord, JobStore, JobUpdate, LeaseLost
+from dicomkeep.common.index import JobOutcome, JobRecord, JobStore, JobUpdate, LeaseLost
 from dicomkeep.jobs.usecases import Deps, Executor, JobRun, execute, failure
 
 log = logging.getLogger(__name__)
