@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.ports.index import Index
+from dicomkeep.common.index import Index
 from dicomkeep.common.settings import Settings
 from pydicom.uid import UID_dictionary
 
