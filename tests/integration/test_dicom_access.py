@@ -11,6 +11,7 @@ association timeout, the listen backlog.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
 )
-from servers import DCMTK_ENV, Server, dcmtk, wait_until
+from servers import DCMTK_ENV, Server, allinone_server, cluster_server, dcmtk, wait_until
 
 KNOWN = "LOCALSCU"
 SERVER_CONFIG = {
@@ -34,6 +35,7 @@ SERVER_CONFIG = {
     "DicomCheckModalityHost": True,
     "DicomCheckCalledAet": True,
     "DicomScpTimeout": 2,
+    "DicomThreadsCount": 1,
     "DicomModalities": {
         "local": [KNOWN, "127.0.0.1", 104],
         # Known AET, but configured on another host than the one it calls from.
@@ -234,6 +236,28 @@ def test_idle_association_closed_after_dicom_scp_timeout(server: Server) -> None
     assert time.monotonic() - started < 10  # DicomScpTimeout is 2 s, not the default 30 s
 
 
+def test_dicom_threads_count_serves_one_association_at_a_time(server: Server) -> None:
+    first = _associate(server, [build_context(MRImageStorage)])
+    assert first.is_established
+    waiting = AE(ae_title=KNOWN)
+    waiting.acse_timeout = 1
+    waiting.add_requested_context(MRImageStorage)
+    try:
+        second = waiting.associate("127.0.0.1", server.dicom_port, ae_title=server.aet)
+        assert not second.is_established  # DicomThreadsCount is 1: it waits, unanswered
+    finally:
+        first.release()
+    wait_until(lambda: _established_then_released(server), timeout=15, what="a free slot")
+
+
+def _established_then_released(server: Server) -> bool:
+    assoc = _associate(server, [build_context(MRImageStorage)])
+    if not assoc.is_established:
+        return False
+    assoc.release()
+    return True
+
+
 def test_listen_backlog(server: Server) -> None:
     listing = subprocess.run(
         ["ss", "-ltnH", f"sport = :{server.dicom_port}"], capture_output=True, text=True, check=True
@@ -267,3 +291,16 @@ def test_cfind_answers_carry_no_file_meta_nor_group_length(server: Server) -> No
         assert not [t for t in tags if t >> 16 == 0x0002], answer
         assert not [t for t in tags if t & 0xFFFF == 0], answer
         assert "StudyInstanceUID" in answer and "AccessionNumber" in answer
+
+
+@pytest.mark.parametrize("mode", ["allinone", "distributed"])
+def test_dicom_server_disabled(mode: str, tmp_path: Path) -> None:
+    """DicomServerEnabled false: nothing listens on DicomPort, the REST API serves."""
+    start = allinone_server if mode == "allinone" else cluster_server
+    with start(tmp_path, {"DicomServerEnabled": False}) as running:
+        with running.client() as client:
+            assert client.get("/system").json()["DicomPort"] == running.dicom_port
+        with socket.socket() as sock:
+            sock.settimeout(5)
+            assert sock.connect_ex(("127.0.0.1", running.dicom_port)) != 0
+        assert not echo_succeeds(running, KNOWN)

@@ -397,6 +397,9 @@ class Settings(BaseModel):
     """Character set assumed without SpecificCharacterSet. Default "Latin1"."""
     dicom_scu_preferred_transfer_syntax: str = "1.2.840.10008.1.2.1"
     """Transcoding target of our SCU. Default "1.2.840.10008.1.2.1"."""
+    dicom_tls_enabled: bool = False
+    """DICOM TLS on the SCP (Orthanc 1.9+): not offered, true is refused at start
+    (put a TLS terminator in front of DicomPort). Default false."""
 
     # -- peers and outgoing HTTP (§12) --
     orthanc_peers: dict[str, list[Any] | dict[str, Any]] = {}
@@ -445,6 +448,26 @@ class Settings(BaseModel):
     ) -> dict[str, int | list[int | str]]:
         keys = {name: _content_type_entry(name, entry)[0] for name, entry in value.items()}
         _check_user_names("UserContentType", keys, CORE_CONTENT_TYPES)
+        return value
+
+    @field_validator("default_encoding")
+    @classmethod
+    def _default_encoding(cls, value: str) -> str:
+        from dicomkeep.common.scp_options import parse_encoding  # it imports this module
+
+        try:
+            return parse_encoding(value)
+        except Exception:
+            raise ValueError(f"unknown encoding {value!r} (Orthanc's names: Latin1, Utf8, ...)") from None
+
+    @field_validator("dicom_tls_enabled")
+    @classmethod
+    def _no_dicom_tls(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "DICOM TLS is not offered by DicomKeep: set DicomTlsEnabled to false and "
+                "terminate TLS in front of DicomPort"
+            )
         return value
 
     @model_validator(mode="after")

@@ -45,10 +45,8 @@ class IngestService:
         self.scp: StoreScp | None = None
 
     async def start(self) -> None:
-        """Open what it owns and start listening (not with DicomServerEnabled false)."""
-        if not self.settings.dicom_server_enabled:
-            log.info("DICOM server disabled (DicomServerEnabled false): not listening")
-            return
+        """Open what it owns and start listening (not with DicomServerEnabled false:
+        then the adapters are still opened, so that readiness checks hold)."""
         if self._owns_blobs or self.blobs is None:
             self.blobs = await open_blobs(self.settings)
         if self._owns_bus:
@@ -57,6 +55,9 @@ class IngestService:
         if self.index is None:
             self.index = make_index(settings)
             await self.index.open()
+        if not settings.dicom_server_enabled:
+            log.info("DICOM server disabled (DicomServerEnabled false): not listening")
+            return
         loop = asyncio.get_running_loop()
         access = AccessControl(settings, self.index, loop)
         find_scp = FindScp(settings, self.index, self.blobs, loop, access=access)
@@ -75,6 +76,7 @@ class IngestService:
             timeout=float(settings.dicom_scp_timeout),
             store_timeout=settings.dicomkeep.store_timeout + 5,
             access=access,
+            threads=settings.dicom_threads_count,
             extra_handlers=[
                 (evt.EVT_REQUESTED, negotiation.handle_requested),
                 (evt.EVT_C_FIND, find_scp.handle_find),

@@ -136,6 +136,8 @@ class Negotiation:
     def handle_requested(self, event: Any) -> None:
         """Check the A-ASSOCIATE-RQ; reject it, or prepare the negotiation."""
         assoc = event.assoc
+        if assoc.is_rejected or assoc.is_aborted:
+            return  # already refused (no association slot, see scp.AssociationSlots)
         request = assoc.requestor.primitive
         calling = str(request.calling_ae_title).strip()
         called = str(request.called_ae_title).strip()

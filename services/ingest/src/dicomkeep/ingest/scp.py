@@ -18,6 +18,7 @@ import logging
 import socket
 import socketserver
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +56,57 @@ def set_nodelay(event: Any) -> None:
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+#: A-ASSOCIATE-RJ (rejected transient, service provider, temporary congestion).
+TEMPORARY_CONGESTION = (0x02, 0x03, 0x01)
+
+
+class AssociationSlots:
+    """DicomThreadsCount: how many associations are served at once.
+
+    Mirrors Orthanc's pool of DICOM worker threads: an association beyond the
+    count waits (its A-ASSOCIATE-RQ unanswered) until one ends; one that waits
+    longer than DicomScpTimeout is rejected as temporary congestion. A slot is
+    taken when the A-ASSOCIATE-RQ arrives and freed when the connection closes.
+    """
+
+    def __init__(self, count: int, wait: float) -> None:
+        self._slots = threading.BoundedSemaphore(count)
+        self._wait = wait
+        self._lock = threading.Lock()
+        # Associations holding a slot, and those whose connection closed first (the
+        # peer may give up while its association waits for a slot).
+        self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def take(self, event: Any) -> None:
+        """EVT_REQUESTED handler: wait for a slot, or reject the association."""
+        assoc = event.assoc
+        if not self._slots.acquire(timeout=self._wait):
+            log.warning("DICOM association rejected: every slot busy (DicomThreadsCount)")
+            assoc.acse.send_reject(*TEMPORARY_CONGESTION)
+            assoc.kill()
+            return
+        with self._lock:
+            gone = assoc in self._closed
+            if not gone:
+                self._holders.add(assoc)
+        if gone:  # the peer left while waiting: nothing to negotiate
+            self._slots.release()
+            assoc.is_aborted = True  # pynetdicom then skips the negotiation
+            assoc.kill()
+
+    def free(self, event: Any) -> None:
+        """EVT_CONN_CLOSE handler: give the association's slot back (if it had one)."""
+        with self._lock:
+            held = event.assoc in self._holders
+            if held:
+                self._holders.discard(event.assoc)
+            else:
+                self._closed.add(event.assoc)
+        if held:
+            self._slots.release()
 
 
 class _Listener(ThreadedAssociationServer):
@@ -98,20 +150,25 @@ class StoreScp:
         timeout: float = 30.0,
         store_timeout: float = 60.0,
         access: AccessControl,
+        threads: int = 4,
         extra_handlers: list[tuple[Any, Callable[..., Any]]] | None = None,
     ) -> None:
         self.receiver = receiver
         self.loop = loop
         self.store_timeout = store_timeout
         self.access = access
+        self.slots = AssociationSlots(threads, timeout)
         self.ae = make_ae(ae_title, timeout=timeout)
         self._extra = extra_handlers or []
         self._server: Any = None
 
     def start(self, host: str, port: int) -> None:
         """Listen on (host, port) in background threads."""
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            # First of the EVT_REQUESTED handlers: the others run once a slot is held.
+            (evt.EVT_REQUESTED, self.slots.take),
+            (evt.EVT_CONN_CLOSE, self.slots.free),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             *self._extra,
