@@ -278,14 +278,12 @@ def test_cfind_answers_carry_no_file_meta_nor_group_length(server: Server) -> No
     assoc = _associate(server, [build_context(StudyRootQueryRetrieveInformationModelFind)])
     assert assoc.is_established
     try:
-        answers = [
-            identifier for status, identifier in
-            assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
-            if status and status.Status == 0xFF00
-        ]
+        responses = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
     finally:
         assoc.release()
-    assert answers
+    statuses = [f"0x{status.Status:04X}" if "Status" in status else "none" for status, _ in responses]
+    answers = [identifier for status, identifier in responses if "Status" in status and status.Status == 0xFF00]
+    assert answers, (statuses, instances(server))
     for answer in answers:
         tags = [int(tag) for tag in answer.keys()]
         assert not [t for t in tags if t >> 16 == 0x0002], answer

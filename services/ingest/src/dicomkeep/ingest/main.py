@@ -16,6 +16,7 @@ from dicomkeep.ingest.find import FindScp
 from dicomkeep.ingest.move import RetrieveScp, add_retrieve_contexts
 from dicomkeep.ingest.negotiation import Negotiation
 from dicomkeep.ingest.scp import StoreScp
+from dicomkeep.ingest.tls import server_context
 from pynetdicom import evt
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class IngestService:
             store_timeout=settings.dicomkeep.store_timeout + 5,
             access=access,
             threads=settings.dicom_threads_count,
+            ssl_context=server_context(settings),
             extra_handlers=[
                 (evt.EVT_REQUESTED, negotiation.handle_requested),
                 (evt.EVT_C_FIND, find_scp.handle_find),

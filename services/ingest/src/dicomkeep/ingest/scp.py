@@ -17,6 +17,7 @@ import asyncio
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import weakref
 from collections.abc import Callable
@@ -151,6 +152,7 @@ class StoreScp:
         store_timeout: float = 60.0,
         access: AccessControl,
         threads: int = 4,
+        ssl_context: ssl.SSLContext | None = None,
         extra_handlers: list[tuple[Any, Callable[..., Any]]] | None = None,
     ) -> None:
         self.receiver = receiver
@@ -158,6 +160,7 @@ class StoreScp:
         self.store_timeout = store_timeout
         self.access = access
         self.slots = AssociationSlots(threads, timeout)
+        self.ssl_context = ssl_context
         self.ae = make_ae(ae_title, timeout=timeout)
         self._extra = extra_handlers or []
         self._server: Any = None
@@ -173,11 +176,17 @@ class StoreScp:
             (evt.EVT_C_STORE, self.handle_store),
             *self._extra,
         ]
-        server = self.ae.make_server((host, port), evt_handlers=handlers, server_class=_Listener)
+        server = self.ae.make_server(
+            (host, port), evt_handlers=handlers, server_class=_Listener,
+            ssl_context=self.ssl_context,
+        )
         thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
         thread.start()
         self._server = server
-        log.info("DICOM server listening aet=%s port=%d", self.ae.ae_title, port)
+        log.info(
+            "DICOM server listening aet=%s port=%d tls=%s",
+            self.ae.ae_title, port, self.ssl_context is not None,
+        )
 
     def stop(self) -> None:
         """Stop listening and close the associations."""
