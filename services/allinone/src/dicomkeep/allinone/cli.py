@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
 
-COMMANDS = ("serve", "run", "cluster", "generate")
+COMMANDS = ("serve", "run", "cluster")
 SERVICES = ("gateway", "ingest", "indexer", "storage", "stability", "jobs")
 ORTHANC_VERSION = "1.12.4"
 
@@ -49,10 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("start", "stop"))
     cluster.add_argument("configuration", nargs="?", help="an Orthanc-style JSON file or folder")
     cluster.add_argument("--state-dir", default=".cluster", help="where pids and logs go")
-    generate = commands.add_parser(
-        "generate", help="write a synthetic DICOM data set (generate --help)", add_help=False
-    )
-    generate.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -97,11 +93,6 @@ _OPTIONS_WITH_VALUE = {"--config"}
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["generate"]:
-        # The generator has its own options (and --help): hand it the rest as is.
-        from dicomkeep.common.synthetic import main as generate_main
-
-        return generate_main(argv[1:])
     args = _parser().parse_args(with_command(argv))
     if args.version:
         sys.stdout.write(

@@ -21,15 +21,19 @@ from dicomkeep.gateway.api import (
     attachments,
     changes,
     find,
+    images,
     instances,
     jobs,
+    labels,
     metadata,
     modalities,
+    modify,
     peers,
     queries,
     resources,
     scp_options,
     system,
+    tools,
 )
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
@@ -70,7 +74,8 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     routers = (
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
-        jobs.router, modalities.router, queries.router, scp_options.router,
+        jobs.router, modalities.router, queries.router, modify.router, tools.router,
+        images.router, labels.router, scp_options.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)

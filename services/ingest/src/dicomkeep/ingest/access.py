@@ -1,9 +1,5 @@
 """Which DICOM requests the SCP serves, per calling AET and IP (ORTHANC_API.md §11.2).
 
-`AccessControl` is the one check every DIMSE service of the SCP uses (C-ECHO,
-C-STORE, C-FIND, C-MOVE, C-GET), and the association-level checks (called AET,
-unknown callers) of `negotiation.py`.
-
 Mirrors OrthancApplicationEntityFilter::IsAllowedRequest: `DicomAlwaysAllow<Cmd>`
 allows anyone; otherwise the calling AET must be a known modality (compared per
 StrictAetComparison), pass the host check when DicomCheckModalityHost is on, and
@@ -11,17 +7,20 @@ have `Allow<Cmd>` (default true). With several modalities of that AET, the reque
 is allowed if one whose host matches allows it, or if all of them allow it.
 The modalities are those of the configuration, overridden by the ones set or
 deleted through REST (kept in the index, `JobStore.modality_overrides`).
+
+`AccessControl` is the one check every DIMSE service of the SCP uses (C-ECHO,
+C-STORE, C-FIND, C-MOVE, C-GET), and the association-level checks (called AET,
+unknown callers) of `negotiation.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from dicomkeep.common.index import Index
+from dicomkeep.common.modalities import Modality, configured_modalities, load_modalities
 from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,40 +36,15 @@ ALWAYS_ALLOW = {
 }
 
 
-@dataclass(frozen=True)
-class ModalityAccess:
-    """What access control needs of one `DicomModalities` entry."""
+async def effective_modalities(settings: Settings, index: Index | None) -> list[Modality]:
+    """Return the configured modalities with the REST overrides of the index applied.
 
-    aet: str
-    host: str
-    permissions: Mapping[str, Any]
-
-    def allows(self, command: str) -> bool:
-        """Return the entry's `Allow<command>` (true when absent, as Orthanc)."""
-        return bool(self.permissions.get(f"Allow{command}", True))
-
-
-def modality_access(name: str, entry: Any) -> ModalityAccess | None:
-    """Read one entry (array or object form); None, with a warning, if malformed."""
-    if isinstance(entry, list) and len(entry) >= 3:
-        return ModalityAccess(str(entry[0]), str(entry[1]), {})
-    if isinstance(entry, dict) and "AET" in entry and "Host" in entry:
-        return ModalityAccess(str(entry["AET"]), str(entry["Host"]), entry)
-    log.warning("ignoring malformed DicomModalities entry %s", name)
-    return None
-
-
-async def effective_modalities(settings: Settings, index: Index | None) -> list[ModalityAccess]:
-    """Return the configured modalities with the REST overrides of the index applied."""
-    entries: dict[str, Any] = dict(settings.dicom_modalities)
-    if index is not None:
-        for name, value in (await index.jobs.modality_overrides()).items():
-            if value is None:
-                entries.pop(name, None)
-            else:
-                entries[name] = value
-    found = [modality_access(name, entry) for name, entry in entries.items()]
-    return [m for m in found if m is not None]
+    Entries are parsed by `dicomkeep.common.modalities`, the one parser of
+    `DicomModalities`; malformed ones are logged there and left out.
+    """
+    if index is None:
+        return list(configured_modalities(settings).values())
+    return list((await load_modalities(settings, index.jobs)).values())
 
 
 def same_aet(settings: Settings, left: str, right: str) -> bool:
@@ -80,7 +54,7 @@ def same_aet(settings: Settings, left: str, right: str) -> bool:
     return left.upper() == right.upper()
 
 
-def is_known(settings: Settings, modalities: list[ModalityAccess], remote_aet: str, remote_ip: str) -> bool:
+def is_known(settings: Settings, modalities: list[Modality], remote_aet: str, remote_ip: str) -> bool:
     """Tell whether the caller is a known modality (and from its Host with
     DicomCheckModalityHost): Orthanc's IsKnownAETitle."""
     check_host = settings.dicom_check_modality_host
@@ -92,7 +66,7 @@ def is_known(settings: Settings, modalities: list[ModalityAccess], remote_aet: s
 
 def is_allowed(
     settings: Settings,
-    modalities: list[ModalityAccess],
+    modalities: list[Modality],
     command: str,
     remote_aet: str,
     remote_ip: str,
@@ -104,12 +78,12 @@ def is_allowed(
     check_host = settings.dicom_check_modality_host
     if len(matches) == 1:
         only = matches[0]
-        return (not check_host or only.host == remote_ip) and only.allows(command)
+        return (not check_host or only.host == remote_ip) and only.allows(f"Allow{command}")
     if not matches:
         return False
-    if any(m.host == remote_ip and m.allows(command) for m in matches):
+    if any(m.host == remote_ip and m.allows(f"Allow{command}") for m in matches):
         return True
-    return all(m.allows(command) for m in matches)
+    return all(m.allows(f"Allow{command}") for m in matches)
 
 
 class AccessControl:
@@ -130,7 +104,7 @@ class AccessControl:
         self.loop = loop
         self.timeout = timeout
 
-    def modalities(self) -> list[ModalityAccess]:
+    def modalities(self) -> list[Modality]:
         """Return the effective modalities (read on the service's loop)."""
         future = asyncio.run_coroutine_threadsafe(
             effective_modalities(self.settings, self.index), self.loop

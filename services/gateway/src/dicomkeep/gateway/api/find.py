@@ -10,7 +10,6 @@ answer is the §2.3 object, plus `RequestedTags` (main, file or computed tags).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +17,10 @@ from dicomkeep.common.dicom_json import UNKNOWN_TAG_NAME, tag_name
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.find import Constraint, format_tag, parse_rest_query, tag_of
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index.labels import check_label
 from dicomkeep.common.search import NEVER, FileReader, effective_limit, find_resources, tag_values
 from dicomkeep.gateway.args import TagFormat
-from dicomkeep.gateway.deps import BlobsDep, ClockDep, IndexDep, SettingsDep
+from dicomkeep.gateway.deps import BlobsDep, IndexDep, SettingsDep
 from dicomkeep.gateway.responses import OrthancJSONResponse
 from dicomkeep.gateway.views import expand_many
 from fastapi import APIRouter, Request
@@ -28,7 +28,6 @@ from starlette.responses import Response
 
 router = APIRouter()
 
-_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LABELS_CONSTRAINTS = ("All", "Any", "None")
 
 
@@ -76,8 +75,7 @@ def _labels(body: dict[str, Any]) -> tuple[list[str], str]:
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise _bad('Field "Labels" should be an array of strings')
     for label in labels:
-        if not _LABEL.fullmatch(label):
-            raise OrthancError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"Invalid label: {label}")
+        check_label(label)
     mode = body.get("LabelsConstraint", "All")
     if mode not in _LABELS_CONSTRAINTS:
         raise _bad('Field "LabelsConstraint" should be "All", "Any" or "None"')
@@ -149,7 +147,7 @@ def format_requested(values: dict[int, str], tags: list[int], fmt: TagFormat) ->
 
 @router.post("/tools/find")
 async def tools_find(
-    request: Request, index: IndexDep, blobs: BlobsDep, clock: ClockDep, settings: SettingsDep
+    request: Request, index: IndexDep, blobs: BlobsDep, settings: SettingsDep
 ) -> Response:
     """Answer the IDs (or expanded objects) of the matching resources, in index order."""
     body = parse_find_body(await request.body())
@@ -163,7 +161,7 @@ async def tools_find(
     )
     if not body.expand:
         return OrthancJSONResponse(outcome.ids)
-    expanded = await expand_many(index, clock, body.level, outcome.ids, body.fmt)
+    expanded = await expand_many(index, body.level, outcome.ids, body.fmt)
     if body.requested_tags:
         reader = None if settings.storage_access_on_find == NEVER else FileReader(index, blobs)
         values = await tag_values(
