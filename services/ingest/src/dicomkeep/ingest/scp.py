@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.ingest.access import AccessControl
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -36,19 +37,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
 #: Pending connections the kernel queues while every association thread is busy
 #: (Python's socketserver default is 5: a burst of senders got refused).
 LISTEN_BACKLOG = 128
 
 #: Orthanc answers a full storage with 0xA700 and an unparsable dataset with 0xC000.
 _STATUS_OF_ERROR = {
-    ErrorCode.FULL_STORAGE: OUT_OF_RESOURCES,
-    ErrorCode.BAD_FILE_FORMAT: CANNOT_UNDERSTAND,
-    ErrorCode.INEXISTENT_TAG: CANNOT_UNDERSTAND,
+    ErrorCode.FULL_STORAGE: DimseStatus.OUT_OF_RESOURCES,
+    ErrorCode.BAD_FILE_FORMAT: DimseStatus.CANNOT_UNDERSTAND,
+    ErrorCode.INEXISTENT_TAG: DimseStatus.CANNOT_UNDERSTAND,
 }
 
 
@@ -197,14 +194,14 @@ class StoreScp:
     def handle_echo(self, event: Any) -> int:
         """Answer a C-ECHO when the caller may echo (else the association is aborted)."""
         if not self.access.allows(event.assoc, "Echo"):
-            return PROCESSING_FAILURE
-        return SUCCESS
+            return DimseStatus.PROCESSING_FAILURE
+        return DimseStatus.SUCCESS
 
     def handle_store(self, event: Any) -> int:
         """Store one instance; answer only after the indexer committed it."""
         assoc = event.assoc
         if not self.access.allows(assoc, "Store"):
-            return PROCESSING_FAILURE
+            return DimseStatus.PROCESSING_FAILURE
         origin = Origin(
             protocol="DicomProtocol",
             remote_ip=str(assoc.requestor.address),
@@ -219,7 +216,7 @@ class StoreScp:
             )
             received = future.result(self.store_timeout)
         except OrthancError as error:
-            status = _STATUS_OF_ERROR.get(error.code, PROCESSING_FAILURE)
+            status = _STATUS_OF_ERROR.get(error.code, DimseStatus.PROCESSING_FAILURE)
             log.warning(
                 "C-STORE refused aet=%s status=0x%04X reason=%s",
                 origin.remote_aet, status, error.details or error.code.message,
@@ -227,6 +224,6 @@ class StoreScp:
             return status
         except Exception:
             log.exception("C-STORE failed aet=%s", origin.remote_aet)
-            return PROCESSING_FAILURE
+            return DimseStatus.PROCESSING_FAILURE
         log.debug("C-STORE instance=%s status=%s", received.parsed.ids[3], received.reply.status)
-        return SUCCESS
+        return DimseStatus.SUCCESS
