@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -42,13 +43,29 @@ def dcmtk(tool: str) -> str:
     return found
 
 
-def wait_http(url: str, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def tls_context(config: dict[str, Any]) -> ssl.SSLContext | bool:
+    """Return how a client verifies the server: its self-signed `SslCertificate` as the
+    only trusted CA when `SslEnabled`, else the default (plain HTTP)."""
+    if not config.get("SslEnabled"):
+        return True
+    return ssl.create_default_context(cafile=config["SslCertificate"])
+
+
+def scheme(config: dict[str, Any]) -> str:
+    """Return `https` when the configuration enables TLS on the REST API, else `http`."""
+    return "https" if config.get("SslEnabled") else "http"
+
+
+def wait_http(
+    url: str, deadline: float, process: subprocess.Popen[bytes] | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     """Poll `url` until it answers 200, or fail at the deadline."""
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode}")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -79,7 +96,7 @@ class Server:
         # drop them sooner on this side so a request never races that close.
         return httpx.Client(
             base_url=self.urls[replica % len(self.urls)], timeout=30.0,
-            limits=httpx.Limits(keepalive_expiry=0.5),
+            limits=httpx.Limits(keepalive_expiry=0.5), verify=tls_context(self.config),
         )
 
 
@@ -107,13 +124,13 @@ def allinone_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[
     process = subprocess.Popen(
         [DICOMKEEP, "--verbose", "serve", str(path)], stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{http_port}"
+    url = f"{scheme(config)}://127.0.0.1:{http_port}"
     running = Server(
         urls=[url], dicom_port=dicom_port, aet="DICOMKEEP",
         storage_dir=tmp / "storage", config=config, processes=[process],
     )
     try:
-        wait_http(f"{url}/system", time.monotonic() + 60, process)
+        wait_http(f"{url}/system", time.monotonic() + 60, process, tls_context(config))
         yield running
     finally:
         # restart_member may have replaced the process: stop the one running now.
@@ -217,6 +234,7 @@ def _cluster(
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
     # Generous: two test workers may be starting clusters at once on two cores.
     options = {"timeout": 180.0, **cluster_options}
+    s3 = moto_server(tmp)
     try:
         for attempt in range(3):
             http_port, dicom_port = _http_port_pair(), free_port()
@@ -228,7 +246,11 @@ def _cluster(
                 "PostgreSQL": {"ConnectionUri": pg_dsn(name)},
                 "RabbitMQ": {"Url": amqp_url},
                 "Redis": {"Url": redis_url},
-                "AwsS3Storage": {"BucketName": "dicomkeep-it"},
+                # The S3 adapter against a real S3 protocol server (moto, in memory).
+                "AwsS3Storage": {
+                    "BucketName": "dicomkeep-it", "Endpoint": s3.endpoint,
+                    "AccessKey": "dicomkeep", "SecretKey": "dicomkeep-secret",
+                },
                 **(extra or {}),
             }
             path = write_config(tmp, config)
@@ -241,13 +263,42 @@ def _cluster(
                 if attempt == 2:
                     raise
         yield Server(
-            urls=[f"http://127.0.0.1:{p}" for p in state.http_ports],
+            urls=[f"{scheme(config)}://127.0.0.1:{p}" for p in state.http_ports],
             dicom_port=dicom_port, aet="DICOMKEEP", storage_dir=None, config=config,
             mode="distributed", state_dir=state_dir, s3_endpoint=state.s3_endpoint,
         )
     finally:
         cluster.stop(state_dir)
+        stop_processes([s3.process])
+        s3.log.close()
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server process (keeps its objects in memory)."""
+
+    endpoint: str
+    process: subprocess.Popen[bytes]
+    log: Any
+
+
+def moto_server(tmp: Path) -> S3Server:
+    """Start moto's S3 server on a free loopback port; wait until it answers."""
+    port = free_port()
+    log = open(tmp / "s3.log", "wb")  # noqa: SIM115 - closed by the caller
+    process = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{endpoint}/moto-api/", time.monotonic() + 60, process)
+    except BaseException:
+        stop_processes([process])
+        log.close()
+        raise
+    return S3Server(endpoint, process, log)
 
 
 def kill_member(server: Server, name: str = "stability") -> None:

@@ -1,5 +1,5 @@
 """Bounded uploads (issue 15): a body over `MaximumUploadSize` answers 413 before
-it is read, a body trickled slower than `BodyTimeout` answers 408, and the
+it is read, a body trickled slower than `HttpRequestTimeout` answers 408, and the
 server keeps serving; nothing is stored. Both modes."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from dicomfiles import sample_path
 from servers import Server
 
-SERVER_CONFIG = {"DicomKeep": {"MaximumUploadSize": 1, "BodyTimeout": 2}}
+SERVER_CONFIG = {"DicomKeep": {"MaximumUploadSize": 1}, "HttpRequestTimeout": 2}
 
 
 def _raw_request(server: Server, head: str, body: bytes = b"", pause: float = 0) -> bytes:

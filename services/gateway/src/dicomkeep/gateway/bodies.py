@@ -20,7 +20,6 @@ DRAIN_BYTES = 8 * 1024 * 1024
 #: How long draining waits for the next chunk of an oversized body.
 DRAIN_PAUSE = 1.0
 PAYLOAD_TOO_LARGE = 413
-REQUEST_TIMEOUT = 408
 
 
 def declared_length(request: Request) -> int | None:
@@ -69,29 +68,14 @@ async def refuse_declared_excess(request: Request, what: str, limit: int) -> Non
         raise await too_large(request, what, limit)
 
 
-async def read_limited(
-    request: Request, what: str, limit: int, *, pause: float | None = None
-) -> bytes:
+async def read_limited(request: Request, what: str, limit: int) -> bytes:
     """Return the whole body; raise 413 as soon as it exceeds `limit` bytes (0 =
-    no limit), and 408 *Timeout* when the client sends nothing for `pause`
-    seconds (a slowly trickled body must not hold the server forever)."""
+    no limit). A stalled body is `HttpRequestTimeout`'s business (http_options.py)."""
     if limit:
         await refuse_declared_excess(request, what, limit)
     chunks: list[bytes] = []
     received = 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            async with asyncio.timeout(pause):
-                chunk = await stream.__anext__()
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise OrthancError(
-                ErrorCode.TIMEOUT,
-                f"{what} was not received: no data for {pause:g} seconds",
-                http_status=REQUEST_TIMEOUT,
-            ) from None
+    async for chunk in request.stream():
         received += len(chunk)
         if limit and received > limit:
             raise await too_large(request, what, limit)

@@ -140,6 +140,10 @@ class DicomKeepSettings(BaseModel):
     ops_port: Port = 0
     """Port of the health and metrics endpoints (/livez, /readyz, /metrics); 0 = none.
     Default 0."""
+    blob_store: Literal["files", "s3"] | None = None
+    """Where the blobs go: "files" (under StorageDirectory; in distributed mode a
+    folder that every service shares, as `dicomkeep cluster start` uses) or "s3"
+    (the AwsS3Storage section). Default: "files" all-in-one, "s3" distributed."""
     ops_host: str = "127.0.0.1"
     """Address the ops endpoints listen on; "0.0.0.0" for every interface (needed for
     probes from outside a container). Default "127.0.0.1"."""
@@ -151,6 +155,3 @@ class DicomKeepSettings(BaseModel):
     """Largest `POST /instances` body accepted, in MB (like MaximumStorageSize); a
     larger one answers 413, before it is read when Content-Length declares it;
     0 = no limit. Default 2048."""
-    body_timeout: Annotated[float, Field(gt=0)] = 60.0
-    """Seconds a client may pause while sending a `POST /instances` body (between
-    two chunks) before the upload is abandoned with 408. Default 60."""
