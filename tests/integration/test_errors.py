@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from dicomfiles import sample_path
 from pydicom import dcmread
@@ -99,10 +100,16 @@ def test_unreachable_index_is_a_503(server: Server) -> None:
     else:
         _with_database_closed(server)
     with server.client() as client:
-        wait_until(
-            lambda: client.put("/modalities/healed", json=["H", "127.0.0.1", 104]).status_code == 200,
-            timeout=60, what="the index to answer again",
-        )
+        client.timeout = 90
+
+        def healed() -> bool:
+            try:
+                answer = client.put("/modalities/healed", json=["H", "127.0.0.1", 104])
+            except httpx.TimeoutException:
+                return False
+            return answer.status_code == 200
+
+        wait_until(healed, timeout=120, what="the index to answer again")
         assert "healed" in client.get("/modalities").json()
         client.delete("/modalities/healed")
 
