@@ -32,6 +32,7 @@ from dicomkeep.gateway.api import (
     peers,
     queries,
     resources,
+    scp_options,
     system,
     tools,
 )
@@ -79,7 +80,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
         jobs.router, modalities.router, queries.router, modify.router, tools.router,
-        images.router, labels.router,
+        images.router, labels.router, scp_options.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
