@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, write_attachment
 from dicomkeep.common.dicom import ParsedInstance, dicom_prefix, parse_instance
@@ -24,9 +25,15 @@ from dicomkeep.common.events import (
     StoreStatus,
 )
 from dicomkeep.common.ids import Level
-from dicomkeep.common.metrics import INSTANCES_RECEIVED, RECEIVE_SECONDS
+from dicomkeep.common.metrics import (
+    INSTANCES_RECEIVED,
+    ORTHANC_METRICS,
+    RECEIVE_SECONDS,
+    RECEIVED_BYTES,
+)
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus, BusTimeout
+from dicomkeep.common.telemetry import SpanKind, tracer
 from dicomkeep.common.timestamps import now_stamp
 
 log = logging.getLogger(__name__)
@@ -118,15 +125,30 @@ def bus_submitter(bus: Bus, timeout: float) -> Submit:
     """Return a Submit that sends StoreInstance commands to the indexer over the bus."""
 
     async def submit(command: StoreInstance) -> StoreReply:
-        body = await bus.request(
-            STORE_QUEUE,
-            command.model_dump_json().encode(),
-            {"x-dicomkeep-type": "StoreInstance"},
-            timeout,
-        )
-        return StoreReply.model_validate_json(body)
+        with tracer().start_as_current_span(
+            "StoreInstance",
+            kind=SpanKind.CLIENT,
+            attributes={"dicomkeep.instance_id": command.instance_id},
+        ) as span:
+            body = await bus.request(
+                STORE_QUEUE,
+                command.model_dump_json().encode(),
+                {"x-dicomkeep-type": "StoreInstance"},
+                timeout,
+            )
+            reply = StoreReply.model_validate_json(body)
+            span.set_attribute("dicomkeep.store_status", reply.status.value)
+            return reply
 
     return submit
+
+
+def _blob_span(content_type: int, size: int) -> Any:
+    """The span of one blob write (attachment `content_type`, `size` bytes)."""
+    return tracer().start_as_current_span(
+        "blob write",
+        attributes={"dicomkeep.attachment.content_type": content_type, "dicomkeep.size": size},
+    )
 
 
 class Receiver:
@@ -154,17 +176,23 @@ class Receiver:
         """
         started = time.perf_counter()
         parsed = await asyncio.to_thread(parse_instance, data)
-        attachments = [
-            await write_attachment(self.blobs, DICOM, data, compressed=self.compression)
-        ]
+        writing = time.perf_counter()
+        with _blob_span(DICOM, len(data)):
+            attachments = [
+                await write_attachment(self.blobs, DICOM, data, compressed=self.compression)
+            ]
+        ORTHANC_METRICS.set_max(
+            "orthanc_storage_create_duration_ms", (time.perf_counter() - writing) * 1000
+        )
         try:
             prefix = dicom_prefix(data, parsed)
             if self.compression and prefix is not None:
-                attachments.append(
-                    await write_attachment(
-                        self.blobs, DICOM_UNTIL_PIXEL_DATA, prefix, compressed=True
+                with _blob_span(DICOM_UNTIL_PIXEL_DATA, len(prefix)):
+                    attachments.append(
+                        await write_attachment(
+                            self.blobs, DICOM_UNTIL_PIXEL_DATA, prefix, compressed=True
+                        )
                     )
-                )
             command = build_command(parsed, attachments, origin, overwrite=self.overwrite)
             reply = await self.submit(command)
         except BusTimeout as error:
@@ -175,8 +203,11 @@ class Receiver:
             # these blobs. (A cancelled request is left to the orphan collector.)
             await self._discard(attachments)
             raise
-        RECEIVE_SECONDS.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        RECEIVE_SECONDS.observe(elapsed)
         INSTANCES_RECEIVED.labels(origin.protocol, reply.status.value).inc()
+        RECEIVED_BYTES.labels(origin.protocol).inc(len(data))
+        ORTHANC_METRICS.set_max("orthanc_store_dicom_duration_ms", elapsed * 1000)
         if reply.status is StoreStatus.FAILURE:
             await self._discard(attachments)
             code = ErrorCode[reply.error_code] if reply.error_code else ErrorCode.INTERNAL_ERROR

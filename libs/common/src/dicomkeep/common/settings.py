@@ -229,6 +229,10 @@ class DicomKeepSettings(BaseModel):
     """Seconds to wait for a store to complete. Default 30."""
     orphan_grace_period: Annotated[float, Field(ge=0)] = 600.0
     """Seconds before an unreferenced blob is collected. Default 600."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as "text" (`time LEVEL logger message`) or "json" (one JSON object
+    per line, with the trace and span ids). `--log-format` overrides it.
+    Default "text"."""
 
 
 class Settings(BaseModel):
@@ -294,6 +298,13 @@ class Settings(BaseModel):
     """Stream ZIP archives while they are built. Default true."""
     log_exported_resources: bool = False
     """Log exported resources in /exports. Default false."""
+
+    # -- monitoring and logs --
+    metrics_enabled: bool = True
+    """Collect the metrics of /tools/metrics-prometheus (PUT /tools/metrics changes
+    it at run time). Default true."""
+    deidentify_logs: bool = True
+    """Keep patient data (names, DICOM identifiers) out of the logs. Default true."""
 
     # -- search (§11.4, §13) --
     storage_access_on_find: Literal["Always", "Answers", "Never"] = "Always"

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import uvicorn
 from dicomkeep.common.ops import OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import setup_tracing
 from dicomkeep.common.wiring import (
     is_distributed,
     make_bus,
@@ -89,6 +90,7 @@ class AllInOne:
     async def start(self) -> None:
         """Open the adapters, then start indexer, storage, stability, gateway, ingest."""
         settings = self.settings
+        setup_tracing("dicomkeep")
         index = make_index(settings)
         await index.open()
         self._closers.append(index.close)

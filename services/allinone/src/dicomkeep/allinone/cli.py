@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
+from dicomkeep.common.logs import configure_logging, get_log_level, set_deidentify
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
+from dicomkeep.common.telemetry import TelemetryConfigError, requested_exporters
 
 COMMANDS = ("serve", "run", "cluster", "generate")
 SERVICES = ("gateway", "ingest", "indexer", "storage", "stability", "jobs")
@@ -53,18 +54,34 @@ def _parser() -> argparse.ArgumentParser:
         "generate", help="write a synthetic DICOM data set (generate --help)", add_help=False
     )
     generate.add_argument("args", nargs=argparse.REMAINDER)
+    _add_log_format(parser)
     return parser
 
 
-def _configure_logging(verbose: bool, trace: bool) -> None:
-    level = logging.DEBUG if trace else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    """`--log-format text|json` (overrides `DicomKeep.LogFormat`)."""
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=None,
+        help="log lines as text (default) or JSON objects (DicomKeep.LogFormat)",
     )
-    logging.getLogger("dicomkeep").setLevel(min(level, logging.INFO))
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if trace else logging.WARNING)
+
+
+def _configure_logging(verbose: bool, trace: bool, log_format: str | None = None) -> None:
+    level = "trace" if trace else "verbose" if verbose else "default"
+    configure_logging(level, "json" if log_format == "json" else "text")
+
+
+def _apply_log_settings(args: argparse.Namespace, settings: Settings) -> None:
+    """Once the configuration is read: its LogFormat (unless `--log-format` was
+    given) and DeidentifyLogs."""
+    if args.log_format is None and settings.dicomkeep.log_format == "json":
+        configure_logging(get_log_level(), "json", deidentify=settings.deidentify_logs)
+    set_deidentify(settings.deidentify_logs)
+    try:
+        requested_exporters()
+    except TelemetryConfigError as error:
+        sys.stderr.write(f"dicomkeep: bad configuration: {error}\n")
+        raise SystemExit(2) from error
 
 
 def _load(path: str | None) -> Settings:
@@ -111,19 +128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.config:
         Path(args.config).write_text(sample_configuration(), encoding="utf-8")
         return 0
-    _configure_logging(args.verbose, args.trace)
+    _configure_logging(args.verbose, args.trace, args.log_format)
     if args.command == "cluster":
         return _cluster(args.action, args.configuration, Path(args.state_dir))
     if args.command in (None, "serve"):
         from dicomkeep.allinone.app import AllInOne, run_until_signalled
 
         settings = _load(getattr(args, "configuration", None))
+        _apply_log_settings(args, settings)
         asyncio.run(run_until_signalled(AllInOne(settings)))
         return 0
     from dicomkeep.allinone.app import run_until_signalled
     from dicomkeep.allinone.single import build_service
 
     settings = _load(args.configuration)
+    _apply_log_settings(args, settings)
     service = build_service(
         args.service, settings, http_port=args.http_port, ops_port=args.ops_port
     )

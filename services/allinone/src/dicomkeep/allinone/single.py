@@ -8,6 +8,7 @@ from typing import Any
 from dicomkeep.allinone.app import HttpServer, Service, http_host
 from dicomkeep.common.ops import OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import setup_tracing
 from dicomkeep.gateway import main as gateway
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
@@ -35,6 +36,7 @@ def build_service(
     name: str, settings: Settings, *, http_port: int | None = None, ops_port: int | None = None
 ) -> Service:
     """Build one service by name (gateway, ingest, indexer, storage, stability, jobs)."""
+    setup_tracing(f"dicomkeep-{name}")
     parts: list[Service] = []
     if name == "gateway":
         core: Any = gateway.build(settings)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 
 from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
+from dicomkeep.common.metrics import ORTHANC_METRICS
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import instrument_app
 from dicomkeep.gateway.api import (
     attachments,
     changes,
@@ -25,6 +27,7 @@ from dicomkeep.gateway.api import (
     jobs,
     metadata,
     modalities,
+    monitoring,
     peers,
     queries,
     resources,
@@ -69,7 +72,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     routers = (
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
-        jobs.router, modalities.router, queries.router,
+        jobs.router, modalities.router, queries.router, monitoring.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
@@ -81,6 +84,9 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(SecurityMiddleware, settings=effective)
+    app.add_middleware(monitoring.RequestMetrics)
+    ORTHANC_METRICS.enabled = effective.metrics_enabled
+    instrument_app(app)
     return app
 
 

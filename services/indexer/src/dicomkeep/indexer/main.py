@@ -12,7 +12,7 @@ from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import make_bus, make_index
-from dicomkeep.indexer.usecases import relay_outbox, store
+from dicomkeep.indexer.usecases import database_identity, relay_outbox, store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class IndexerService:
         self._relay_task: asyncio.Task[None] | None = None
         self._buses = [bus] if public_bus is None else [bus, public_bus]
         self.is_relay_leader = False
+        self._database_id: str | None = None
 
     async def start(self) -> None:
         """Open what it owns, answer StoreInstance, start the relay."""
@@ -90,7 +91,10 @@ class IndexerService:
                     continue
                 if not was_leader:
                     log.info("outbox relay leadership taken")
-                published = await relay_outbox(self.index, self._buses)
+                    self._database_id = await database_identity(self.index)
+                published = await relay_outbox(
+                    self.index, self._buses, database_id=self._database_id
+                )
                 if published == 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):

@@ -39,6 +39,7 @@ from dicomkeep.common.search import (
     tag_values,
 )
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import traced
 from dicomkeep.ingest.access import effective_modalities, is_allowed
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
@@ -278,7 +279,11 @@ class FindScp:
         except (OrthancError, ValueError, KeyError, TypeError) as error:
             log.warning("C-FIND aet=%s: bad identifier: %s", remote_aet, error)
             return iter([(UNABLE_TO_PROCESS, None)])
-        return self._answers(event, request, remote_aet)
+        return traced(
+            self._answers(event, request, remote_aet), "C-FIND",
+            attributes={"dicom.calling_ae_title": remote_aet,
+                        "dicom.query_level": str(request.level.value)},
+        )
 
     def _answers(
         self, event: Any, request: FindRequest, remote_aet: str

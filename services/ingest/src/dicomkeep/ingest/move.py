@@ -40,6 +40,7 @@ from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import traced
 from dicomkeep.ingest.access import effective_modalities, is_allowed
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -244,7 +245,12 @@ class RetrieveScp:
             "C-MOVE to %s: %d instances (synchronous)", destination.aet, len(retrieval.instances)
         )
         options = self._options(destination, store_contexts(retrieval.pairs))
-        return self._move(event, destination, options, retrieval)
+        return traced(
+            self._move(event, destination, options, retrieval), "C-MOVE",
+            attributes={"dicom.move_destination": destination.aet,
+                        "dicomkeep.instances": len(retrieval.instances)},
+            each="C-MOVE sub-operation", each_from=2,
+        )
 
     @staticmethod
     def _options(destination: Modality, contexts: list[Any]) -> dict[str, Any]:
@@ -290,7 +296,11 @@ class RetrieveScp:
         retrieval = self._retrieval(event, "GET")
         if retrieval is None:
             return iter([1, (UNABLE_TO_PROCESS, None)])
-        return self._get(event, retrieval)
+        return traced(
+            self._get(event, retrieval), "C-GET",
+            attributes={"dicomkeep.instances": len(retrieval.instances)},
+            each="C-GET sub-operation", each_from=1,
+        )
 
     def _get(self, event: Any, retrieval: Retrieval) -> Iterator[Any]:
         yield len(retrieval.instances)

@@ -16,6 +16,7 @@ from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.receiving import Origin, Receiver
+from dicomkeep.common.telemetry import SpanKind, current_span, tracer
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
@@ -102,7 +103,24 @@ class StoreScp:
             self._server = None
 
     def handle_store(self, event: Any) -> int:
-        """Store one instance; answer only after the indexer committed it."""
+        """Store one instance; answer only after the indexer committed it.
+
+        One trace per instance starts here (its context reaches the event loop
+        with the coroutine, then the indexer through the bus)."""
+        with tracer().start_as_current_span(
+            "C-STORE",
+            kind=SpanKind.SERVER,
+            attributes={
+                "network.peer.address": str(event.assoc.requestor.address),
+                "dicom.calling_ae_title": str(event.assoc.requestor.ae_title).strip(),
+                "dicom.called_ae_title": str(event.assoc.acceptor.ae_title).strip(),
+            },
+        ) as span:
+            status = self._store(event)
+            span.set_attribute("dicom.status", status)
+            return status
+
+    def _store(self, event: Any) -> int:
         assoc = event.assoc
         origin = Origin(
             protocol="DicomProtocol",
@@ -127,4 +145,7 @@ class StoreScp:
             log.exception("C-STORE failed aet=%s", origin.remote_aet)
             return PROCESSING_FAILURE
         log.debug("C-STORE instance=%s status=%s", received.parsed.ids[3], received.reply.status)
+        trace_span = current_span()
+        trace_span.set_attribute("dicomkeep.instance_id", received.parsed.ids[3])
+        trace_span.set_attribute("dicomkeep.store_status", received.reply.status.value)
         return SUCCESS

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 
 from dicomkeep.common.events import Change, ChangeType
-from dicomkeep.common.ids import Level, orthanc_id
+from dicomkeep.common.ids import Level
 from dicomkeep.common.metrics import STABLE_EVENTS
 from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.ports.index import Index
@@ -29,14 +29,11 @@ BATCH = 500
 
 
 def parents_of(headers: Mapping[str, str]) -> list[tuple[Level, str]]:
-    """Return (series, study, patient) public IDs from a NewInstance's UID headers."""
-    patient = headers.get("PatientID", "")
-    study = headers["StudyInstanceUID"]
-    series = headers["SeriesInstanceUID"]
+    """Return (series, study, patient) public IDs from a NewInstance's `Parent*` headers."""
     return [
-        (Level.SERIES, orthanc_id(patient, study, series)),
-        (Level.STUDY, orthanc_id(patient, study)),
-        (Level.PATIENT, orthanc_id(patient)),
+        (Level.SERIES, headers["ParentSeries"]),
+        (Level.STUDY, headers["ParentStudy"]),
+        (Level.PATIENT, headers["ParentPatient"]),
     ]
 
 
