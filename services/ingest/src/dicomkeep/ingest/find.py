@@ -29,6 +29,7 @@ from dicomkeep.common.find import (
     vr_of,
 )
 from dicomkeep.common.ids import Level
+from dicomkeep.common.logs import patient_text
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.index import Index
 from dicomkeep.common.search import (
@@ -277,7 +278,7 @@ class FindScp:
                 identifier, case_sensitive_pn=self.settings.case_sensitive_pn
             )
         except (OrthancError, ValueError, KeyError, TypeError) as error:
-            log.warning("C-FIND aet=%s: bad identifier: %s", remote_aet, error)
+            log.warning("C-FIND aet=%s: bad identifier: %s", remote_aet, patient_text(error))
             return iter([(UNABLE_TO_PROCESS, None)])
         return traced(
             self._answers(event, request, remote_aet), "C-FIND",

@@ -35,6 +35,7 @@ from dicomkeep.common.dicom_scu import REQUESTOR_HANDLERS, read_dataset, store_c
 from dicomkeep.common.find import Constraint, Kind
 from dicomkeep.common.ids import Level
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, store_job, submit
+from dicomkeep.common.logs import patient_text
 from dicomkeep.common.modalities import Modality, by_aet, load_modalities
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
@@ -201,7 +202,10 @@ class RetrieveScp:
         try:
             retrieval = self._run(self._resolve(event.identifier))
         except Exception as error:
-            log.warning("C-%s aet=%s: bad identifier: %s", what, event.assoc.requestor.ae_title, error)
+            log.warning(
+                "C-%s aet=%s: bad identifier: %s",
+                what, event.assoc.requestor.ae_title, patient_text(error),
+            )
             return None
         if not retrieval.instances:
             log.warning("C-%s aet=%s: nothing matched", what, event.assoc.requestor.ae_title)

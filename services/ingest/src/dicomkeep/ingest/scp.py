@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.logs import patient_text
 from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.telemetry import SpanKind, current_span, tracer
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -138,7 +139,7 @@ class StoreScp:
             status = _STATUS_OF_ERROR.get(error.code, PROCESSING_FAILURE)
             log.warning(
                 "C-STORE refused aet=%s status=0x%04X reason=%s",
-                origin.remote_aet, status, error.details or error.code.message,
+                origin.remote_aet, status, patient_text(error.details or error.code.message),
             )
             return status
         except Exception:
