@@ -9,13 +9,13 @@ from dicomkeep.common import metrics  # noqa: F401 - registers DicomKeep's metri
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.local_bus import LocalBus
 from dicomkeep.common.adapters.memory_clock import MemoryClock
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
+from dicomkeep.common.index import Index
 from dicomkeep.common.ops import OpsServer, adapter_checks
 
 
 async def test_ops_endpoints_report_each_dependency(tmp_path: Path) -> None:
-    index = SqlIndex(SqliteDatabase(tmp_path / "index"))
+    index = Index(SqliteDatabase(tmp_path / "index"))
     await index.open()
     bus = LocalBus()
     await bus.start()

@@ -19,10 +19,10 @@ import pytest
 from backends import PG_ADMIN_DSN, pg_dsn
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.postgres_db import PostgresDatabase
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.peer_http import HttpOptions, PeerClient, PeerHttpError, send_instance
 from dicomkeep.common.peer_transfer import (
     StoreRequest,
@@ -127,7 +127,7 @@ def test_overrides_apply_to_configured_peers() -> None:
 
 # -- the index store -----------------------------------------------------------------------
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlIndex]:
+async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Index]:
     if request.param == "sqlite":
         db: Any = SqliteDatabase(tmp_path / "index")
     else:
@@ -138,7 +138,7 @@ async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         finally:
             await admin.close()
         db = PostgresDatabase(pg_dsn("dicomkeep_peers"), size=2)
-    idx = SqlIndex(db)
+    idx = Index(db)
     await idx.open()
     try:
         yield idx
@@ -146,7 +146,7 @@ async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await idx.close()
 
 
-async def test_peer_store_keeps_overrides_and_deletions(index: SqlIndex) -> None:
+async def test_peer_store_keeps_overrides_and_deletions(index: Index) -> None:
     assert await index.peers.peer_overrides() == {}
     await index.peers.set_peer("b", {"Url": "http://b/", "Password": "secret"})
     await index.peers.set_peer("a", None)
@@ -291,9 +291,9 @@ def test_bad_store_bodies(body: bytes, details: str) -> None:
 
 # -- the transfer ------------------------------------------------------------------------
 @pytest.fixture
-async def local(tmp_path: Path) -> AsyncIterator[tuple[SqlIndex, FileBlobStore, list[str], str]]:
+async def local(tmp_path: Path) -> AsyncIterator[tuple[Index, FileBlobStore, list[str], str]]:
     """An index with one study of 6 instances: (index, blobs, instance IDs, study ID)."""
-    index = SqlIndex(SqliteDatabase(tmp_path / "index"))
+    index = Index(SqliteDatabase(tmp_path / "index"))
     await index.open()
     blobs = FileBlobStore(tmp_path / "storage")
     receiver = Receiver(blobs, index.store_instance)
@@ -307,7 +307,7 @@ async def local(tmp_path: Path) -> AsyncIterator[tuple[SqlIndex, FileBlobStore, 
         await index.close()
 
 
-async def test_expand_instances(local: tuple[SqlIndex, FileBlobStore, list[str], str]) -> None:
+async def test_expand_instances(local: tuple[Index, FileBlobStore, list[str], str]) -> None:
     index, _, instances, study = local
     assert await expand_instances(index, [study, instances[0]]) == instances
     with pytest.raises(OrthancError) as caught:
@@ -316,7 +316,7 @@ async def test_expand_instances(local: tuple[SqlIndex, FileBlobStore, list[str],
 
 
 async def test_failed_transfer_resumes_without_resending(
-    local: tuple[SqlIndex, FileBlobStore, list[str], str],
+    local: tuple[Index, FileBlobStore, list[str], str],
 ) -> None:
     index, blobs, instances, study = local
     peer = parse_peer("p", ["http://peer/", "alice", "wrong"])
@@ -357,7 +357,7 @@ async def test_failed_transfer_resumes_without_resending(
 
 
 async def test_permissive_transfer_counts_failures_and_stops_on_request(
-    local: tuple[SqlIndex, FileBlobStore, list[str], str],
+    local: tuple[Index, FileBlobStore, list[str], str],
 ) -> None:
     index, blobs, instances, study = local
     peer = parse_peer("p", ["http://peer/"])

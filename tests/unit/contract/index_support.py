@@ -12,11 +12,10 @@ from pathlib import Path
 import asyncpg
 from backends import PG_ADMIN_DSN, pg_dsn
 from dicomkeep.common.adapters.postgres_db import PostgresDatabase
-from dicomkeep.common.adapters.sql_index import SqlIndex
-from dicomkeep.common.adapters.sql_recycling import StorageLimits
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.events import AttachmentInfo, StoreInstance
 from dicomkeep.common.ids import Level, hierarchy_ids
+from dicomkeep.common.index import Index, StorageLimits
 
 MB = 1024 * 1024
 
@@ -32,11 +31,11 @@ async def _admin(statement: str) -> None:
 @asynccontextmanager
 async def open_index(
     kind: str, tmp_path: Path, purpose: str, limits: StorageLimits | None = None
-) -> AsyncIterator[SqlIndex]:
+) -> AsyncIterator[Index]:
     """Yield an opened index: SQLite under `tmp_path`, or a fresh PostgreSQL database
     private to this process and `purpose` (dropped afterwards)."""
     if kind == "sqlite":
-        idx = SqlIndex(SqliteDatabase(tmp_path / "index"), limits=limits)
+        idx = Index(SqliteDatabase(tmp_path / "index"), limits=limits)
         await idx.open()
         try:
             yield idx
@@ -46,7 +45,7 @@ async def open_index(
     name = f"dicomkeep_contract_{purpose}_{os.getpid()}"
     await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     await _admin(f"CREATE DATABASE {name}")
-    idx = SqlIndex(PostgresDatabase(pg_dsn(name), size=12), limits=limits)
+    idx = Index(PostgresDatabase(pg_dsn(name), size=12), limits=limits)
     await idx.open()
     try:
         yield idx
@@ -55,9 +54,9 @@ async def open_index(
         await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def reopen(index: SqlIndex, limits: StorageLimits | None) -> SqlIndex:
+def reopen(index: Index, limits: StorageLimits | None) -> Index:
     """Return another index on the same (already opened) database, with other limits."""
-    return SqlIndex(index.db, limits=limits)
+    return Index(index.db, limits=limits)
 
 
 def command(

@@ -1,4 +1,4 @@
-"""Contract of the Index port: the same cases on SQLite and on PostgreSQL."""
+"""Contract of the index: the same cases on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import asyncio
 import hashlib
 
 import pytest
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import AttachmentInfo, ChangeType, StoreInstance, StoreStatus
 from dicomkeep.common.ids import Level, hierarchy_ids
-from dicomkeep.common.ports.index import Expected
+from dicomkeep.common.index import Expected, Index
 
 
 def make_command(
@@ -48,7 +47,7 @@ def make_command(
     )
 
 
-async def test_store_creates_hierarchy_and_changes(index: SqlIndex) -> None:
+async def test_store_creates_hierarchy_and_changes(index: Index) -> None:
     command = make_command(expected=1)
     reply = await index.store_instance(command)
     assert reply.status is StoreStatus.SUCCESS
@@ -74,7 +73,7 @@ async def test_store_creates_hierarchy_and_changes(index: SqlIndex) -> None:
     assert page.changes[0].path == f"/instances/{command.instance_id}"
 
 
-async def test_already_stored_changes_nothing(index: SqlIndex) -> None:
+async def test_already_stored_changes_nothing(index: Index) -> None:
     await index.store_instance(make_command())
     again = make_command(overwrite=False)
     again = again.model_copy(update={"attachments": [again.attachments[0].model_copy(update={"uuid": "other"})]})
@@ -86,7 +85,7 @@ async def test_already_stored_changes_nothing(index: SqlIndex) -> None:
     assert instance is not None and instance.dicom is not None and instance.dicom.uuid != "other"
 
 
-async def test_overwrite_replaces_instance_and_releases_old_blob(index: SqlIndex) -> None:
+async def test_overwrite_replaces_instance_and_releases_old_blob(index: Index) -> None:
     await index.store_instance(make_command())
     reply = await index.store_instance(make_command(overwrite=True, size=200))
     assert reply.status is StoreStatus.SUCCESS
@@ -99,7 +98,7 @@ async def test_overwrite_replaces_instance_and_releases_old_blob(index: SqlIndex
     assert types.count(ChangeType.NEW_PATIENT) == 1
 
 
-async def test_delete_walks_up_and_reports_remaining(index: SqlIndex) -> None:
+async def test_delete_walks_up_and_reports_remaining(index: Index) -> None:
     first = make_command(sop="1.1")
     second = make_command(sop="1.2", index_in_series=2)
     await index.store_instance(first)
@@ -122,7 +121,7 @@ async def test_delete_walks_up_and_reports_remaining(index: SqlIndex) -> None:
     assert outbox.count(ChangeType.DELETED) == 5
 
 
-async def test_list_since_limit_and_lookup(index: SqlIndex) -> None:
+async def test_list_since_limit_and_lookup(index: Index) -> None:
     for n in range(5):
         await index.store_instance(make_command(patient=f"P{n}", study=f"1.{n}", series=f"1.{n}.1", sop=f"1.{n}.1.1"))
     all_ids = await index.list_resources(Level.PATIENT)
@@ -133,7 +132,7 @@ async def test_list_since_limit_and_lookup(index: SqlIndex) -> None:
     assert found == [(Level.STUDY, hierarchy_ids("P3", "1.3", "x", "y")[1])]
 
 
-async def test_statistics(index: SqlIndex) -> None:
+async def test_statistics(index: Index) -> None:
     await index.store_instance(make_command(sop="1.1", size=1000))
     await index.store_instance(make_command(sop="1.2", size=3000))
     stats = await index.statistics()
@@ -144,7 +143,7 @@ async def test_statistics(index: SqlIndex) -> None:
         await index.statistics(Level.SERIES, "nope")
 
 
-async def test_metadata_revisions(index: SqlIndex) -> None:
+async def test_metadata_revisions(index: Index) -> None:
     command = make_command()
     await index.store_instance(command)
     args = (Level.STUDY, command.study_id, 1024)
@@ -168,7 +167,7 @@ async def test_metadata_revisions(index: SqlIndex) -> None:
     assert types.count(ChangeType.UPDATED_METADATA) == 3
 
 
-async def test_changes_paging_and_clear(index: SqlIndex) -> None:
+async def test_changes_paging_and_clear(index: Index) -> None:
     for n in range(3):
         await index.store_instance(make_command(sop=f"1.{n}", index_in_series=n + 1))
     page = await index.get_changes(0, 2)
@@ -183,7 +182,7 @@ async def test_changes_paging_and_clear(index: SqlIndex) -> None:
     assert (await index.get_changes(0, 100)).changes[0].seq == 7
 
 
-async def test_concurrent_stores_of_one_study(index: SqlIndex) -> None:
+async def test_concurrent_stores_of_one_study(index: Index) -> None:
     commands = [make_command(sop=f"1.{n}", index_in_series=n + 1) for n in range(20)]
     replies = await asyncio.gather(*(index.store_instance(c) for c in commands + commands))
     statuses = [r.status for r in replies]
@@ -195,7 +194,7 @@ async def test_concurrent_stores_of_one_study(index: SqlIndex) -> None:
     assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) == 23
 
 
-async def test_outbox_round_trip(index: SqlIndex) -> None:
+async def test_outbox_round_trip(index: Index) -> None:
     await index.store_instance(make_command())
     events = await index.outbox_batch(100)
     assert [e.change.seq for e in events] == [1, 2, 3, 4]
@@ -217,7 +216,7 @@ async def test_outbox_round_trip(index: SqlIndex) -> None:
     assert [e.change.seq for e in await index.outbox_batch(100)] == [3, 4, 5]
 
 
-async def test_protection_and_properties(index: SqlIndex) -> None:
+async def test_protection_and_properties(index: Index) -> None:
     command = make_command()
     await index.store_instance(command)
     await index.set_protected(command.patient_id, True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.events import AttachmentInfo, StoreInstance
 from dicomkeep.common.find import build_constraints, make_constraint, tag_of
 from dicomkeep.common.ids import Level, hierarchy_ids
+from dicomkeep.common.index import Index
 
 
 def command(
@@ -51,7 +51,7 @@ DATA = [
 
 
 @pytest.fixture
-async def stored(index: SqlIndex) -> SqlIndex:
+async def stored(index: Index) -> Index:
     for patient, name, study, series, sop, options in DATA:
         await index.store_instance(command(patient, name, study, series, sop, **options))
     return index
@@ -65,7 +65,7 @@ def patient_id(patient: str) -> str:
     return hierarchy_ids(patient, "x", "x", "x")[0]
 
 
-async def find(index: SqlIndex, level: Level, query: dict[str, str], **options: object) -> list[str]:
+async def find(index: Index, level: Level, query: dict[str, str], **options: object) -> list[str]:
     sensitive = bool(options.pop("case_sensitive", True))
     pn = options.pop("case_sensitive_pn", None)
     constraints = build_constraints(
@@ -102,14 +102,14 @@ STUDY_CASES = [
 ]
 
 
-async def test_study_queries(stored: SqlIndex) -> None:
+async def test_study_queries(stored: Index) -> None:
     for query, expected in STUDY_CASES:
         found = await find(stored, Level.STUDY, query)
         assert set(found) == {study_id(p, s) for p, s in expected}, query
         assert len(found) == len(set(found)), query
 
 
-async def test_person_names_fold_case_with_accents(stored: SqlIndex) -> None:
+async def test_person_names_fold_case_with_accents(stored: Index) -> None:
     insensitive = await find(stored, Level.PATIENT, {"PatientName": "müller*"}, case_sensitive_pn=False)
     assert insensitive == [patient_id("P2")]
     assert await find(stored, Level.PATIENT, {"PatientName": "MÜLLER^HANS"}, case_sensitive_pn=False) == [patient_id("P2")]
@@ -124,7 +124,7 @@ async def test_person_names_fold_case_with_accents(stored: SqlIndex) -> None:
     assert listed == [study_id("P4", "4.1")]
 
 
-async def test_levels_see_ancestors_and_descendants(stored: SqlIndex) -> None:
+async def test_levels_see_ancestors_and_descendants(stored: Index) -> None:
     series = await find(stored, Level.SERIES, {"PatientName": "DOE^JOHN", "Modality": "CT"})
     assert series == [hierarchy_ids("P1", "1.1", "1.1.1", "x")[2]]
     instances = await find(stored, Level.INSTANCE, {"StudyDate": "20200105", "InstanceNumber": "2"})
@@ -136,7 +136,7 @@ async def test_levels_see_ancestors_and_descendants(stored: SqlIndex) -> None:
     assert await find(stored, Level.PATIENT, {"Modality": "MR", "StudyDate": "20200105"}) == [patient_id("P1")]
 
 
-async def test_since_limit_and_index_order(stored: SqlIndex) -> None:
+async def test_since_limit_and_index_order(stored: Index) -> None:
     everything = await find(stored, Level.INSTANCE, {})
     assert len(everything) == len(DATA)
     assert everything == await stored.list_resources(Level.INSTANCE)
@@ -145,7 +145,7 @@ async def test_since_limit_and_index_order(stored: SqlIndex) -> None:
     assert await find(stored, Level.INSTANCE, {}, limit=0) == []
 
 
-async def test_labels(stored: SqlIndex) -> None:
+async def test_labels(stored: Index) -> None:
     studies = await stored.list_resources(Level.STUDY)
     async with stored.db.transaction() as tx:
         for public_id, label in ((studies[0], "red"), (studies[0], "blue"), (studies[1], "red")):
@@ -156,14 +156,14 @@ async def test_labels(stored: SqlIndex) -> None:
     assert await stored.find(Level.STUDY, [], labels=["red"], labels_constraint="None") == studies[2:]
 
 
-async def test_file_constraints_are_refused(stored: SqlIndex) -> None:
+async def test_file_constraints_are_refused(stored: Index) -> None:
     constraint = make_constraint(tag_of("Rows"), "5", Level.INSTANCE)
     assert constraint is not None and constraint.level is None
     with pytest.raises(ValueError):
         await stored.find(Level.INSTANCE, [constraint])
 
 
-async def test_python_matcher_agrees_with_the_index(stored: SqlIndex) -> None:
+async def test_python_matcher_agrees_with_the_index(stored: Index) -> None:
     values = {study_id(p, s): o.get("description", "KNEE") for p, _, s, _, _, o in DATA}
     patterns = ["*", "?NEE", "k*", "*e", "50*", "*%*", "*_*", "*[*", "*\\*", "KNEE\\k", "[A]"]
     for sensitive in (True, False):
@@ -176,7 +176,7 @@ async def test_python_matcher_agrees_with_the_index(stored: SqlIndex) -> None:
             assert set(await stored.find(Level.STUDY, [constraint])) == expected, (pattern, sensitive)
 
 
-async def test_find_tags_merges_levels_and_computes(stored: SqlIndex) -> None:
+async def test_find_tags_merges_levels_and_computes(stored: Index) -> None:
     study = study_id("P1", "1.1")
     tags = await stored.find_tags(
         Level.STUDY, [study, "unknown"],

@@ -12,11 +12,11 @@ import asyncpg
 import pytest
 from backends import PG_ADMIN_DSN, pg_dsn
 from dicomkeep.common.adapters.postgres_db import PostgresDatabase
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.errors import ErrorCode
 from dicomkeep.common.events import ChangeType
-from dicomkeep.common.ports.jobs import (
+from dicomkeep.common.index import (
+    Index,
     JobAction,
     JobOutcome,
     JobState,
@@ -52,11 +52,11 @@ def pg_database() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlIndex]:
+async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Index]:
     if request.param == "sqlite":
-        idx = SqlIndex(SqliteDatabase(tmp_path / "index"))
+        idx = Index(SqliteDatabase(tmp_path / "index"))
     else:
-        idx = SqlIndex(PostgresDatabase(request.getfixturevalue("pg_database"), size=8))
+        idx = Index(PostgresDatabase(request.getfixturevalue("pg_database"), size=8))
     await idx.open()
     async with idx.db.transaction() as tx:
         for table in ("jobs", "modalities", "queries", "outbox", "changes"):
@@ -71,7 +71,7 @@ def done(state: JobState = JobState.SUCCESS, code: int = 0, details: str = "") -
     return JobOutcome(state, JobUpdate(100, {"Done": True}, {"Checkpoint": {"Next": 3}}), code, details)
 
 
-async def job_events(index: SqlIndex) -> list[tuple[ChangeType, str, str]]:
+async def job_events(index: Index) -> list[tuple[ChangeType, str, str]]:
     return [
         (e.change.change_type, e.change.resource_type, e.change.id)
         for e in await index.outbox_batch(1000)
@@ -79,7 +79,7 @@ async def job_events(index: SqlIndex) -> list[tuple[ChangeType, str, str]]:
     ]
 
 
-async def test_submit_get_list_and_job_submitted_event(index: SqlIndex) -> None:
+async def test_submit_get_list_and_job_submitted_event(index: Index) -> None:
     store = index.jobs
     job = await store.submit_job("DicomModalityStore", {"InstancesCount": 2}, {"Instances": ["a", "b"]}, 5)
     assert job.state is JobState.PENDING and job.priority == 5 and job.progress == 0
@@ -95,7 +95,7 @@ async def test_submit_get_list_and_job_submitted_event(index: SqlIndex) -> None:
     assert (await index.get_changes(0, 100)).changes == []
 
 
-async def test_claim_takes_highest_priority_then_oldest(index: SqlIndex) -> None:
+async def test_claim_takes_highest_priority_then_oldest(index: Index) -> None:
     store = index.jobs
     low = await store.submit_job("T", {}, {}, -1)
     first = await store.submit_job("T", {}, {}, 3)
@@ -110,7 +110,7 @@ async def test_claim_takes_highest_priority_then_oldest(index: SqlIndex) -> None
     assert await store.claim_job("w1", 30) is None
 
 
-async def test_concurrent_claims_never_share_a_job(index: SqlIndex) -> None:
+async def test_concurrent_claims_never_share_a_job(index: Index) -> None:
     store = index.jobs
     submitted = {(await store.submit_job("T", {}, {})).id for _ in range(20)}
 
@@ -125,7 +125,7 @@ async def test_concurrent_claims_never_share_a_job(index: SqlIndex) -> None:
     assert sorted(claimed) == sorted(submitted)
 
 
-async def test_renew_records_checkpoint_and_reports_requests(index: SqlIndex) -> None:
+async def test_renew_records_checkpoint_and_reports_requests(index: Index) -> None:
     store = index.jobs
     job = await store.submit_job("T", {"A": 1}, {"P": 1})
     await store.claim_job("w1", 30)
@@ -142,7 +142,7 @@ async def test_renew_records_checkpoint_and_reports_requests(index: SqlIndex) ->
         await store.renew_job(job.id, "w2", 30, None)
 
 
-async def test_finish_success_failure_and_paused(index: SqlIndex) -> None:
+async def test_finish_success_failure_and_paused(index: Index) -> None:
     store = index.jobs
     ok, bad, paused = [await store.submit_job("T", {}, {}) for _ in range(3)]
     for _ in range(3):
@@ -161,7 +161,7 @@ async def test_finish_success_failure_and_paused(index: SqlIndex) -> None:
         await store.finish_job(ok.id, "w1", done(), 10)
 
 
-async def test_history_keeps_the_newest_completed_jobs(index: SqlIndex) -> None:
+async def test_history_keeps_the_newest_completed_jobs(index: Index) -> None:
     store = index.jobs
     pending = await store.submit_job("T", {}, {}, -10)
     ids = []
@@ -174,7 +174,7 @@ async def test_history_keeps_the_newest_completed_jobs(index: SqlIndex) -> None:
     assert remaining == [pending.id, *ids[-2:]]
 
 
-async def test_expired_lease_goes_to_retry_and_is_resumed(index: SqlIndex) -> None:
+async def test_expired_lease_goes_to_retry_and_is_resumed(index: Index) -> None:
     store = index.jobs
     job = await store.submit_job("T", {}, {"Instances": [1, 2, 3]})
     await store.claim_job("dead", -1)  # a lease already over: the worker died
@@ -189,7 +189,7 @@ async def test_expired_lease_goes_to_retry_and_is_resumed(index: SqlIndex) -> No
     assert (await store.finish_job(job.id, "alive", done(), 10)).state is JobState.SUCCESS
 
 
-async def test_expired_lease_applies_requests_made_meanwhile(index: SqlIndex) -> None:
+async def test_expired_lease_applies_requests_made_meanwhile(index: Index) -> None:
     store = index.jobs
     cancelled = await store.submit_job("T", {}, {})
     paused = await store.submit_job("T", {}, {})
@@ -205,7 +205,7 @@ async def test_expired_lease_applies_requests_made_meanwhile(index: SqlIndex) ->
     assert after_pause is not None and after_pause.state is JobState.PAUSED
 
 
-async def test_release_gives_the_job_back_with_its_checkpoint(index: SqlIndex) -> None:
+async def test_release_gives_the_job_back_with_its_checkpoint(index: Index) -> None:
     store = index.jobs
     job = await store.submit_job("T", {}, {})
     await store.claim_job("w1", 30)
@@ -219,7 +219,7 @@ async def test_release_gives_the_job_back_with_its_checkpoint(index: SqlIndex) -
     assert current is not None and current.worker == "w2"
 
 
-async def test_actions_follow_orthancs_table(index: SqlIndex) -> None:
+async def test_actions_follow_orthancs_table(index: Index) -> None:
     store = index.jobs
     job = await store.submit_job("T", {}, {"Instances": [1], "Checkpoint": {"Next": 1}})
     assert not await store.control_job(job.id, JobAction.RESUME, 10)
@@ -245,7 +245,7 @@ async def test_actions_follow_orthancs_table(index: SqlIndex) -> None:
         assert not await store.control_job("unknown", action, 10)
 
 
-async def test_delete_only_completed_jobs(index: SqlIndex) -> None:
+async def test_delete_only_completed_jobs(index: Index) -> None:
     store = index.jobs
     job = await store.submit_job("T", {}, {})
     assert not await store.delete_job(job.id)
@@ -255,7 +255,7 @@ async def test_delete_only_completed_jobs(index: SqlIndex) -> None:
     assert not await store.delete_job(job.id)
 
 
-async def test_modality_overrides(index: SqlIndex) -> None:
+async def test_modality_overrides(index: Index) -> None:
     store = index.jobs
     assert await store.modality_overrides() == {}
     await store.set_modality("b", {"AET": "B", "Host": "h", "Port": 104})
@@ -264,7 +264,7 @@ async def test_modality_overrides(index: SqlIndex) -> None:
     assert await store.modality_overrides() == {"a": None, "b": {"AET": "B2", "Host": "h", "Port": 105}}
 
 
-async def test_queries_are_kept_with_their_answers_up_to_a_limit(index: SqlIndex) -> None:
+async def test_queries_are_kept_with_their_answers_up_to_a_limit(index: Index) -> None:
     store = index.jobs
     records = [
         QueryRecord(f"q{n}", "pacs", "Study", {"PatientID": str(n)}, [b"\x00\x01", bytes([n])])

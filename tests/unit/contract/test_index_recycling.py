@@ -1,4 +1,4 @@
-"""Contract of the Index port on recycling and protection (ORTHANC_API.md §8),
+"""Contract of the index on recycling and protection (ORTHANC_API.md §8),
 on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
@@ -7,11 +7,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from dicomkeep.common.adapters.sql_index import SqlIndex
-from dicomkeep.common.adapters.sql_recycling import StorageLimits
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import AttachmentInfo, ChangeType, StoreStatus
 from dicomkeep.common.ids import Level, orthanc_id
+from dicomkeep.common.index import Index, StorageLimits
 from index_support import MB, command, open_index, reopen
 
 
@@ -24,11 +23,11 @@ def pid(patient: str) -> str:
     return orthanc_id(patient)
 
 
-async def patients(index: SqlIndex) -> set[str]:
+async def patients(index: Index) -> set[str]:
     return set(await index.list_resources(Level.PATIENT))
 
 
-async def store_ok(index: SqlIndex, *args: object, **kwargs: object) -> None:
+async def store_ok(index: Index, *args: object, **kwargs: object) -> None:
     reply = await index.store_instance(command(*args, **kwargs))  # type: ignore[arg-type]
     assert reply.status is StoreStatus.SUCCESS, reply
 

@@ -1,4 +1,4 @@
-"""Contract of the Index port on stability (ORTHANC_API.md §7), on SQLite and PostgreSQL:
+"""Contract of the index on stability (ORTHANC_API.md §7), on SQLite and PostgreSQL:
 the index records which resources wait for their Stable* change and emits each
 change once per quiet period."""
 
@@ -10,30 +10,30 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.events import ChangeType, StoreStatus
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from index_support import command, open_index
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
-async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlIndex]:
+async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Index]:
     async with open_index(request.param, tmp_path, "stability") as opened:
         yield opened
 
 
-async def is_stable(index: SqlIndex, level: Level, public_id: str) -> bool:
+async def is_stable(index: Index, level: Level, public_id: str) -> bool:
     resource = await index.get_resource(level, public_id)
     assert resource is not None
     return resource.is_stable
 
 
-async def stable_changes(index: SqlIndex) -> list[tuple[ChangeType, str]]:
+async def stable_changes(index: Index) -> list[tuple[ChangeType, str]]:
     page = await index.get_changes(0, 1000)
     return [(c.change_type, c.id) for c in page.changes if c.change_type.value.startswith("Stable")]
 
 
-async def test_store_marks_parents_unstable_until_emitted_once(index: SqlIndex) -> None:
+async def test_store_marks_parents_unstable_until_emitted_once(index: Index) -> None:
     before = time.time()
     stored = command("P1")
     assert (await index.store_instance(stored)).status is StoreStatus.SUCCESS
@@ -66,14 +66,14 @@ async def test_store_marks_parents_unstable_until_emitted_once(index: SqlIndex) 
     assert await index.unstable_resources() == []
 
 
-async def test_already_stored_does_not_reset_the_timer(index: SqlIndex) -> None:
+async def test_already_stored_does_not_reset_the_timer(index: Index) -> None:
     await index.store_instance(command("P1"))
     first = {r.public_id: r.touched_at for r in await index.unstable_resources()}
     assert (await index.store_instance(command("P1"))).status is StoreStatus.ALREADY_STORED
     assert {r.public_id: r.touched_at for r in await index.unstable_resources()} == first
 
 
-async def test_new_instance_starts_a_new_quiet_period(index: SqlIndex) -> None:
+async def test_new_instance_starts_a_new_quiet_period(index: Index) -> None:
     stored = command("P1")
     await index.store_instance(stored)
     cutoff = time.time() + 0.001
@@ -87,7 +87,7 @@ async def test_new_instance_starts_a_new_quiet_period(index: SqlIndex) -> None:
     assert len(await stable_changes(index)) == 6
 
 
-async def test_deleted_resources_get_no_stable_change(index: SqlIndex) -> None:
+async def test_deleted_resources_get_no_stable_change(index: Index) -> None:
     kept, gone = command("P1"), command("P2")
     await index.store_instance(kept)
     await index.store_instance(gone)
@@ -96,7 +96,7 @@ async def test_deleted_resources_get_no_stable_change(index: SqlIndex) -> None:
     assert {c.id for c in changes} == {kept.patient_id, kept.study_id, kept.series_id}
 
 
-async def test_concurrent_emitters_emit_each_change_once(index: SqlIndex) -> None:
+async def test_concurrent_emitters_emit_each_change_once(index: Index) -> None:
     commands = [command(f"P{n}") for n in range(20)]
     for stored in commands:
         await index.store_instance(stored)

@@ -11,8 +11,8 @@ import pytest
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.local_bus import LocalBus
 from dicomkeep.common.adapters.memory_clock import MemoryClock
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
+from dicomkeep.common.index import Index
 from dicomkeep.common.receiving import Receiver, Submit
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.app import create_app
@@ -36,7 +36,7 @@ def submit() -> Submit | None:
 async def gateway(
     tmp_path: Path, settings: Settings, submit: Submit | None
 ) -> AsyncIterator[Gateway]:
-    index = SqlIndex(SqliteDatabase(tmp_path / "index"))
+    index = Index(SqliteDatabase(tmp_path / "index"))
     await index.open()
     blobs = FileBlobStore(tmp_path / "storage")
     bus = LocalBus()

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pydicom
 from dicomkeep.common.adapters.memory_clock import MemoryClock
-from dicomkeep.common.adapters.sql_index import SqlIndex
+from dicomkeep.common.index import Index
 from dicomkeep.gateway.context import GatewayContext
 from pydicom.data import get_testdata_file
 
@@ -50,7 +50,7 @@ class Gateway:
     """One app with its adapters and a client on it."""
 
     ctx: GatewayContext
-    index: SqlIndex
+    index: Index
     clock: MemoryClock
     client: httpx.AsyncClient
     make_client: Callable[..., httpx.AsyncClient]

@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from dicom_peers import storage_scp
 from dicomkeep.common.errors import OrthancError
+from dicomkeep.common.index import JobState
 from dicomkeep.common.modalities import parse_modality
-from dicomkeep.common.ports.jobs import JobState
 from dicomkeep.common.settings import Settings
 from dicomkeep.jobs.usecases import Deps
 from dicomkeep.jobs.worker import JobWorkers

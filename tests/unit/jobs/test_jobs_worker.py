@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 from dicom_peers import storage_scp
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.errors import ErrorCode
 from dicomkeep.common.events import ChangeType
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index, JobAction, JobOutcome, JobRecord, JobState, JobUpdate
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, store_job
 from dicomkeep.common.modalities import parse_modality
-from dicomkeep.common.ports.jobs import JobAction, JobOutcome, JobRecord, JobState, JobUpdate
 from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.synthetic import generate_study
@@ -30,15 +29,15 @@ LEASE = 0.3  # heartbeats every 0.1 s
 
 
 @pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[SqlIndex]:
-    idx = SqlIndex(SqliteDatabase(tmp_path / "index"))
+async def index(tmp_path: Path) -> AsyncIterator[Index]:
+    idx = Index(SqliteDatabase(tmp_path / "index"))
     await idx.open()
     yield idx
     await idx.close()
 
 
 @pytest.fixture
-def deps(index: SqlIndex, tmp_path: Path) -> Deps:
+def deps(index: Index, tmp_path: Path) -> Deps:
     return Deps(Settings(), index, FileBlobStore(tmp_path / "storage"))
 
 
@@ -49,13 +48,13 @@ async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0)
         await asyncio.sleep(0.02)
 
 
-async def state_of(index: SqlIndex, job_id: str) -> JobRecord:
+async def state_of(index: Index, job_id: str) -> JobRecord:
     job = await index.jobs.get_job(job_id)
     assert job is not None
     return job
 
 
-def workers(index: SqlIndex, deps: Deps, executor: Any, concurrency: int = 1) -> JobWorkers:
+def workers(index: Index, deps: Deps, executor: Any, concurrency: int = 1) -> JobWorkers:
     return JobWorkers(
         index.jobs, deps, concurrency=concurrency, history_size=10, lease=LEASE, poll=0.05,
         execute_job=executor,
@@ -99,7 +98,7 @@ class Steps:
         return success(JobUpdate(100, {"Done": position}, {"Checkpoint": {"Next": position}}))
 
 
-async def test_job_runs_to_success_with_events(index: SqlIndex, deps: Deps) -> None:
+async def test_job_runs_to_success_with_events(index: Index, deps: Deps) -> None:
     steps = Steps()
     steps.gate.set()
     engine = workers(index, deps, steps)
@@ -115,12 +114,12 @@ async def test_job_runs_to_success_with_events(index: SqlIndex, deps: Deps) -> N
     assert types == [ChangeType.JOB_SUBMITTED, ChangeType.JOB_SUCCESS]
 
 
-async def _is(index: SqlIndex, job_id: str, state: JobState) -> bool:
+async def _is(index: Index, job_id: str, state: JobState) -> bool:
     job = await index.jobs.get_job(job_id)
     return job is not None and job.state is state
 
 
-async def test_crashing_executor_fails_the_job(index: SqlIndex, deps: Deps) -> None:
+async def test_crashing_executor_fails_the_job(index: Index, deps: Deps) -> None:
     async def crash(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
         raise RuntimeError("boom")
 
@@ -135,7 +134,7 @@ async def test_crashing_executor_fails_the_job(index: SqlIndex, deps: Deps) -> N
     assert failed.error_code == ErrorCode.INTERNAL_ERROR.status and failed.error_details == "boom"
 
 
-async def test_cancel_and_pause_reach_a_running_job(index: SqlIndex, deps: Deps) -> None:
+async def test_cancel_and_pause_reach_a_running_job(index: Index, deps: Deps) -> None:
     steps = Steps()
     engine = workers(index, deps, steps)
     job = await index.jobs.submit_job("Fake", {}, {})
@@ -166,7 +165,7 @@ async def test_cancel_and_pause_reach_a_running_job(index: SqlIndex, deps: Deps)
     assert cancelled.attempts == 2
 
 
-async def test_priority_decides_the_order(index: SqlIndex, deps: Deps) -> None:
+async def test_priority_decides_the_order(index: Index, deps: Deps) -> None:
     order: list[int] = []
 
     async def record(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
@@ -184,12 +183,12 @@ async def test_priority_decides_the_order(index: SqlIndex, deps: Deps) -> None:
     assert order == [7, 3, 0, -5]
 
 
-async def _count_done(index: SqlIndex, count: int) -> bool:
+async def _count_done(index: Index, count: int) -> bool:
     return sum(j.state is JobState.SUCCESS for j in await index.jobs.list_jobs()) == count
 
 
 async def test_stopped_worker_gives_the_job_back_and_another_finishes_it(
-    index: SqlIndex, deps: Deps
+    index: Index, deps: Deps
 ) -> None:
     first = Steps(hold_at=2)
     engine = workers(index, deps, first)
@@ -213,13 +212,13 @@ async def test_stopped_worker_gives_the_job_back_and_another_finishes_it(
     assert (await state_of(index, job.id)).attempts == 2
 
 
-async def _checkpointed(index: SqlIndex, job_id: str) -> bool:
+async def _checkpointed(index: Index, job_id: str) -> bool:
     job = await index.jobs.get_job(job_id)
     return job is not None and job.payload.get("Checkpoint", {}).get("Next", 0) > 0
 
 
 async def test_a_worker_that_lost_its_lease_does_not_record_an_outcome(
-    index: SqlIndex, deps: Deps, caplog: pytest.LogCaptureFixture
+    index: Index, deps: Deps, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A worker cut off from the index (heartbeats failing) loses the job to another
     worker, which finishes it; the first one's outcome is dropped, not recorded twice."""
@@ -264,7 +263,7 @@ class _Wrapped:
         return self._overrides.get(name) or getattr(self._inner, name)
 
 
-async def test_store_job_resumes_from_its_checkpoint(index: SqlIndex, deps: Deps) -> None:
+async def test_store_job_resumes_from_its_checkpoint(index: Index, deps: Deps) -> None:
     """The real DicomModalityStore executor sends only what its checkpoint has not."""
     study = generate_study(series=1, instances_per_series=4, seed=21)
     receiver = Receiver(deps.blobs, index.store_instance)
@@ -285,7 +284,7 @@ async def test_store_job_resumes_from_its_checkpoint(index: SqlIndex, deps: Deps
     assert (await index.get_resource(Level.INSTANCE, ids[0])) is not None
 
 
-async def test_store_job_to_nobody_fails_with_network_error(index: SqlIndex, deps: Deps) -> None:
+async def test_store_job_to_nobody_fails_with_network_error(index: Index, deps: Deps) -> None:
     from servers import free_port
 
     study = generate_study(series=1, instances_per_series=1, seed=22)

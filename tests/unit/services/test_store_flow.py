@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.local_bus import LocalBus
-from dicomkeep.common.adapters.sql_index import SqlIndex
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import CHANGES_EXCHANGE, StoreInstance, StoreReply, StoreStatus
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.indexer.usecases import relay_outbox
 from dicomkeep.storage.usecases import collect_orphans, purge_released
@@ -25,8 +25,8 @@ CT = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
 
 
 @pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[SqlIndex]:
-    idx = SqlIndex(SqliteDatabase(tmp_path / "index"))
+async def index(tmp_path: Path) -> AsyncIterator[Index]:
+    idx = Index(SqliteDatabase(tmp_path / "index"))
     await idx.open()
     yield idx
     await idx.close()
@@ -41,7 +41,7 @@ async def keys(blobs: FileBlobStore) -> list[str]:
     return [key async for key in blobs.keys()]
 
 
-async def test_receive_stores_blob_and_rows(index: SqlIndex, blobs: FileBlobStore) -> None:
+async def test_receive_stores_blob_and_rows(index: Index, blobs: FileBlobStore) -> None:
     received = await Receiver(blobs, index.store_instance).receive(CT, Origin("RestApi", "10.0.0.1"))
     assert received.reply.status is StoreStatus.SUCCESS
     instance = await index.get_resource(Level.INSTANCE, received.parsed.ids[3])
@@ -50,7 +50,7 @@ async def test_receive_stores_blob_and_rows(index: SqlIndex, blobs: FileBlobStor
     assert instance.metadata[8] == "RestApi" and instance.metadata[11] == "10.0.0.1"
 
 
-async def test_compression_writes_zlib_and_prefix(index: SqlIndex, blobs: FileBlobStore) -> None:
+async def test_compression_writes_zlib_and_prefix(index: Index, blobs: FileBlobStore) -> None:
     receiver = Receiver(blobs, index.store_instance, compression=True)
     received = await receiver.receive(CT, Origin("RestApi"))
     attachments = await index.list_attachments(Level.INSTANCE, received.parsed.ids[3])
@@ -62,7 +62,7 @@ async def test_compression_writes_zlib_and_prefix(index: SqlIndex, blobs: FileBl
     assert stored[:8] == len(CT).to_bytes(8, "little") and dicom.compressed_size == len(stored)
 
 
-async def test_refused_store_leaves_no_blob(index: SqlIndex, blobs: FileBlobStore) -> None:
+async def test_refused_store_leaves_no_blob(index: Index, blobs: FileBlobStore) -> None:
     async def refuse(command: StoreInstance) -> StoreReply:
         return StoreReply(status=StoreStatus.FAILURE, instance_id=command.instance_id,
                           error_code="FULL_STORAGE", details="full")
@@ -73,14 +73,14 @@ async def test_refused_store_leaves_no_blob(index: SqlIndex, blobs: FileBlobStor
     assert await keys(blobs) == []
 
 
-async def test_bad_file_writes_nothing(index: SqlIndex, blobs: FileBlobStore) -> None:
+async def test_bad_file_writes_nothing(index: Index, blobs: FileBlobStore) -> None:
     with pytest.raises(OrthancError):
         await Receiver(blobs, index.store_instance).receive(CT[:500], Origin("RestApi"))
     assert await keys(blobs) == []
     assert await index.list_resources(Level.INSTANCE) == []
 
 
-async def test_relay_publishes_in_seq_order_once(index: SqlIndex, blobs: FileBlobStore) -> None:
+async def test_relay_publishes_in_seq_order_once(index: Index, blobs: FileBlobStore) -> None:
     bus = LocalBus()
     await bus.start()
     got: list[tuple[str, Mapping[str, str]]] = []
@@ -102,7 +102,7 @@ async def test_relay_publishes_in_seq_order_once(index: SqlIndex, blobs: FileBlo
     assert '"ChangeType":"NewInstance"' in got[0][0]
 
 
-async def test_purge_and_orphan_collection(index: SqlIndex, blobs: FileBlobStore) -> None:
+async def test_purge_and_orphan_collection(index: Index, blobs: FileBlobStore) -> None:
     received = await Receiver(blobs, index.store_instance).receive(CT, Origin("RestApi"))
     kept = (await keys(blobs))[0]
     stray = "0123abcd-0000-4000-8000-000000000000"

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from dicomkeep.common.adapters.local_bus import LocalBus
 from dicomkeep.common.adapters.memory_clock import MemoryClock
-from dicomkeep.common.adapters.sql_index import SqlIndex
-from dicomkeep.common.adapters.sql_recycling import StorageLimits
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.events import ChangeType, StoreInstance
 from dicomkeep.common.ids import Level, hierarchy_ids
+from dicomkeep.common.index import Index, StorageLimits
 from dicomkeep.common.settings import Settings
 from dicomkeep.stability import main as stability
 from dicomkeep.stability.usecases import emit_due, on_change, rebuild_clock, reconcile
@@ -23,8 +22,8 @@ AGE = 1.0
 
 
 @pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[SqlIndex]:
-    opened = SqlIndex(SqliteDatabase(tmp_path / "index"))
+async def index(tmp_path: Path) -> AsyncIterator[Index]:
+    opened = Index(SqliteDatabase(tmp_path / "index"))
     await opened.open()
     yield opened
     await opened.close()
@@ -39,7 +38,7 @@ def command(patient: str, sop: str = "1.2.3.4.5") -> StoreInstance:
     )
 
 
-async def store_and_relay(index: SqlIndex, clock: MemoryClock, stored: StoreInstance) -> float:
+async def store_and_relay(index: Index, clock: MemoryClock, stored: StoreInstance) -> float:
     """Store, then hand the outbox to `on_change` as the relay and the bus would;
     return the time just after the store."""
     await index.store_instance(stored)
@@ -55,7 +54,7 @@ def stable_kinds(changes: list[object]) -> list[tuple[ChangeType, str]]:
     return [(c.change_type, c.id) for c in changes]  # type: ignore[attr-defined]
 
 
-async def test_new_instance_touches_parents_and_deleted_forgets(index: SqlIndex) -> None:
+async def test_new_instance_touches_parents_and_deleted_forgets(index: Index) -> None:
     clock = MemoryClock()
     stored = command("P1")
     await store_and_relay(index, clock, stored)
@@ -69,7 +68,7 @@ async def test_new_instance_touches_parents_and_deleted_forgets(index: SqlIndex)
     assert not await clock.is_unstable(Level.STUDY, stored.study_id)
 
 
-async def test_emit_due_once_after_the_age(index: SqlIndex) -> None:
+async def test_emit_due_once_after_the_age(index: Index) -> None:
     clock = MemoryClock()
     stored = command("P1")
     after = await store_and_relay(index, clock, stored)
@@ -85,7 +84,7 @@ async def test_emit_due_once_after_the_age(index: SqlIndex) -> None:
     assert await reconcile(index, clock, now=time.time() + 100, stable_age=AGE, grace=1) == []
 
 
-async def test_a_replica_that_popped_then_died_loses_nothing(index: SqlIndex) -> None:
+async def test_a_replica_that_popped_then_died_loses_nothing(index: Index) -> None:
     clock = MemoryClock()
     after = await store_and_relay(index, clock, command("P1"))
     # A replica pops the due resources and dies before the index emits them.
@@ -101,7 +100,7 @@ async def test_a_replica_that_popped_then_died_loses_nothing(index: SqlIndex) ->
     assert await reconcile(index, clock, now=late + 9, stable_age=AGE, grace=1.0) == []
 
 
-async def test_a_lost_clock_is_rebuilt_from_the_index(index: SqlIndex) -> None:
+async def test_a_lost_clock_is_rebuilt_from_the_index(index: Index) -> None:
     after = await store_and_relay(index, MemoryClock(), command("P1"))
     fresh = MemoryClock()  # Redis flushed, or the process restarted
     assert await reconcile(index, fresh, now=after, stable_age=AGE, grace=1.0) == []
@@ -111,7 +110,7 @@ async def test_a_lost_clock_is_rebuilt_from_the_index(index: SqlIndex) -> None:
     assert await rebuild_clock(index, fresh) == 0
 
 
-async def test_concurrent_replicas_emit_once(index: SqlIndex) -> None:
+async def test_concurrent_replicas_emit_once(index: Index) -> None:
     clock = MemoryClock()
     for n in range(5):
         await store_and_relay(index, clock, command(f"P{n}"))
@@ -128,12 +127,12 @@ async def test_concurrent_replicas_emit_once(index: SqlIndex) -> None:
 
 
 async def test_service_start_enforces_limits_rebuilds_and_emits(tmp_path: Path) -> None:
-    unlimited = SqlIndex(SqliteDatabase(tmp_path / "index"))
+    unlimited = Index(SqliteDatabase(tmp_path / "index"))
     await unlimited.open()
     try:
         for patient in ("P1", "P2", "P3"):
             await unlimited.store_instance(command(patient))
-        index = SqlIndex(unlimited.db, limits=StorageLimits(maximum_patients=2))
+        index = Index(unlimited.db, limits=StorageLimits(maximum_patients=2))
         clock, bus = MemoryClock(), LocalBus()
         await bus.start()
         service = stability.build(

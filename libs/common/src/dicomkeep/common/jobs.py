@@ -14,9 +14,9 @@ import logging
 from typing import Any
 
 from dicomkeep.common.events import JOBS_QUEUE, SCHEMA_VERSION, RunJob
+from dicomkeep.common.index import JobRecord, JobStore
 from dicomkeep.common.modalities import Modality
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.jobs import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.ports.jobs import JobStore
+from dicomkeep.common.index import JobStore
 from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)

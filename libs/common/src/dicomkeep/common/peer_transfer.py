@@ -25,10 +25,10 @@ from typing import Any
 from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.peer_http import HttpOptions, PeerClient
 from dicomkeep.common.peers import Peer, bad_format
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.telemetry import tracer
 
 #: The job type (`Type` of `GET /jobs/{id}`), as Orthanc names it.

@@ -9,7 +9,7 @@ Where peers live: the `OrthancPeers` option is the base; `PUT`/`DELETE /peers/{n
 write an override (or a deletion marker) into the index (`Index.peers`), so every
 gateway replica and jobs worker sees the same peers and REST changes survive
 restarts. The effective set is the configuration with the overrides applied, as
-`DicomModalities` are handled (ports/jobs.py). Unlike Orthanc with
+`DicomModalities` are handled (index/jobs.py). Unlike Orthanc with
 `OrthancPeersInDatabase` false, a REST change is therefore never lost at restart;
 a configuration change to a peer that was also changed through REST is shadowed
 by the REST value until `DELETE` (then `PUT` again) clears it.
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.ports.peers import PeerStore
+from dicomkeep.common.index import PeerStore
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 #: Keys of the object form with a meaning; any other key is a user property.

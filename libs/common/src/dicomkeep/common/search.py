@@ -31,8 +31,8 @@ from dicomkeep.common.find import (
     tag_of,
 )
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
 
 log = logging.getLogger(__name__)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.clock import StabilityClock
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 
 
@@ -23,22 +23,21 @@ def is_distributed(settings: Settings) -> bool:
 
 def make_index(settings: Settings) -> Index:
     """Return the (unopened) index: PostgreSQL or SQLite under IndexDirectory."""
-    from dicomkeep.common.adapters.sql_index import SqlIndex
-    from dicomkeep.common.adapters.sql_recycling import StorageLimits
+    from dicomkeep.common.index import StorageLimits
 
     limits = StorageLimits.from_settings(settings)
     if is_distributed(settings):
         from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 
         pg = settings.postgresql
-        return SqlIndex(
+        return Index(
             PostgresDatabase(pg.dsn(), size=pg.index_connections_count),
             max_retries=pg.maximum_connection_retries,
             limits=limits,
         )
     from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 
-    return SqlIndex(
+    return Index(
         SqliteDatabase(Path(settings.effective_index_directory) / "index"), limits=limits
     )
 

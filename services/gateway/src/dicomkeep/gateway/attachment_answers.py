@@ -13,7 +13,7 @@ from dicomkeep.common.attachments import NO_COMPRESSION
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError, unknown_resource
 from dicomkeep.common.events import AttachmentInfo
 from dicomkeep.common.ids import Level
-from dicomkeep.common.ports.index import Index
+from dicomkeep.common.index import Index
 from dicomkeep.gateway.attachment_streams import CHUNK_BYTES, CorruptedBlob
 from dicomkeep.gateway.responses import OrthancJSONResponse, plain
 from starlette.responses import Response, StreamingResponse

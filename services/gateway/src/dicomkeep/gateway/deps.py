@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.clock import StabilityClock
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.context import GatewayContext
@@ -23,7 +23,7 @@ def get_context(request: Request) -> GatewayContext:
 
 
 def get_index(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Index:
-    """Return the Index port."""
+    """Return the index."""
     return ctx.index
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.ports.index import Expected
+from dicomkeep.common.index import Expected
 from starlette.requests import Request
 
 IF_MATCH = "If-Match"

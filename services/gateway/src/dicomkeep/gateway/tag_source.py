@@ -11,8 +11,8 @@ from __future__ import annotations
 from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, read_attachment
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
 
 
 async def dicom_for_tags(

@@ -9,8 +9,8 @@ from typing import Any
 
 from dicomkeep.common.errors import NoAnswer
 from dicomkeep.common.ids import Level, resource_path
+from dicomkeep.common.index import Index, Resource
 from dicomkeep.common.ports.clock import StabilityClock
-from dicomkeep.common.ports.index import Index, Resource
 from dicomkeep.common.series_status import series_status
 from dicomkeep.gateway.args import TagFormat
 from pydicom.datadict import tag_for_keyword

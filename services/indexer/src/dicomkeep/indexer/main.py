@@ -8,8 +8,8 @@ import logging
 from collections.abc import Mapping
 
 from dicomkeep.common.events import STORE_QUEUE
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import make_bus, make_index
 from dicomkeep.indexer.usecases import database_identity, relay_outbox, store

@@ -15,6 +15,7 @@ from dicomkeep.common.events import (
     OutboxEvent,
     StoreInstance,
 )
+from dicomkeep.common.index import Index
 from dicomkeep.common.metrics import (
     CHANGES_PUBLISHED,
     OUTBOX_LAG,
@@ -22,7 +23,6 @@ from dicomkeep.common.metrics import (
     STORE_TRANSACTIONS,
 )
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.telemetry import SpanKind, current_traceparent, span_from, tracer
 
 log = logging.getLogger(__name__)

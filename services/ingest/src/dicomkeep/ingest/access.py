@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dicomkeep.common.ports.index import Index
+from dicomkeep.common.index import Index
 from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -29,9 +29,9 @@ from dicomkeep.common.find import (
     vr_of,
 )
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.logs import patient_text
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.search import (
     NEVER,
     FileReader,

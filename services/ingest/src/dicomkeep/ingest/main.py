@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import make_bus, make_index, open_blobs

@@ -34,12 +34,12 @@ from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.dicom_scu import REQUESTOR_HANDLERS, read_dataset, store_contexts
 from dicomkeep.common.find import Constraint, Kind
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, store_job, submit
 from dicomkeep.common.logs import patient_text
 from dicomkeep.common.modalities import Modality, by_aet, load_modalities
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.telemetry import traced
 from dicomkeep.ingest.access import effective_modalities, is_allowed

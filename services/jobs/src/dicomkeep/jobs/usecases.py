@@ -21,12 +21,11 @@ from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index, JobAction, JobOutcome, JobRecord, JobState, JobUpdate
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, DICOM_MOVE_SCU
 from dicomkeep.common.peer_http import HttpOptions
 from dicomkeep.common.peers import find_peer
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
-from dicomkeep.common.ports.jobs import JobAction, JobOutcome, JobRecord, JobState, JobUpdate
 from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import time
 import uuid
 
 from dicomkeep.common.errors import ErrorCode
+from dicomkeep.common.index import JobOutcome, JobRecord, JobStore, JobUpdate, LeaseLost
 from dicomkeep.common.metrics import JOB_SECONDS, JOBS_FINISHED, JOBS_RUNNING
-from dicomkeep.common.ports.jobs import JobOutcome, JobRecord, JobStore, JobUpdate, LeaseLost
 from dicomkeep.common.telemetry import tracer
 from dicomkeep.jobs.usecases import Deps, Executor, JobRun, execute, failure
 

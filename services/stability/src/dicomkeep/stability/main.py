@@ -16,10 +16,10 @@ import time
 from collections.abc import Mapping
 
 from dicomkeep.common.events import CHANGES_EXCHANGE
+from dicomkeep.common.index import Index
 from dicomkeep.common.metrics import STABILITY_BACKLOG
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.clock import StabilityClock
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import make_bus, make_index, open_clock
 from dicomkeep.stability.usecases import emit_due, on_change, rebuild_clock, reconcile

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 
 from dicomkeep.common.events import Change, ChangeType
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Index
 from dicomkeep.common.metrics import STABLE_EVENTS
 from dicomkeep.common.ports.clock import StabilityClock
-from dicomkeep.common.ports.index import Index
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import time
 from collections.abc import Mapping
 
 from dicomkeep.common.events import CHANGES_EXCHANGE
+from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import make_bus, make_index, open_blobs
 from dicomkeep.storage.usecases import collect_orphans, purge_released

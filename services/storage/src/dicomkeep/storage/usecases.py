@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
+from dicomkeep.common.index import Index
 from dicomkeep.common.metrics import BLOBS_DELETED
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""PostgreSQL under `SqlIndex` (asyncpg, a connection pool).
+"""PostgreSQL under the index (asyncpg, a connection pool).
 
 Transactions run at READ COMMITTED: the store transaction relies on
 `INSERT ... ON CONFLICT DO NOTHING` (which waits for a concurrent inserter and

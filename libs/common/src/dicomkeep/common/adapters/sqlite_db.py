@@ -1,4 +1,4 @@
-"""SQLite under `SqlIndex`: one writer connection, a pool of readers, WAL mode.
+"""SQLite under the index: one writer connection, a pool of readers, WAL mode.
 
 sqlite3 blocks, so each connection lives on its own thread (a one-worker
 executor) and the event loop only awaits it. Writers are serialised by an

@@ -1,4 +1,4 @@
-"""The SQL database seam under `SqlIndex`: one index logic over SQLite and PostgreSQL.
+"""The SQL database port under the index: one index logic over SQLite and PostgreSQL.
 
 Statements use PostgreSQL's `$1` placeholders; the SQLite adapter rewrites them to
 `?1`. Rows are tuples (positional access).

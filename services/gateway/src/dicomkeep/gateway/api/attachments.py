@@ -19,8 +19,8 @@ from dicomkeep.common.attachments import DICOM_AS_JSON, NO_COMPRESSION
 from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
 from dicomkeep.common.events import AttachmentInfo
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import Expected
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Expected
 from dicomkeep.gateway.args import bool_arg
 from dicomkeep.gateway.attachment_answers import (
     RENDERERS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dicomkeep.common.ports.index import ChangesPage
+from dicomkeep.common.index import ChangesPage
 from dicomkeep.gateway.deps import IndexDep
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty
 from fastapi import APIRouter, Request

@@ -15,9 +15,9 @@ from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.dicom_json import content_value, header_json, tags_json
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
+from dicomkeep.common.index import Index
 from dicomkeep.common.logs import patient_text
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.receiving import Origin, Received, Receiver
 from dicomkeep.gateway.args import bool_arg, tag_format
 from dicomkeep.gateway.deps import BlobsDep, IndexDep, ReceiverDep, UsernameDep

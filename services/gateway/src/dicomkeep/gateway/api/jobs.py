@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
+from dicomkeep.common.index import JobAction, JobRecord, JobState
 from dicomkeep.common.jobs import job_path, wait_for_job, wake_workers
-from dicomkeep.common.ports.jobs import JobAction, JobRecord, JobState
 from dicomkeep.common.timestamps import job_stamp
 from dicomkeep.gateway.args import bool_arg
 from dicomkeep.gateway.context import GatewayContext

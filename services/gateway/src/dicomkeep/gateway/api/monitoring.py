@@ -14,9 +14,9 @@ import time
 from collections import Counter
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.index import JobState
 from dicomkeep.common.logs import LOG_LEVELS, get_log_level, set_log_level
 from dicomkeep.common.metrics import ORTHANC_METRICS
-from dicomkeep.common.ports.jobs import JobState
 from dicomkeep.gateway.deps import IndexDep
 from dicomkeep.gateway.responses import plain
 from fastapi import APIRouter, Request

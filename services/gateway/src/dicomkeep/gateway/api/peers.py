@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
+from dicomkeep.common.index import Index
 from dicomkeep.common.jobs import submit
 from dicomkeep.common.peer_http import HttpOptions, PeerClient, PeerHttpError
 from dicomkeep.common.peer_transfer import (
@@ -22,7 +23,6 @@ from dicomkeep.common.peer_transfer import (
     parse_store_body,
 )
 from dicomkeep.common.peers import Peer, check_name, find_peer, load_peers, parse_peer
-from dicomkeep.common.ports.index import Index
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.api.jobs import job_answer
 from dicomkeep.gateway.args import bool_arg

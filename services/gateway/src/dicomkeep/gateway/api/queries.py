@@ -20,9 +20,9 @@ from dicomkeep.common.dicom_scu import DicomNetworkError, Peer
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.find import COMPUTED_TAGS
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index import JobStore, QueryRecord
 from dicomkeep.common.jobs import DICOM_MOVE_SCU, move_job, submit
 from dicomkeep.common.modalities import get_modality
-from dicomkeep.common.ports.jobs import JobStore, QueryRecord
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.api.jobs import job_answer
 from dicomkeep.gateway.args import bool_arg, tag_format

@@ -12,7 +12,7 @@ from typing import Any
 
 from dicomkeep.common.errors import NoAnswer, unknown_resource
 from dicomkeep.common.ids import Level
-from dicomkeep.common.ports.index import Statistics
+from dicomkeep.common.index import Statistics
 from dicomkeep.gateway.args import bool_arg, paging, tag_format
 from dicomkeep.gateway.deps import ClockDep, IndexDep
 from dicomkeep.gateway.responses import OrthancJSONResponse

@@ -1,8 +1,8 @@
 """The store transaction (ARCHITECTURE.md step 3), as one unit over an open `Tx`.
 
 Mirrors Orthanc's ServerIndex::Store: hierarchy upsert, AlreadyStored or
-OverwriteInstances, recycling under the storage limits (sql_recycling.py),
-attachments, core metadata, LastUpdate, unstable parents (sql_stability.py),
+OverwriteInstances, recycling under the storage limits (recycling.py),
+attachments, core metadata, LastUpdate, unstable parents (stability.py),
 recycling order, and the changes NewInstance, NewSeries, NewStudy, NewPatient,
 CompletedSeries.
 """
@@ -12,17 +12,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from dicomkeep.common.adapters.sql_stability import touch_unstable
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import ChangeType, StoreInstance, StoreStatus
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index.stability import touch_unstable
 from dicomkeep.common.ports.database import Tx
 from dicomkeep.common.series_status import SeriesStatus, series_status
 from dicomkeep.common.timestamps import now_stamp
 
 if TYPE_CHECKING:
-    from dicomkeep.common.adapters.sql_changes import PendingChanges
-    from dicomkeep.common.adapters.sql_index import SqlIndex
+    from dicomkeep.common.index.changes import PendingChanges
+    from dicomkeep.common.index.core import Index
 
 INDEX_IN_SERIES = 1
 RECEPTION_DATE = 2
@@ -34,7 +34,7 @@ class StoreTransaction:
     """One StoreInstance inside an open transaction."""
 
     def __init__(
-        self, tx: Tx, index: SqlIndex, pending: PendingChanges, command: StoreInstance
+        self, tx: Tx, index: Index, pending: PendingChanges, command: StoreInstance
     ) -> None:
         self.tx = tx
         self.index = index
@@ -43,7 +43,7 @@ class StoreTransaction:
 
     async def run(self) -> StoreStatus:
         """Store the instance; return Success or AlreadyStored."""
-        from dicomkeep.common.adapters.sql_changes import PendingChanges
+        from dicomkeep.common.index.changes import PendingChanges
 
         command = self.command
         tx = self.tx

@@ -3,7 +3,7 @@
 Every committed change is written to `changes` (when Orthanc logs it) and to
 `outbox` in the same transaction, so a crash between commit and publication
 loses nothing: the relay publishes the outbox later (ARCHITECTURE.md step 5).
-Part of `SqlIndex`, which delegates here.
+Part of `Index`, which delegates here.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 from dicomkeep.common.events import Change, ChangeType, OutboxEvent
 from dicomkeep.common.ids import Level, resource_path
+from dicomkeep.common.index.records import ChangesPage
 from dicomkeep.common.ports.database import Tx
-from dicomkeep.common.ports.index import ChangesPage
 from dicomkeep.common.timestamps import now_stamp
 
 T = TypeVar("T")
@@ -97,7 +97,7 @@ class PendingChanges:
         return changes
 
 
-class SqlChangeLog:
+class ChangeLog:
     """Changes, outbox and pending blob deletions, each method one transaction."""
 
     def __init__(self, run: Run) -> None:

@@ -1,10 +1,10 @@
-"""The JobStore port over the `Database` seam: jobs, modalities and queries tables.
+"""Jobs, modalities and REST queries in the index: the jobs, modalities and queries tables.
 
-Written once for SQLite and PostgreSQL, like `SqlIndex` (which hands it its
+Written once for SQLite and PostgreSQL, like `Index` (which hands it its
 database and its retrying transaction runner). Job events go to the outbox in
 the job's own transaction, so JobSubmitted/JobSuccess/JobFailure are published
 exactly when the state they announce is committed. The tables are created with
-the rest of the index schema (`sql_schema.JOBS_SCHEMA`).
+the rest of the index schema (`schema.JOBS_SCHEMA`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from dicomkeep.common.adapters.sql_changes import PendingChanges
 from dicomkeep.common.errors import ErrorCode
 from dicomkeep.common.events import ChangeType
-from dicomkeep.common.ports.database import Database, Tx
-from dicomkeep.common.ports.jobs import (
+from dicomkeep.common.index.changes import PendingChanges
+from dicomkeep.common.index.job_records import (
     JobAction,
     JobOutcome,
     JobRecord,
@@ -29,6 +28,7 @@ from dicomkeep.common.ports.jobs import (
     LeaseLost,
     QueryRecord,
 )
+from dicomkeep.common.ports.database import Database, Tx
 from dicomkeep.common.timestamps import job_stamp
 
 T = TypeVar("T")
@@ -67,8 +67,8 @@ def _job(row: Sequence[Any]) -> JobRecord:
     )
 
 
-class SqlJobStore:
-    """Jobs, modalities and queries in the index database (see ports/jobs.py)."""
+class JobStore:
+    """Jobs, modalities and queries in the index database (records in job_records.py)."""
 
     def __init__(self, db: Database, run: Runner) -> None:
         self.db = db
@@ -91,7 +91,7 @@ class SqlJobStore:
         payload: dict[str, Any],
         priority: int = 0,
     ) -> JobRecord:
-        """Insert a Pending job and announce it (JobSubmitted) in one transaction."""
+        """Insert a Pending job and publish JobSubmitted (outbox) in the same transaction."""
         job_id = str(uuid.uuid4())
 
         async def body(tx: Tx) -> JobRecord:
@@ -125,7 +125,7 @@ class SqlJobStore:
         return _job(row)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
-        """Return one job, or None if unknown."""
+        """Return one job, or None if unknown (or dropped from the history)."""
 
         async def body(tx: Tx) -> JobRecord | None:
             row = await tx.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1", job_id)
@@ -145,7 +145,15 @@ class SqlJobStore:
         return result
 
     async def claim_job(self, worker: str, lease_seconds: float) -> JobRecord | None:
-        """Take the next job to run (see the port): expired leases first go to Retry."""
+        """Take the next job to run, or None.
+
+        Running jobs whose lease expired first go to Retry (a cancel or pause asked
+        meanwhile is applied then). The job taken is the Pending or Retry one with
+        the highest priority, oldest first; it becomes Running, owned by `worker`
+        until now + `lease_seconds`, and its `attempts` grows by one. Workers on
+        several hosts never take the same job (row locks with SKIP LOCKED on
+        PostgreSQL, the single writer on SQLite).
+        """
 
         async def body(tx: Tx) -> JobRecord | None:
             now = time.time()
@@ -218,7 +226,10 @@ class SqlJobStore:
     async def renew_job(
         self, job_id: str, worker: str, lease_seconds: float, update: JobUpdate | None
     ) -> JobAction | None:
-        """Extend the lease and record the checkpoint; return a pending cancel/pause."""
+        """Extend the lease, record the checkpoint if given; return a pending cancel/pause.
+
+        Raises LeaseLost when the job is no longer Running for this worker.
+        """
 
         async def body(tx: Tx) -> JobAction | None:
             job = await self._held(tx, job_id, worker)
@@ -257,7 +268,11 @@ class SqlJobStore:
     async def finish_job(
         self, job_id: str, worker: str, outcome: JobOutcome, history_size: int
     ) -> JobRecord:
-        """End the run (see the port)."""
+        """End the run: Success/Failure (publishing JobSuccess/JobFailure) or Paused.
+
+        Completed jobs beyond `history_size` (oldest completion first) are dropped,
+        as Orthanc's JobsHistorySize. Raises LeaseLost when `worker` no longer holds it.
+        """
 
         async def body(tx: Tx) -> JobRecord:
             await self._held(tx, job_id, worker)
@@ -291,7 +306,11 @@ class SqlJobStore:
             await tx.executemany("DELETE FROM jobs WHERE id = $1", stale)
 
     async def release_job(self, job_id: str, worker: str, update: JobUpdate | None) -> None:
-        """Give a Running job back to the queue (Retry) with its checkpoint."""
+        """Give a Running job back (state Retry, checkpoint kept) when its worker stops.
+
+        Another worker, or this one after a restart, resumes it from the checkpoint.
+        Does nothing when `worker` no longer holds the job.
+        """
 
         async def body(tx: Tx) -> None:
             try:
@@ -310,7 +329,12 @@ class SqlJobStore:
         await self._run(body)
 
     async def control_job(self, job_id: str, action: JobAction, history_size: int) -> bool:
-        """Apply an action per ORTHANC_API.md §10 (see the port)."""
+        """Apply cancel/pause/resume/resubmit as ORTHANC_API.md §10's table says.
+
+        Returns False when the job is unknown or the action is not allowed in its
+        state (the REST layer answers 400); True otherwise, no-ops included. A
+        cancel or pause of a Running job is recorded for its worker to apply.
+        """
 
         async def body(tx: Tx) -> bool:
             try:
@@ -355,7 +379,7 @@ class SqlJobStore:
         await tx.execute("UPDATE jobs SET control = $2 WHERE id = $1", job_id, action.value)
 
     async def delete_job(self, job_id: str) -> bool:
-        """Remove a completed job from the history."""
+        """Remove a completed job from the history; False if unknown or not completed."""
 
         async def body(tx: Tx) -> bool:
             found = await tx.fetchval(
@@ -373,7 +397,7 @@ class SqlJobStore:
 
     # -- modalities -------------------------------------------------------------------
     async def modality_overrides(self) -> dict[str, dict[str, Any] | None]:
-        """Return the modalities set or deleted through REST."""
+        """Return the modalities set through REST: name -> object form, None = deleted."""
 
         async def body(tx: Tx) -> dict[str, dict[str, Any] | None]:
             rows = await tx.fetch("SELECT name, value FROM modalities ORDER BY name")
@@ -383,7 +407,7 @@ class SqlJobStore:
         return result
 
     async def set_modality(self, name: str, value: dict[str, Any] | None) -> None:
-        """Record a modality, or its deletion (None)."""
+        """Record a modality (object form), or its deletion with None."""
 
         async def body(tx: Tx) -> None:
             await tx.execute(
@@ -397,7 +421,7 @@ class SqlJobStore:
 
     # -- queries ----------------------------------------------------------------------
     async def save_query(self, query: QueryRecord, keep: int) -> None:
-        """Store a query, dropping the oldest beyond `keep`."""
+        """Store a query with its answers, dropping the oldest beyond `keep` (LRU)."""
 
         async def body(tx: Tx) -> None:
             answers = [base64.b64encode(a).decode("ascii") for a in query.answers]
@@ -419,7 +443,7 @@ class SqlJobStore:
         await self._run(body)
 
     async def get_query(self, query_id: str) -> QueryRecord | None:
-        """Return one query, or None."""
+        """Return one query, or None if unknown."""
 
         async def body(tx: Tx) -> QueryRecord | None:
             row = await tx.fetchrow(
@@ -450,7 +474,7 @@ class SqlJobStore:
         return result
 
     async def delete_query(self, query_id: str) -> bool:
-        """Forget a query."""
+        """Forget a query; False if unknown."""
 
         async def body(tx: Tx) -> bool:
             found = await tx.fetchval("SELECT id FROM queries WHERE id = $1", query_id)

@@ -14,17 +14,6 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
-from dicomkeep.common.adapters import sql_find, sql_stability
-from dicomkeep.common.adapters.sql_annotations import (
-    ATTACHMENT_COLUMNS,
-    SqlAnnotations,
-    attachment_from_row,
-)
-from dicomkeep.common.adapters.sql_changes import PendingChanges, SqlChangeLog
-from dicomkeep.common.adapters.sql_peers import SqlPeerStore
-from dicomkeep.common.adapters.sql_recycling import Recycler, StorageLimits
-from dicomkeep.common.adapters.sql_schema import schema_for
-from dicomkeep.common.adapters.sql_store import StoreTransaction
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import (
     AttachmentInfo,
@@ -38,8 +27,17 @@ from dicomkeep.common.events import (
 )
 from dicomkeep.common.find import Constraint
 from dicomkeep.common.ids import Level
-from dicomkeep.common.ports.database import Database, RetryableError, Tx
-from dicomkeep.common.ports.index import (
+from dicomkeep.common.index import find as sql_find
+from dicomkeep.common.index import stability as sql_stability
+from dicomkeep.common.index.annotations import (
+    ATTACHMENT_COLUMNS,
+    Annotations,
+    attachment_from_row,
+)
+from dicomkeep.common.index.changes import ChangeLog, PendingChanges
+from dicomkeep.common.index.jobs import JobStore
+from dicomkeep.common.index.peers import PeerStore
+from dicomkeep.common.index.records import (
     ChangesPage,
     DeleteOutcome,
     Expected,
@@ -48,8 +46,10 @@ from dicomkeep.common.ports.index import (
     Statistics,
     UnstableResource,
 )
-from dicomkeep.common.ports.jobs import JobStore
-from dicomkeep.common.ports.peers import PeerStore
+from dicomkeep.common.index.recycling import Recycler, StorageLimits
+from dicomkeep.common.index.schema import schema_for
+from dicomkeep.common.index.store import StoreTransaction
+from dicomkeep.common.ports.database import Database, RetryableError, Tx
 from dicomkeep.common.timestamps import now_stamp
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ DESCENDANTS = """WITH RECURSIVE d(internal_id) AS (
     SELECT r.internal_id FROM resources r JOIN d ON r.parent_id = d.internal_id)"""
 
 
-class SqlIndex:
-    """The Index port over a SQL database. Every public method is one transaction."""
+class Index:
+    """The index of every DICOM resource over a SQL database. Every public method is one transaction."""
 
     def __init__(
         self, db: Database, *, max_retries: int = 10, limits: StorageLimits | None = None
@@ -76,28 +76,34 @@ class SqlIndex:
         self._max_retries = max_retries
         #: MaximumStorageSize/MaximumPatientCount, applied in the store transaction.
         self.recycler = Recycler(self, limits)
-        self.annotations = SqlAnnotations(self)
-        self.changelog = SqlChangeLog(self._run)
+        self.annotations = Annotations(self)
+        self.changelog = ChangeLog(self._run)
 
     async def open(self) -> None:
-        """Connect and apply the schema (idempotent)."""
+        """Connect and apply the schema migrations (idempotent)."""
         await self.db.open(schema_for(self.db.dialect))
 
     async def close(self) -> None:
         """Release connections."""
         await self.db.close()
 
+    async def __aenter__(self) -> Index:
+        """Open the index (`async with index:`); closed when the block ends."""
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     @property
     def jobs(self) -> JobStore:
-        """Jobs, modalities and REST queries, in this database (adapters/sql_jobs.py)."""
-        from dicomkeep.common.adapters.sql_jobs import SqlJobStore  # imports this module
-
-        return SqlJobStore(self.db, self._run)
+        """Jobs, registered modalities and REST queries kept in the index (index/jobs.py)."""
+        return JobStore(self.db, self._run)
 
     @property
     def peers(self) -> PeerStore:
-        """Orthanc peers set or deleted through REST (adapters/sql_peers.py)."""
-        return SqlPeerStore(self.db, self._run)
+        """Orthanc peers set or deleted through REST, kept in the index (index/peers.py)."""
+        return PeerStore(self.db, self._run)
 
     @property
     def for_update(self) -> str:
@@ -124,7 +130,13 @@ class SqlIndex:
 
     # -- store ---------------------------------------------------------------------
     async def store_instance(self, command: StoreInstance) -> StoreReply:
-        """Run the store transaction (see the port)."""
+        """Run the store transaction (ARCHITECTURE.md step 3).
+
+        Mirrors Orthanc's ServerIndex::Store: upsert patient/study/series, answer
+        AlreadyStored (changing nothing) when the instance exists and overwrite is
+        off, replace it when on; record attachments, metadata, LastUpdate and the
+        changes NewInstance, NewSeries, NewStudy, NewPatient, CompletedSeries.
+        """
 
         async def body(tx: Tx) -> StoreReply:
             pending = PendingChanges()
@@ -156,7 +168,7 @@ class SqlIndex:
         return None if value is None else int(value)
 
     async def get_resource(self, level: Level, public_id: str) -> Resource | None:
-        """Return one resource with its children, tags and metadata."""
+        """Return one resource, or None if unknown at this level."""
 
         async def body(tx: Tx) -> Resource | None:
             row = await tx.fetchrow(
@@ -244,7 +256,7 @@ class SqlIndex:
         return await self._run(body, readonly=True)
 
     async def lookup(self, identifier: str) -> list[tuple[Level, str]]:
-        """Find resources whose DICOM identifier equals `identifier`."""
+        """Find resources whose PatientID or Study/Series/SOP Instance UID equals this."""
 
         async def body(tx: Tx) -> list[tuple[Level, str]]:
             rows = await tx.fetch(
@@ -257,7 +269,7 @@ class SqlIndex:
         return await self._run(body, readonly=True)
 
     async def descendants(self, level: Level, public_id: str, target: Level) -> list[str]:
-        """Return the IDs of every descendant at `target` level, in index order."""
+        """Return the IDs of all descendants at `target` level (itself if same level)."""
 
         async def body(tx: Tx) -> list[str]:
             internal_id = await self._find(tx, level, public_id)
@@ -278,7 +290,13 @@ class SqlIndex:
         self, level: Level, constraints: Sequence[Constraint], *, since: int = 0,
         limit: int | None = None, labels: Sequence[str] = (), labels_constraint: str = "All",
     ) -> list[str]:
-        """Return the IDs matching every main-tag constraint (see sql_find.find_ids)."""
+        """Return the IDs at `level` matching every main-tag constraint, in index order.
+
+        Mirrors Orthanc's lookup: upper-level tags are those of the ancestors (patient
+        tags from the study's copy), lower-level tags hold if one descendant matches.
+        Skips `since` matches, returns at most `limit`. `labels` with `All`/`Any`/`None`.
+        Raises ValueError for a constraint whose `level` is None (read from files).
+        """
 
         async def body(tx: Tx) -> list[str]:
             return await sql_find.find_ids(
@@ -291,7 +309,8 @@ class SqlIndex:
     async def find_tags(
         self, level: Level, public_ids: Sequence[str], computed: Collection[str] = ()
     ) -> dict[str, dict[str, str]]:
-        """Return main (and computed) tags per resource (see sql_find.find_tags)."""
+        """Return per known resource its and its ancestors' main tags by keyword, plus
+        the asked computed tags of its level (`find.COMPUTED_TAGS`)."""
 
         async def body(tx: Tx) -> dict[str, dict[str, str]]:
             return await sql_find.find_tags(tx, self.db.dialect, level, public_ids, computed)
@@ -301,7 +320,7 @@ class SqlIndex:
     async def statistics(
         self, level: Level | None = None, public_id: str | None = None
     ) -> Statistics:
-        """Return global statistics, or those of one resource (zeros if unknown)."""
+        """Return global statistics, or those of one resource."""
 
         async def body(tx: Tx) -> Statistics:
             if level is None or public_id is None:
@@ -381,7 +400,11 @@ class SqlIndex:
         return deleted
 
     async def delete_resource(self, level: Level, public_id: str) -> DeleteOutcome | None:
-        """Delete a resource, its descendants and the ancestors left empty."""
+        """Delete a resource, its descendants and the ancestors left empty.
+
+        The blobs become pending deletions (`pending_blobs`); a Deleted event per
+        removed resource goes to the outbox. Returns None if the resource is unknown.
+        """
 
         async def body(tx: Tx) -> DeleteOutcome | None:
             row = await tx.fetchrow(
@@ -442,18 +465,22 @@ class SqlIndex:
             value,
         )
 
-    # -- metadata and attachments (adapters/sql_annotations.py) ------------------
+    # -- metadata and attachments (annotations.py) ------------------
     async def get_metadata(
         self, level: Level, public_id: str
     ) -> dict[int, MetadataValue] | None:
-        """Return all metadata of a resource, or None if unknown."""
+        """Return all metadata of a resource, or None if the resource is unknown."""
         return await self.annotations.get_metadata(level, public_id)
 
     async def set_metadata(
         self, level: Level, public_id: str, key: int, value: str, expected: Expected | None,
         *, check_revisions: bool,
     ) -> int:
-        """Create or replace a user metadata value; return its new revision."""
+        """Create or replace a metadata value; return its new revision.
+
+        Raises OrthancError UNKNOWN_RESOURCE or REVISION (ORTHANC_API.md §5).
+        Appends an UpdatedMetadata change.
+        """
         return await self.annotations.set_metadata(
             level, public_id, key, value, expected, check_revisions=check_revisions
         )
@@ -462,7 +489,7 @@ class SqlIndex:
         self, level: Level, public_id: str, key: int, expected: Expected | None,
         *, check_revisions: bool,
     ) -> None:
-        """Delete a user metadata value."""
+        """Delete a metadata value; raise UNKNOWN_RESOURCE if absent, REVISION on conflict."""
         await self.annotations.delete_metadata(
             level, public_id, key, expected, check_revisions=check_revisions
         )
@@ -470,14 +497,14 @@ class SqlIndex:
     async def list_attachments(
         self, level: Level, public_id: str
     ) -> list[AttachmentInfo] | None:
-        """Return the attachments of a resource, or None if unknown."""
+        """Return the attachments of a resource, or None if the resource is unknown."""
         return await self.annotations.list_attachments(level, public_id)
 
     async def set_attachment(
         self, level: Level, public_id: str, info: AttachmentInfo, expected: Expected | None,
         *, check_revisions: bool, log_change: bool = True,
     ) -> int:
-        """Create or replace an attachment; the replaced blob becomes pending."""
+        """Create or replace an attachment; the replaced blob becomes a pending deletion."""
         return await self.annotations.set_attachment(
             level, public_id, info, expected,
             check_revisions=check_revisions, log_change=log_change,
@@ -487,7 +514,7 @@ class SqlIndex:
         self, level: Level, public_id: str, content_type: int, expected: Expected | None,
         *, check_revisions: bool,
     ) -> None:
-        """Delete an attachment; its blob becomes pending."""
+        """Delete an attachment; its blob becomes a pending deletion."""
         await self.annotations.delete_attachment(
             level, public_id, content_type, expected, check_revisions=check_revisions
         )
@@ -522,7 +549,7 @@ class SqlIndex:
 
     # -- protection ----------------------------------------------------------------
     async def set_protected(self, patient_id: str, protected: bool) -> None:
-        """Protect a patient, or unprotect it (moved to the end of the recycling order)."""
+        """Protect a patient from recycling, or unprotect it (moved to the end)."""
 
         async def body(tx: Tx) -> None:
             internal_id = await self._find(tx, Level.PATIENT, patient_id)
@@ -552,7 +579,11 @@ class SqlIndex:
 
     # -- recycling and stability ---------------------------------------------------
     async def enforce_limits(self) -> list[tuple[Level, str]]:
-        """Recycle until the storage limits hold (adapters/sql_recycling.py)."""
+        """Recycle oldest unprotected patients until the storage limits hold.
+
+        Mirrors Orthanc's recycling at start-up (Recycle mode only; stops quietly
+        when only protected patients are left). Returns the deleted resources.
+        """
 
         async def body(tx: Tx) -> list[tuple[Level, str]]:
             await self.recycler.lock(tx)
@@ -566,7 +597,11 @@ class SqlIndex:
         return await self._run(body)
 
     async def emit_stable(self, cutoff: float, limit: int = 500) -> list[Change]:
-        """Append the Stable* changes now due (adapters/sql_stability.py)."""
+        """Append the Stable* change of resources whose last new instance is before
+        `cutoff` (UNIX time), at most `limit`, series then studies then patients.
+
+        Exactly once per quiet period, whichever replicas call it concurrently.
+        """
 
         async def body(tx: Tx) -> list[Change]:
             pending = PendingChanges()
@@ -583,24 +618,24 @@ class SqlIndex:
 
         return await self._run(body, readonly=True)
 
-    # -- changes, outbox, blob garbage (adapters/sql_changes.py) -----------------
+    # -- changes, outbox, blob garbage (changes.py) -----------------
     async def get_changes(self, since: int, limit: int) -> ChangesPage:
         """Return logged changes with Seq > since, ascending, at most `limit`."""
         return await self.changelog.get_changes(since, limit)
 
     async def last_change(self) -> ChangesPage:
-        """Return the latest logged change, if any."""
+        """Return the latest logged change (if any)."""
         return await self.changelog.last_change()
 
     async def clear_changes(self) -> None:
-        """Empty the changes log; the Seq counter goes on."""
+        """Empty the changes log (`DELETE /changes`); Seq is not reset."""
         await self.changelog.clear_changes()
 
     async def append_change(
         self, change_type: ChangeType, resource_type: str, public_id: str, path: str,
         headers: dict[str, str] | None = None,
     ) -> Change:
-        """Append one change to the log (when logged) and to the outbox."""
+        """Append one change (Stable*, job events) to the log and the outbox."""
         return await self.changelog.append_change(
             change_type, resource_type, public_id, path, headers
         )
@@ -610,11 +645,11 @@ class SqlIndex:
         return await self.changelog.outbox_batch(limit)
 
     async def outbox_done(self, seqs: Sequence[int]) -> None:
-        """Forget published events."""
+        """Mark events as published."""
         await self.changelog.outbox_done(seqs)
 
     async def pending_blobs(self, limit: int) -> list[str]:
-        """Return blob keys released by committed transactions."""
+        """Return blob keys that no row refers to any more and must be deleted."""
         return await self.changelog.pending_blobs(limit)
 
     async def blobs_deleted(self, keys: Sequence[str]) -> None:
@@ -622,7 +657,7 @@ class SqlIndex:
         await self.changelog.blobs_deleted(keys)
 
     async def referenced_blobs(self, keys: Sequence[str]) -> set[str]:
-        """Return the keys that an attachment row refers to."""
+        """Return the subset of keys that an attachment row refers to."""
         return await self.changelog.referenced_blobs(keys)
 
 
@@ -652,7 +687,7 @@ class SqlIndex:
         await self._run(body)
 
     async def try_lock(self, name: str) -> bool:
-        """Take a cluster-wide named lock for this process's lifetime, if free."""
+        """Take (or confirm holding) a cluster-wide named lock for this process."""
         return await self.db.try_lock(name)
 
 

@@ -1,6 +1,6 @@
 """Metadata and attachments of the index, with Orthanc's revision rules (§3-§5).
 
-Part of `SqlIndex` (which delegates here): every public method is one
+Part of `Index` (which delegates here): every public method is one
 transaction run through the index's retry loop.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dicomkeep.common.adapters.sql_changes import PendingChanges, md5_hex
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import AttachmentInfo, ChangeType
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index.changes import PendingChanges, md5_hex
+from dicomkeep.common.index.records import Expected, MetadataValue
 from dicomkeep.common.ports.database import Tx
-from dicomkeep.common.ports.index import Expected, MetadataValue
 
 if TYPE_CHECKING:
-    from dicomkeep.common.adapters.sql_index import SqlIndex
+    from dicomkeep.common.index.core import Index
 
 ATTACHMENT_COLUMNS = (
     "content_type, uuid, compressed_size, uncompressed_size, compression, "
@@ -41,10 +41,10 @@ def attachment_from_row(row: Sequence[Any]) -> AttachmentInfo:
     )
 
 
-class SqlAnnotations:
+class Annotations:
     """Metadata and attachments over the index's database."""
 
-    def __init__(self, index: SqlIndex) -> None:
+    def __init__(self, index: Index) -> None:
         self.index = index
 
     async def get_metadata(

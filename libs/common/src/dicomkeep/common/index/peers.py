@@ -1,8 +1,8 @@
-"""The PeerStore port over the `Database` seam: the `peers` table.
+"""Peers set through REST, over the `Database` port: the `peers` table.
 
-Written once for SQLite and PostgreSQL, like `SqlIndex` (which hands it its
+Written once for SQLite and PostgreSQL, like `Index` (which hands it its
 database and its retrying transaction runner). The table is created with the
-rest of the index schema (`PEERS_SCHEMA`, listed in `sql_schema`).
+rest of the index schema (`PEERS_SCHEMA`, listed in `schema`).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ PEERS_SCHEMA = [
 ]
 
 
-class SqlPeerStore:
-    """Peers set or deleted through REST, in the index database (see ports/peers.py)."""
+class PeerStore:
+    """Peers set or deleted through REST, in the index database (merged with OrthancPeers by common/peers.py)."""
 
     def __init__(self, db: Database, run: Runner) -> None:
         self.db = db
         self._run = run
 
     async def peer_overrides(self) -> dict[str, dict[str, Any] | None]:
-        """Return name -> object form, None for a deleted peer."""
+        """Return name -> complete object form (passwords included), None = deleted."""
 
         async def body(tx: Tx) -> dict[str, dict[str, Any] | None]:
             rows = await tx.fetch("SELECT name, value FROM peers ORDER BY name")
@@ -41,7 +41,7 @@ class SqlPeerStore:
         return result
 
     async def set_peer(self, name: str, value: dict[str, Any] | None) -> None:
-        """Record a peer, or its deletion (None); the last write wins."""
+        """Record a peer (object form), or its deletion with None. Idempotent."""
 
         async def body(tx: Tx) -> None:
             await tx.execute(

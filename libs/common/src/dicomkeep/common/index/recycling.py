@@ -26,8 +26,8 @@ from dicomkeep.common.ids import Level
 from dicomkeep.common.ports.database import Tx
 
 if TYPE_CHECKING:
-    from dicomkeep.common.adapters.sql_changes import PendingChanges
-    from dicomkeep.common.adapters.sql_index import SqlIndex
+    from dicomkeep.common.index.changes import PendingChanges
+    from dicomkeep.common.index.core import Index
     from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,9 @@ async def hold_writers_lock(tx: Tx, dialect: str) -> None:
 
 
 class Recycler:
-    """The recycling decisions of one `SqlIndex`, run inside its transactions."""
+    """The recycling decisions of one `Index`, run inside its transactions."""
 
-    def __init__(self, index: SqlIndex, limits: StorageLimits | None) -> None:
+    def __init__(self, index: Index, limits: StorageLimits | None) -> None:
         self.index = index
         self.limits = limits or StorageLimits()
 

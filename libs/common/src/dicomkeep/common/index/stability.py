@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from dicomkeep.common.adapters.sql_recycling import hold_writers_lock
 from dicomkeep.common.events import STABLE_CHANGE
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index.records import UnstableResource
+from dicomkeep.common.index.recycling import hold_writers_lock
 from dicomkeep.common.ports.database import Tx
-from dicomkeep.common.ports.index import UnstableResource
 
 if TYPE_CHECKING:
-    from dicomkeep.common.adapters.sql_changes import PendingChanges
+    from dicomkeep.common.index.changes import PendingChanges
 
 _LEVELS = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE]
 
@@ -50,7 +50,7 @@ async def emit_stable(
     Each row is removed with a re-check of its time, so a new instance committed
     meanwhile keeps its resource unstable; the removal and the change commit
     together. Changes are queued series first, then studies, then patients
-    (Orthanc's order for one burst). The table is created by sql_schema.py.
+    (Orthanc's order for one burst). The table is created by schema.py.
     """
     # One emitter at a time: concurrent replicas then never split one burst.
     await hold_writers_lock(tx, dialect)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dicomkeep.common.adapters.sql_peers import PEERS_SCHEMA
+from dicomkeep.common.index.peers import PEERS_SCHEMA
 
 SCHEMA_VERSION = 1
 
@@ -62,7 +62,7 @@ _COMMON = [
     "CREATE INDEX IF NOT EXISTS resources_uid ON resources(dicom_uid)",
     "CREATE INDEX IF NOT EXISTS resources_recycling ON resources(level, is_protected, recycling_order)",
     "CREATE INDEX IF NOT EXISTS main_tags_value ON main_tags(tag_level, name, value)",
-    # Resources waiting for their Stable* change (adapters/sql_stability.py).
+    # Resources waiting for their Stable* change (stability.py).
     """CREATE TABLE IF NOT EXISTS stability (
         internal_id BIGINT PRIMARY KEY REFERENCES resources(internal_id) ON DELETE CASCADE,
         level SMALLINT NOT NULL,
@@ -80,7 +80,7 @@ _RESOURCES = """CREATE TABLE IF NOT EXISTS resources (
     is_protected SMALLINT NOT NULL DEFAULT 0,
     recycling_order BIGINT NOT NULL DEFAULT 0)"""
 
-#: Jobs, modalities set through REST and REST queries (adapters/sql_jobs.py).
+#: Jobs, modalities set through REST and REST queries (jobs.py).
 JOBS_SCHEMA = [
     """CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,

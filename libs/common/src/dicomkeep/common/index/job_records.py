@@ -1,0 +1,105 @@
+"""Jobs as the index keeps them: states, actions, records, outcomes, REST queries.
+
+Returned and taken by `dicomkeep.common.index.JobStore`, reached through
+`Index.jobs`. Everything here is shared by every replica: a job submitted
+through one gateway is visible through the other, run by any jobs worker, and survives the restart of any process (Orthanc's `SaveJobs`, made
+cluster-wide). Workers hold a job through a lease they renew; a job whose lease
+expired is taken over by another worker (ORTHANC_API.md §10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class JobState(str, Enum):
+    """Orthanc's job states (`State` of `GET /jobs/{id}`)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCESS = "Success"
+    FAILURE = "Failure"
+    PAUSED = "Paused"
+    RETRY = "Retry"
+
+    @property
+    def is_done(self) -> bool:
+        """True for the final states (Success, Failure)."""
+        return self in (JobState.SUCCESS, JobState.FAILURE)
+
+
+class JobAction(str, Enum):
+    """The actions of `POST /jobs/{id}/{action}`."""
+
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    RESUME = "resume"
+    RESUBMIT = "resubmit"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as the store keeps it.
+
+    `content` is the public content (`Content` of `GET /jobs/{id}`); `payload` the
+    private parameters and checkpoint the worker resumes from; `control` a pending
+    cancel/pause request for a Running job; `lease_until` a UNIX time.
+    """
+
+    id: str
+    type: str
+    priority: int
+    state: JobState
+    progress: int
+    created: str
+    last_update: str
+    completed: str | None
+    content: dict[str, Any]
+    payload: dict[str, Any]
+    output: dict[str, Any]
+    error_code: int
+    error_details: str
+    worker: str | None
+    lease_until: float
+    attempts: int
+    runtime: float
+    control: JobAction | None = None
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """What a worker reports about the job it holds (checkpoint and public view)."""
+
+    progress: int
+    content: dict[str, Any]
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a run ended: Success, Failure (with an Orthanc error) or Paused."""
+
+    state: JobState
+    update: JobUpdate
+    error_code: int = 0
+    error_details: str = ""
+
+
+@dataclass(frozen=True)
+class QueryRecord:
+    """A REST query (`/queries/{id}`): the C-FIND sent to a modality and its answers.
+
+    `answers` hold each answer as a DICOM file (bytes) as received.
+    """
+
+    id: str
+    modality: str
+    level: str
+    query: dict[str, str]
+    answers: list[bytes] = field(default_factory=list)
+
+
+class LeaseLost(Exception):
+    """The worker no longer holds the job (its lease expired and another took it)."""
