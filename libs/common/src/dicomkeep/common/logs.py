@@ -9,8 +9,8 @@
 - `DeidentifyLogs` (Orthanc's option, default true): DicomKeep's log calls print
   Orthanc identifiers and Seqs, never names or DICOM identifiers; the few that
   would echo a client's input (a refused C-FIND identifier, a file name) pass it
-  through `patient_text`, and pynetdicom's own debug lines (which dump datasets)
-  are dropped.
+  through `patient_text`; the libraries' DEBUG lines (message bodies, query
+  arguments) and pynetdicom's INFO lines (datasets) are dropped.
 """
 
 from __future__ import annotations
@@ -52,12 +52,18 @@ class JsonFormatter(logging.Formatter):
 
 
 class _DropLibraryDebug(logging.Filter):
-    """Drop pynetdicom's records below WARNING (they dump datasets) while deidentifying."""
+    """While deidentifying, drop the libraries' records that may dump data: every
+    DEBUG record not from DicomKeep (aiormq and asyncpg print message bodies and
+    query arguments), and pynetdicom's below WARNING (it dumps datasets)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not _state["deidentify"] or record.levelno >= logging.WARNING:
             return True
-        return not record.name.startswith("pynetdicom")
+        if record.name == "dicomkeep" or record.name.startswith("dicomkeep."):
+            return True
+        if record.name.startswith("pynetdicom"):
+            return False
+        return record.levelno >= logging.INFO
 
 
 def configure_logging(
