@@ -35,8 +35,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from dicomkeep.common.synthetic import generate_dataset, write_files  # noqa: E402
 from servers import allinone_server, cluster_server, dcmtk, free_port  # noqa: E402
+from synthetic import generate_dataset, write_files  # noqa: E402
 
 NETNS = "dkbench"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pyorthanc
 from dicomfiles import expected_ids, sample_path
-from dicomkeep.common.synthetic import generate_study, write_files
 from orthanc_api_client import OrthancApiClient
 from servers import Server
+from synthetic import generate_study, write_files
 
 
 def test_pyorthanc_upload_browse_find_and_delete(clean: Server) -> None:

@@ -7,10 +7,10 @@ from io import BytesIO
 
 import httpx
 from dicomkeep.common.ids import hierarchy_ids
-from dicomkeep.common.synthetic import generate_study
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
 from servers import Server
+from synthetic import generate_study
 
 
 def c_store_all(server: Server, files: list[bytes], errors: list[str]) -> None:

@@ -27,8 +27,8 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 from dicomkeep.common.ids import Level, hierarchy_ids, resource_path
-from dicomkeep.common.synthetic import GeneratedInstance, generate_study
 from servers import Server, allinone_server, cluster_server, rabbit_vhost, wait_until
+from synthetic import GeneratedInstance, generate_study
 
 EXCHANGE = "dicomkeep.changes"
 SUBSCRIBER = Path(__file__).resolve().parents[2] / "examples" / "subscriber.py"

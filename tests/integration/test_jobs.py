@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from dicom_peers import StorageScp, StoreScpProcess, storage_scp, storescp
-from dicomkeep.common.synthetic import GeneratedInstance, generate_study, write_files
 from servers import Server, dcmtk, free_port, wait_until
+from synthetic import GeneratedInstance, generate_study, write_files
 
 STORESCP_PORT = free_port()
 MOVER = "MOVER"

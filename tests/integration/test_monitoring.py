@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
-from dicomkeep.common.synthetic import generate_study
 from prometheus_client.parser import text_string_to_metric_families
 from servers import Server
+from synthetic import generate_study
 
 SERVER_CONFIG = {"DicomKeep": {"LogFormat": "json"}}
 

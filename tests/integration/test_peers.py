@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from dicomkeep.common.synthetic import generate_study
 from orthanc_peer import OrthancPeer, orthanc_available, orthanc_peer
 from servers import Server, allinone_server, free_port
+from synthetic import generate_study
 
 pytestmark = pytest.mark.skipif(orthanc_available() is not None, reason=str(orthanc_available()))
 

@@ -19,7 +19,6 @@ import httpx
 import pytest
 from dicomfiles import sample_path
 from dicomkeep.common.ids import hierarchy_ids
-from dicomkeep.common.synthetic import generate_study
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE
@@ -28,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
 )
 from servers import Server, dcmtk, wait_until
+from synthetic import generate_study
 
 SERVER_CONFIG = {
     "DicomModalities": {

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from dicomkeep.common.ids import orthanc_id
-from dicomkeep.common.synthetic import generate_study
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
 from servers import Server, allinone_server, blob_keys, cluster_server, wait_until
+from synthetic import generate_study
 
 MB = 1024 * 1024
 SERVER_CONFIG = {

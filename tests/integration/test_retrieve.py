@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from dicom_peers import StoreScpProcess, storescp
 from dicomfiles import sample_path
-from dicomkeep.common.synthetic import GeneratedInstance, generate_study, write_files
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
@@ -26,6 +25,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 from servers import Server, dcmtk, free_port, wait_until
+from synthetic import GeneratedInstance, generate_study, write_files
 
 STORESCP_PORT = free_port()
 MOVER = "MOVER"

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from dicomkeep.common.synthetic import generate_study
 from servers import (
     Server,
     allinone_server,
@@ -21,6 +20,7 @@ from servers import (
     restart_member,
     wait_until,
 )
+from synthetic import generate_study
 
 STABLE_AGE = 2
 SERVER_CONFIG = {"StableAge": STABLE_AGE}

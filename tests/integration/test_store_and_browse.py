@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 from dicomfiles import SAMPLES, expected_ids, sample_path
-from dicomkeep.common.synthetic import generate_study, write_files
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts
 from servers import Server, blob_keys, dcmtk, wait_until
+from synthetic import generate_study, write_files
 
 #: storescu's proposal option for each compressed sample.
 PROPOSAL = {

@@ -32,13 +32,13 @@ from dicomkeep.allinone.cluster import free_port
 from dicomkeep.allinone.single import build_service
 from dicomkeep.common import telemetry
 from dicomkeep.common.settings import parse_settings
-from dicomkeep.common.synthetic import generate_study, write_files
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from servers import DICOMKEEP, _pg, dcmtk, rabbit_vhost, wait_http, write_config
+from synthetic import generate_study, write_files
 
 
 @pytest.fixture

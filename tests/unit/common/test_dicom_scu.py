@@ -11,9 +11,9 @@ import pytest
 from dicom_peers import StoreScpProcess, storage_scp, storescp
 from dicomkeep.common import dicom_scu
 from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
-from dicomkeep.common.synthetic import generate_study
 from pydicom import dcmread
 from servers import free_port
+from synthetic import generate_study
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"

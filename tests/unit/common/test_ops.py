@@ -12,6 +12,9 @@ from dicomkeep.common.adapters.memory_clock import MemoryClock
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.index import Index
 from dicomkeep.common.ops import OpsServer, adapter_checks
+from dicomkeep.common.settings import Settings
+from dicomkeep.common.wiring import Adapters
+from dicomkeep.indexer.main import IndexerService
 
 
 async def test_ops_endpoints_report_each_dependency(tmp_path: Path) -> None:
@@ -19,9 +22,8 @@ async def test_ops_endpoints_report_each_dependency(tmp_path: Path) -> None:
     await index.open()
     bus = LocalBus()
     await bus.start()
-    checks = adapter_checks(
-        index=index, blobs=FileBlobStore(tmp_path / "s"), bus=bus, clock=MemoryClock()
-    )
+    adapters = Adapters(index=index, blobs=FileBlobStore(tmp_path / "s"), bus=bus, clock=MemoryClock())
+    checks = adapter_checks(adapters, ("index", "blobs", "bus", "clock"))
     server = OpsServer(0, lambda: checks)
     await server.start()
     try:
@@ -43,3 +45,56 @@ async def test_ops_endpoints_report_each_dependency(tmp_path: Path) -> None:
     finally:
         await server.stop()
         await bus.close()
+
+
+async def test_a_needed_adapter_not_opened_yet_is_not_ready() -> None:
+    server = OpsServer(0, lambda: adapter_checks(Adapters(), ("index", "bus")))
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            assert (await client.get("/healthz")).text == "ok\n"
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {
+                "ready": False,
+                "checks": {
+                    "index": "RuntimeError: index is not opened yet",
+                    "bus": "RuntimeError: bus is not opened yet",
+                },
+            }
+    finally:
+        await server.stop()
+
+
+async def test_nothing_to_check_is_not_ready() -> None:
+    server = OpsServer(0, lambda: {})
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            assert (await client.get("/readyz")).status_code == 503
+    finally:
+        await server.stop()
+
+
+async def test_a_service_readiness_follows_its_life_cycle(tmp_path: Path) -> None:
+    settings = Settings(storage_directory=str(tmp_path / "storage"))
+    service = IndexerService(settings)
+    server = OpsServer(0, lambda: adapter_checks(service.adapters, ("index", "bus")))
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            assert (await client.get("/readyz")).status_code == 503
+            await service.start()
+            try:
+                ready = await client.get("/readyz")
+                assert ready.json() == {"ready": True, "checks": {"index": "ok", "bus": "ok"}}
+            finally:
+                await service.stop()
+            assert (await client.get("/readyz")).status_code == 503  # closed adapters
+    finally:
+        await server.stop()
+
+
+def test_the_ops_port_binds_to_loopback_unless_configured() -> None:
+    assert Settings().dicomkeep.ops_host == "127.0.0.1"
+    assert Settings.model_validate({"DicomKeep": {"OpsHost": "0.0.0.0"}}).dicomkeep.ops_host == "0.0.0.0"

@@ -34,7 +34,7 @@ from dicomkeep.common.peer_transfer import (
 )
 from dicomkeep.common.peers import Peer, config_peers, merge_peers, parse_peer
 from dicomkeep.common.receiving import Origin, Receiver
-from dicomkeep.common.synthetic import generate_study
+from synthetic import generate_study
 
 FAST = HttpOptions(timeout=5, attempts=3, backoff=0.0)
 Handler = Callable[[httpx.Request], httpx.Response]

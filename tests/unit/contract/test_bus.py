@@ -16,6 +16,7 @@ from subprocess import PIPE
 
 import aio_pika
 import pytest
+from backends import backend_unreachable
 from dicomkeep.common.adapters.bus_errors import BusError
 from dicomkeep.common.adapters.local_bus import LocalBus, topic_matches
 from dicomkeep.common.adapters.rabbit_bus import RabbitBus
@@ -106,7 +107,7 @@ async def _open_kit(kind: str) -> Kit:
         try:
             connection = await aio_pika.connect(AMQP_URL, timeout=2)
         except (ConnectionError, OSError, TimeoutError) as exc:
-            pytest.skip(f"RabbitMQ unreachable at {AMQP_URL}: {exc}")
+            backend_unreachable(f"RabbitMQ unreachable at {AMQP_URL}: {exc}")
         await connection.close()
     return Kit(kind)
 
@@ -343,15 +344,15 @@ async def test_rabbit_keeps_messages_published_while_no_consumer_runs(rabbit_kit
 
 
 async def _rabbitmqctl(*args: str) -> str:
-    """Run rabbitmqctl; skip the test when it is missing or not allowed to talk to the node."""
+    """Run rabbitmqctl; fail the test when it is missing or not allowed to talk to the node."""
     if shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmqctl is not installed")
+        backend_unreachable("rabbitmqctl (RabbitMQ's server tools) is not installed")
     process = await asyncio.create_subprocess_exec(
         "rabbitmqctl", "-q", *args, stdout=PIPE, stderr=PIPE
     )
     out, err = await process.communicate()
     if process.returncode != 0:
-        pytest.skip(f"rabbitmqctl {args[0]} failed: {err.decode().strip()}")
+        backend_unreachable(f"rabbitmqctl {args[0]} failed: {err.decode().strip()}")
     return out.decode()
 
 

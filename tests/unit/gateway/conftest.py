@@ -10,7 +10,6 @@ import httpx
 import pytest
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.local_bus import LocalBus
-from dicomkeep.common.adapters.memory_clock import MemoryClock
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.index import Index
 from dicomkeep.common.receiving import Receiver, Submit
@@ -41,14 +40,13 @@ async def gateway(
     blobs = FileBlobStore(tmp_path / "storage")
     bus = LocalBus()
     await bus.start()
-    clock = MemoryClock()
     receiver = Receiver(
         blobs,
         submit or index.store_instance,
         compression=settings.storage_compression,
         overwrite=settings.overwrite_instances,
     )
-    ctx = GatewayContext(settings, index, blobs, bus, clock, receiver)
+    ctx = GatewayContext(settings, index, blobs, bus, receiver)
     app = create_app(ctx)
     clients: list[httpx.AsyncClient] = []
 
@@ -57,7 +55,7 @@ async def gateway(
         clients.append(made)
         return made
 
-    gateway = Gateway(ctx, index, clock, make_client(), make_client)
+    gateway = Gateway(ctx, index, make_client(), make_client)
     try:
         yield gateway
     finally:

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pydicom
-from dicomkeep.common.adapters.memory_clock import MemoryClock
 from dicomkeep.common.index import Index
 from dicomkeep.gateway.context import GatewayContext
 from pydicom.data import get_testdata_file
@@ -51,7 +50,6 @@ class Gateway:
 
     ctx: GatewayContext
     index: Index
-    clock: MemoryClock
     client: httpx.AsyncClient
     make_client: Callable[..., httpx.AsyncClient]
 

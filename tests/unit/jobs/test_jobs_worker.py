@@ -21,9 +21,9 @@ from dicomkeep.common.jobs import DICOM_MODALITY_STORE, store_job
 from dicomkeep.common.modalities import parse_modality
 from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.synthetic import generate_study
 from dicomkeep.jobs.usecases import Deps, JobRun, execute, success
 from dicomkeep.jobs.worker import JobWorkers
+from synthetic import generate_study
 
 LEASE = 0.3  # heartbeats every 0.1 s
 

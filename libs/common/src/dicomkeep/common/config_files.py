@@ -6,7 +6,8 @@ them its model. Mirrors ORTHANC_API.md §15:
 
 - a file or a folder of `*.json` files (a top-level key in two files is an error,
   as in Orthanc's core, which does not merge);
-- `//` and `/* */` comments and trailing commas (JsonCpp accepts both);
+- `//` and `/* */` comments and trailing commas (JsonCpp accepts both), read by
+  the `json5` parser (a superset of what JsonCpp's lenient mode accepts);
 - `${VAR}` / `${VAR:-default}` replaced in the file text before parsing;
 - `ORTHANC_JSON`, `ORTHANC__STABLE_AGE`-style variables and `NAME_SECRET=file`
   (orthancteam/orthanc images), applied by deep merge.
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any, Union, get_args, get_origin
 
+import json5
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -47,6 +49,7 @@ ENV_SEGMENT_EXCEPTIONS: Mapping[str, str] = {
 _STRING = r'"(?:\\.|[^"\\])*"'
 _COMMENT_RE = re.compile(_STRING + r"|//[^\n]*|/\*.*?\*/", re.DOTALL)
 _TRAILING_COMMA_RE = re.compile(_STRING + r"|,(?=\s*[}\]])")
+_JSON5_ERROR_RE = re.compile(r"<string>:(\d+) (.*) at column (\d+)$")
 _VARIABLE_RE = re.compile(r"\$\{([^}]*)\}")
 _CAPITAL_RE = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -78,6 +81,9 @@ def _env_segment(segment: str) -> str:
 
 def strip_json_comments(text: str) -> str:
     """Remove `//` and `/* */` comments and trailing commas outside JSON strings.
+
+    Not used to load configurations (`parse_json_object` reads them with `json5`):
+    kept for tools that need the strict JSON of a commented file.
 
     A comment becomes a space (a block comment keeps its newlines, so JSON error
     line numbers still match the file). Text inside strings is never touched.
@@ -112,22 +118,33 @@ def substitute_variables(text: str, environ: Mapping[str, str]) -> str:
 
 
 def parse_json_object(text: str, source: str) -> dict[str, Any]:
-    """Parse a JSON object that may contain comments; raise ConfigError naming `source`."""
+    """Parse a JSON object that may contain comments; raise ConfigError naming `source`.
+
+    Read by `json5`: `//` and `/* */` comments and trailing commas are accepted, as
+    Orthanc's JsonCpp does; the error names the line and column.
+    """
     try:
-        document = json.loads(strip_json_comments(text))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{source}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from exc
+        document = json5.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid JSON at {_json5_position(str(exc))}") from exc
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: a configuration must be a JSON object")
     return document
 
 
+def _json5_position(message: str) -> str:
+    """Turn json5's `<string>:4 Unexpected "x" at column 3` into `line 4 column 3: ...`."""
+    match = _JSON5_ERROR_RE.match(message)
+    if match is None:
+        return message
+    line, what, column = match.groups()
+    return f"line {line} column {column}: {what}"
+
+
 def read_configuration(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
     """Read a configuration file, or every `*.json` file of a folder (not recursive).
 
-    Variables are substituted in each file's text, then comments are removed. Files
+    Variables are substituted in each file's text, which is then parsed. Files
     of a folder are read in name order; a top-level key present in two of them raises
     ConfigError, as Orthanc's core does (no merge). Raises ConfigError if the path
     does not exist or a file cannot be read or parsed.

@@ -1,21 +1,32 @@
-"""The ops port of a service: `/livez`, `/readyz` (per dependency) and `/metrics`.
+"""The ops port of a service: `/livez` (`/healthz`), `/readyz` and `/metrics`.
 
-A minimal HTTP/1.1 server on asyncio streams, so that every service (not only
-the gateway) can answer orchestrators' probes and Prometheus without a web
-framework.
+A small Starlette app on uvicorn, in the service's own event loop, so that every
+service (not only the gateway) answers orchestrators' probes and Prometheus.
+It listens on `DicomKeep.OpsHost` (127.0.0.1 unless configured) and
+`DicomKeep.OpsPort`.
+
+Readiness checks what the service needs, one cheap real call per adapter
+(a database read, a blob lookup, a broker publish with confirm, a clock count):
+an adapter the service needs but has not opened yet makes it not ready, so a
+process is never "ready" before it can serve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from dicomkeep.common.ids import Level
+import uvicorn
+from dicomkeep.common.wiring import Adapters
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
 
 log = logging.getLogger(__name__)
 
@@ -23,29 +34,130 @@ Check = Callable[[], Awaitable[object]]
 
 #: Readiness probes publish here (an exchange nobody consumes).
 OPS_EXCHANGE = "dicomkeep.ops"
+#: What each adapter's check calls.
+ADAPTERS = ("index", "blobs", "bus", "clock")
 
 
-def adapter_checks(
-    *, index: Any = None, blobs: Any = None, bus: Any = None, clock: Any = None
-) -> dict[str, Check]:
-    """Readiness checks of the adapters a process holds: one cheap call each.
+def adapter_checks(adapters: Adapters, needs: Iterable[str]) -> dict[str, Check]:
+    """Return the readiness check of each adapter named in `needs`: one cheap call each.
 
-    Adapters not opened yet (None) are left out of the checks.
+    A needed adapter that is not opened yet (None) gets a check that fails.
     """
     checks: dict[str, Check] = {}
-    if index is not None:
-        checks["index"] = lambda: index.get_property("readyz")
-    if blobs is not None:
-        checks["blobs"] = lambda: blobs.exists("readyz")
-    if bus is not None:
-        checks["bus"] = lambda: bus.publish(OPS_EXCHANGE, "readyz", b"", {})
-    if clock is not None:
-        checks["clock"] = lambda: clock.is_unstable(Level.PATIENT, "readyz")
+    for name in needs:
+        adapter = getattr(adapters, name)
+        if adapter is None:
+            checks[name] = _not_opened(name)
+        elif name == "index":
+            checks[name] = _calling(adapter.get_property, "readyz")
+        elif name == "blobs":
+            checks[name] = _calling(adapter.exists, "readyz")
+        elif name == "bus":
+            checks[name] = _calling(adapter.publish, OPS_EXCHANGE, "readyz", b"", {})
+        elif name == "clock":
+            checks[name] = _calling(adapter.count)
+        else:
+            raise ValueError(f"unknown adapter {name!r}; expected one of {ADAPTERS}")
     return checks
 
 
-class OpsServer:
-    """Serve liveness, readiness and metrics on `port` (0 = an ephemeral port)."""
+def _calling(method: Callable[..., Awaitable[object]], *args: object) -> Check:
+    return lambda: method(*args)
+
+
+def _not_opened(name: str) -> Check:
+    async def check() -> None:
+        raise RuntimeError(f"{name} is not opened yet")
+
+    return check
+
+
+async def readiness(checks: Mapping[str, Check], timeout: float) -> dict[str, str]:
+    """Run every check; return name -> "ok" or the error (a probe reports, never raises)."""
+    results: dict[str, str] = {}
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check(), timeout)
+            results[name] = "ok"
+        except Exception as error:
+            results[name] = f"{type(error).__name__}: {error}"
+    return results
+
+
+def ops_app(checks: Callable[[], Mapping[str, Check]], *, timeout: float = 3.0) -> Starlette:
+    """Return the ops ASGI app; `checks` is called at each probe (adapters open later)."""
+
+    async def live(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def ready(request: Request) -> Response:
+        results = await readiness(checks(), timeout)
+        is_ready = bool(results) and all(value == "ok" for value in results.values())
+        return JSONResponse({"ready": is_ready, "checks": results}, 200 if is_ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/livez", live),
+            Route("/healthz", live),
+            Route("/readyz", ready),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the process's handler stops it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AsgiServer:
+    """Serve an ASGI app with uvicorn inside the caller's event loop.
+
+    `start` returns once listening (`port` then holds the bound port, useful with
+    0) and raises OSError when the address cannot be bound; `stop` lets open
+    requests finish.
+    """
+
+    def __init__(self, app: Any, host: str, port: int, **options: Any) -> None:
+        self.host = host
+        self.port = port
+        config = uvicorn.Config(
+            app, host=host, port=port, lifespan="off", log_level="warning",
+            access_log=False, **options,
+        )
+        self.server = _Server(config)
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    async def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self._socket = socket.create_server((self.host, self.port), family=family)
+        self.port = self._socket.getsockname()[1]
+        self._task = asyncio.create_task(self.server.serve(sockets=[self._socket]), name="asgi")
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()  # raises the start error
+                raise RuntimeError("the HTTP server stopped at start")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+            self._task = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+class OpsServer(AsgiServer):
+    """Liveness, readiness and metrics on `host:port` (port 0 = an ephemeral port)."""
 
     def __init__(
         self,
@@ -56,65 +168,8 @@ class OpsServer:
         timeout: float = 3.0,
     ) -> None:
         """`checks` is called at each probe (adapters may be opened after this)."""
-        self.host = host
-        self.port = port
-        self.checks = checks
-        self.timeout = timeout
-        self._server: asyncio.Server | None = None
+        super().__init__(ops_app(checks, timeout=timeout), host, port)
 
     async def start(self) -> None:
-        """Start listening; `port` holds the bound port afterwards."""
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("ops endpoints listening port=%d", self.port)
-
-    async def stop(self) -> None:
-        """Stop listening."""
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    async def readiness(self) -> dict[str, str]:
-        """Run every dependency check; return name -> "ok" or the error."""
-        results: dict[str, str] = {}
-        for name, check in self.checks().items():
-            try:
-                await asyncio.wait_for(check(), self.timeout)
-                results[name] = "ok"
-            except Exception as error:  # a probe reports, it does not raise
-                results[name] = f"{type(error).__name__}: {error}"
-        return results
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), self.timeout)
-            while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                pass
-            parts = request.decode("latin-1").split()
-            path = parts[1].split("?")[0] if len(parts) > 1 else "/"
-            status, content_type, body = await self._answer(path)
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _answer(self, path: str) -> tuple[str, str, bytes]:
-        if path == "/livez":
-            return "200 OK", "text/plain", b"ok\n"
-        if path == "/readyz":
-            results = await self.readiness()
-            ready = all(value == "ok" for value in results.values())
-            body = json.dumps({"ready": ready, "checks": results}).encode()
-            return ("200 OK" if ready else "503 Service Unavailable"), "application/json", body
-        if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest()
-        return "404 Not Found", "text/plain", b""
+        await super().start()
+        log.info("ops endpoints listening host=%s port=%d", self.host, self.port)

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.peers import Peer
+from dicomkeep.common.retries import retrying
 from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -219,29 +220,47 @@ class PeerClient:
     async def _request(
         self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None
     ) -> httpx.Response:
-        """Send one request with retries; return a 2xx answer or raise PeerHttpError."""
+        """Send one request with retries; return a 2xx answer or raise PeerHttpError.
+
+        Transient failures are retried by the project's policy (`retries.retrying`);
+        a refusal is raised at once.
+        """
         request = f"{method} {self.peer.url}{path}"
-        error: PeerHttpError | None = None
-        for attempt in range(max(1, self.options.attempts)):
-            if attempt:
-                await asyncio.sleep(self.options.backoff * 2 ** (attempt - 1))
-            try:
-                response = await self._client.request(method, path, content=content, headers=headers)
-            except httpx.TransportError as failure:
-                error = _transport_error(self.peer, request, failure)
-            else:
-                if self.options.verbose:
-                    log.info("peer %s: %s -> %d", self.peer.name, request, response.status_code)
-                if response.is_success:
-                    return response
-                error = _status_error(self.peer, request, response)
-            log.warning("peer %s: attempt %d failed: %s", self.peer.name, attempt + 1, error.details)
-            if not error.transient:
-                raise error
-        assert error is not None
-        if self.options.attempts > 1:
-            error.details = f"{error.details} (after {self.options.attempts} attempts)"
-            error.args = (error.details,)
+        attempts = max(1, self.options.attempts)
+        policy = retrying(
+            f"peer {self.peer.name}: {request}",
+            attempts=attempts,
+            first=self.options.backoff,
+            longest=max(self.options.backoff * 2 ** (attempts - 1), self.options.backoff),
+            on=(PeerHttpError,),
+            when=lambda error: isinstance(error, PeerHttpError) and error.transient,
+        )
+        try:
+            async for attempt in policy:
+                with attempt:
+                    return await self._send(method, path, request, content, headers)
+        except PeerHttpError as error:
+            if error.transient and attempts > 1:
+                error.details = f"{error.details} (after {attempts} attempts)"
+                error.args = (error.details,)
+            raise
+        raise AssertionError("the retry policy neither returned nor raised")
+
+    async def _send(
+        self, method: str, path: str, request: str, content: bytes | None, headers: dict[str, str] | None
+    ) -> httpx.Response:
+        """Send the request once; return a 2xx answer or raise PeerHttpError."""
+        try:
+            response = await self._client.request(method, path, content=content, headers=headers)
+        except httpx.TransportError as failure:
+            error = _transport_error(self.peer, request, failure)
+        else:
+            if self.options.verbose:
+                log.info("peer %s: %s -> %d", self.peer.name, request, response.status_code)
+            if response.is_success:
+                return response
+            error = _status_error(self.peer, request, response)
+        log.warning("peer %s: %s failed: %s", self.peer.name, request, error.details)
         raise error
 
     async def post_instances(self, data: bytes, *, compress: bool = False) -> Any:

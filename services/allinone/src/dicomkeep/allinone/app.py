@@ -1,31 +1,23 @@
 """All-in-one wiring: every service's build() on one set of adapters, in one process.
 
-Holds no logic of its own (STYLE.md): it picks the adapters once (embedded by
-default: SQLite, files under StorageDirectory, the in-process bus and clock) and
-hands the same instances to every service.
+Holds no logic of its own (STYLE.md): it opens the adapters once on one
+AsyncExitStack (embedded by default: SQLite, files under StorageDirectory, the
+in-process bus and clock) and hands the same instances to every service; stopping
+closes the stack, services first, adapters last.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
-import uvicorn
-from dicomkeep.common.ops import OpsServer, adapter_checks
+from dicomkeep.common.ops import AsgiServer, OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.telemetry import setup_tracing
-from dicomkeep.common.wiring import (
-    is_distributed,
-    make_bus,
-    make_index,
-    make_public_bus,
-    open_blobs,
-    open_clock,
-)
+from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.gateway import main as gateway
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
@@ -46,90 +38,62 @@ def http_host(settings: Settings) -> str:
     return "0.0.0.0" if settings.remote_access_allowed else "127.0.0.1"
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the process's handler stops it."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-class HttpServer:
-    """uvicorn inside the caller's event loop (no signal handlers of its own)."""
+class HttpServer(AsgiServer):
+    """The REST API's uvicorn inside the caller's event loop."""
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        config = uvicorn.Config(
-            app, host=host, port=port, lifespan="off", log_level="warning",
-            access_log=False, timeout_keep_alive=1,
-        )
-        self.server = _QuietServer(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve(), name="http")
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()  # raises the bind error
-                raise RuntimeError("HTTP server stopped at start")
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            await self._task
+        super().__init__(app, host, port, timeout_keep_alive=1)
 
 
 class AllInOne:
-    """Every service in one process, started in dependency order."""
+    """Every service in one process, started in dependency order on one set of adapters."""
+
+    #: The adapters opened once and shared by every service.
+    NEEDS = ("index", "blobs", "bus", "clock", "public_bus")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.services: list[Service] = []
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.adapters = Adapters()
+        self._stack = AsyncExitStack()
 
     async def start(self) -> None:
-        """Open the adapters, then start indexer, storage, stability, gateway, ingest."""
+        """Open the adapters, then start indexer, storage, stability, jobs, gateway, ingest.
+
+        Each service is stopped, and each adapter closed, in reverse order by `stop`
+        (or here, if a start fails).
+        """
         settings = self.settings
         setup_tracing("dicomkeep")
-        index = make_index(settings)
-        await index.open()
-        self._closers.append(index.close)
-        blobs = await open_blobs(settings)
-        self._closers.append(blobs.close)
-        bus = make_bus(settings)
-        await bus.start()
-        self._closers.append(bus.close)
-        public_bus = None
-        if settings.rabbitmq.publish_changes and not is_distributed(settings):
-            public_bus = make_public_bus(settings)
-            await public_bus.start()
-            self._closers.append(public_bus.close)
-        clock = await open_clock(settings)
-        self._closers.append(clock.close)
-        api = gateway.build(settings, index=index, blobs=blobs, bus=bus, clock=clock)
-        self.services = [
-            indexer.build(settings, index=index, bus=bus, public_bus=public_bus),
-            storage.build(settings, index=index, blobs=blobs, bus=bus),
-            stability.build(settings, index=index, clock=clock, bus=bus),
-            jobs.build(settings, index=index, blobs=blobs, bus=bus),
-            api,
-            HttpServer(api.app, http_host(settings), settings.http_port),
-            ingest.build(settings, blobs=blobs, bus=bus, index=index),
-        ]
-        if settings.dicomkeep.ops_port:
-            checks = adapter_checks(index=index, blobs=blobs, bus=bus, clock=clock)
-            self.services.append(
-                OpsServer(settings.dicomkeep.ops_port, lambda: checks, host="0.0.0.0")
+        async with AsyncExitStack() as stack:
+            if settings.dicomkeep.ops_port:
+                # First, so that probes answer (not ready) while the rest starts.
+                ops = OpsServer(
+                    settings.dicomkeep.ops_port,
+                    lambda: adapter_checks(self.adapters, ("index", "blobs", "bus", "clock")),
+                    host=settings.dicomkeep.ops_host,
+                )
+                await _started(stack, ops)
+            self.adapters = adapters = await open_adapters(
+                stack, settings, needs=self.NEEDS
             )
-        started: list[Service] = []
-        try:
-            for service in self.services:
-                await service.start()
-                started.append(service)
-        except BaseException:
-            self.services = started
-            await self.stop()
-            raise
+            api = gateway.build(
+                settings, index=adapters.index, blobs=adapters.blobs, bus=adapters.bus
+            )
+            services: list[Service] = [
+                indexer.build(
+                    settings, index=adapters.index, bus=adapters.bus,
+                    public_bus=adapters.public_bus,
+                ),
+                storage.build(settings, index=adapters.index, blobs=adapters.blobs, bus=adapters.bus),
+                stability.build(settings, index=adapters.index, clock=adapters.clock, bus=adapters.bus),
+                jobs.build(settings, index=adapters.index, blobs=adapters.blobs, bus=adapters.bus),
+                api,
+                HttpServer(api.app, http_host(settings), settings.http_port),
+                ingest.build(settings, blobs=adapters.blobs, bus=adapters.bus, index=adapters.index),
+            ]
+            for service in services:
+                await _started(stack, service)
+            self._stack = stack.pop_all()
         log.info(
             "DicomKeep all-in-one ready http=%d dicom=%d aet=%s",
             settings.http_port, settings.dicom_port, settings.dicom_aet,
@@ -137,16 +101,14 @@ class AllInOne:
 
     async def stop(self) -> None:
         """Stop the services in reverse order, then close the adapters."""
-        for service in reversed(self.services):
-            try:
-                await service.stop()
-            except Exception:
-                log.exception("error while stopping %s", type(service).__name__)
-        self.services = []
-        for close in reversed(self._closers):
-            with contextlib.suppress(Exception):
-                await close()
-        self._closers = []
+        await self._stack.aclose()
+        self.adapters = Adapters()
+
+
+async def _started(stack: AsyncExitStack, service: Service) -> None:
+    """Start a service and put its stop on the stack."""
+    await service.start()
+    stack.push_async_callback(service.stop)
 
 
 async def run_until_signalled(service: Service) -> None:

@@ -17,7 +17,7 @@ from dicomkeep.common.logs import configure_logging, get_log_level, set_deidenti
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
 from dicomkeep.common.telemetry import TelemetryConfigError, requested_exporters
 
-COMMANDS = ("serve", "run", "cluster", "generate")
+COMMANDS = ("serve", "run", "cluster")
 SERVICES = ("gateway", "ingest", "indexer", "storage", "stability", "jobs")
 ORTHANC_VERSION = "1.12.4"
 
@@ -50,10 +50,6 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("action", choices=("start", "stop"))
     cluster.add_argument("configuration", nargs="?", help="an Orthanc-style JSON file or folder")
     cluster.add_argument("--state-dir", default=".cluster", help="where pids and logs go")
-    generate = commands.add_parser(
-        "generate", help="write a synthetic DICOM data set (generate --help)", add_help=False
-    )
-    generate.add_argument("args", nargs=argparse.REMAINDER)
     _add_log_format(parser)
     return parser
 
@@ -114,11 +110,6 @@ _OPTIONS_WITH_VALUE = {"--config"}
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["generate"]:
-        # The generator has its own options (and --help): hand it the rest as is.
-        from dicomkeep.common.synthetic import main as generate_main
-
-        return generate_main(argv[1:])
     args = _parser().parse_args(with_command(argv))
     if args.version:
         sys.stdout.write(

@@ -3,10 +3,11 @@ with its ops port (`/livez`, `/readyz`, `/metrics`)."""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from typing import Any
 
 from dicomkeep.allinone.app import HttpServer, Service, http_host
-from dicomkeep.common.ops import OpsServer, adapter_checks
+from dicomkeep.common.ops import ADAPTERS, OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.telemetry import setup_tracing
 from dicomkeep.gateway import main as gateway
@@ -18,24 +19,31 @@ from dicomkeep.storage import main as storage
 
 
 class Chain:
-    """Start services in order, stop them in reverse."""
+    """Start services in order, stop them in reverse (also when a start fails)."""
 
     def __init__(self, *services: Service) -> None:
         self.services = services
+        self._stack = AsyncExitStack()
 
     async def start(self) -> None:
-        for service in self.services:
-            await service.start()
+        async with AsyncExitStack() as stack:
+            for service in self.services:
+                await service.start()
+                stack.push_async_callback(service.stop)
+            self._stack = stack.pop_all()
 
     async def stop(self) -> None:
-        for service in reversed(self.services):
-            await service.stop()
+        await self._stack.aclose()
 
 
 def build_service(
     name: str, settings: Settings, *, http_port: int | None = None, ops_port: int | None = None
 ) -> Service:
-    """Build one service by name (gateway, ingest, indexer, storage, stability, jobs)."""
+    """Build one service by name (gateway, ingest, indexer, storage, stability, jobs).
+
+    With an ops port, its `/readyz` checks each adapter the service needs
+    (`NEEDS`); the ops server starts first, so probes answer during a slow start.
+    """
     setup_tracing(f"dicomkeep-{name}")
     parts: list[Service] = []
     if name == "gateway":
@@ -57,11 +65,9 @@ def build_service(
     parts = parts or [core]
     port = ops_port if ops_port is not None else settings.dicomkeep.ops_port
     if port:
-        target = getattr(core, "context", None) or core
-        parts.append(OpsServer(port, lambda: adapter_checks(
-            index=getattr(target, "index", None),
-            blobs=getattr(target, "blobs", None),
-            bus=getattr(target, "bus", None),
-            clock=getattr(target, "clock", None),
-        ), host="0.0.0.0"))
+        needs = [need for need in core.NEEDS if need in ADAPTERS]
+        ops = OpsServer(
+            port, lambda: adapter_checks(core.adapters, needs), host=settings.dicomkeep.ops_host
+        )
+        parts.insert(0, ops)
     return Chain(*parts)

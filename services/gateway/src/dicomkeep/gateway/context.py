@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
 
@@ -24,5 +23,4 @@ class GatewayContext:
     index: Index
     blobs: BlobStore
     bus: Bus
-    clock: StabilityClock
     receiver: Receiver

@@ -7,7 +7,6 @@ from typing import Annotated
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.context import GatewayContext
@@ -32,11 +31,6 @@ def get_blobs(ctx: Annotated[GatewayContext, Depends(get_context)]) -> BlobStore
     return ctx.blobs
 
 
-def get_clock(ctx: Annotated[GatewayContext, Depends(get_context)]) -> StabilityClock:
-    """Return the StabilityClock port."""
-    return ctx.clock
-
-
 def get_settings(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Settings:
     """Return the settings."""
     return ctx.settings
@@ -55,7 +49,6 @@ def get_username(request: Request) -> str:
 ContextDep = Annotated[GatewayContext, Depends(get_context)]
 IndexDep = Annotated[Index, Depends(get_index)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
-ClockDep = Annotated[StabilityClock, Depends(get_clock)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ReceiverDep = Annotated[Receiver, Depends(get_receiver)]
 UsernameDep = Annotated[str, Depends(get_username)]

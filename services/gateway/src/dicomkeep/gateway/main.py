@@ -1,8 +1,8 @@
 """The gateway's composition root: build(settings) -> GatewayService, and serve().
 
 `build` picks the adapters the settings ask for unless they are given (tests and
-the all-in-one root pass theirs); the service opens and closes only what it
-created itself.
+the all-in-one root pass theirs); `start` opens the others on one AsyncExitStack
+(`wiring.open_adapters`) and `stop` closes that stack.
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
+from contextlib import AsyncExitStack
 
 import uvicorn
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.wiring import make_bus, make_index, open_blobs, open_clock
+from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.gateway.app import attach_context, create_app
 from dicomkeep.gateway.context import GatewayContext
 from fastapi import FastAPI
@@ -29,26 +29,22 @@ log = logging.getLogger(__name__)
 
 
 class GatewayService:
-    """The REST API and the adapters behind it.
+    """The REST API and the adapters behind it (the gateway needs no stability clock).
 
     `app` exists from construction (it answers 503 until `start()` attached the
     context), so an HTTP server can be set up before the service starts.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        index: Index | None = None,
-        blobs: BlobStore | None = None,
-        bus: Bus | None = None,
-        clock: StabilityClock | None = None,
-    ) -> None:
+    #: The adapters it works with (opened at start unless given; checked by /readyz).
+    NEEDS = ("index", "blobs", "bus")
+
+    def __init__(self, settings: Settings, given: Adapters | None = None) -> None:
+        """Adapters not `given` are opened at `start` and closed at `stop`."""
         self.settings = settings
-        self._given = (index, blobs, bus, clock)
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self.adapters = given or Adapters()
         self.context: GatewayContext | None = None
         self.app: FastAPI = create_app(settings=settings)
+        self._stack = AsyncExitStack()
 
     async def start(self) -> None:
         """Open the adapters not given to `build`, then attach the context to the app.
@@ -56,47 +52,32 @@ class GatewayService:
         On failure, whatever was opened is closed again before re-raising.
         """
         settings = self.settings
-        index, blobs, bus, clock = self._given
-        try:
-            if index is None:
-                index = make_index(settings)
-                await index.open()
-                self._closers.append(index.close)
-            if blobs is None:
-                blobs = await open_blobs(settings)
-                self._closers.append(blobs.close)
-            if bus is None:
-                bus = make_bus(settings)
-                await bus.start()
-                self._closers.append(bus.close)
-            if clock is None:
-                clock = await open_clock(settings)
-                self._closers.append(clock.close)
-        except BaseException:
-            await self._close_owned()
-            raise
-        receiver = Receiver(
-            blobs,
-            bus_submitter(bus, settings.dicomkeep.store_timeout),
-            compression=settings.storage_compression,
-            overwrite=settings.overwrite_instances,
-        )
-        self.context = GatewayContext(settings, index, blobs, bus, clock, receiver)
-        attach_context(self.app, self.context)
+        async with AsyncExitStack() as stack:
+            adapters = await open_adapters(
+                stack, settings, self.adapters, needs=self.NEEDS
+            )
+            assert adapters.index and adapters.blobs and adapters.bus
+            receiver = Receiver(
+                adapters.blobs,
+                bus_submitter(adapters.bus, settings.dicomkeep.store_timeout),
+                compression=settings.storage_compression,
+                overwrite=settings.overwrite_instances,
+            )
+            self.adapters = adapters
+            self.context = GatewayContext(
+                settings, adapters.index, adapters.blobs, adapters.bus, receiver
+            )
+            attach_context(self.app, self.context)
+            stack.callback(self._detach)
+            self._stack = stack.pop_all()
 
     async def stop(self) -> None:
         """Detach the context (routes answer 503), then close what `start` opened."""
+        await self._stack.aclose()
+
+    def _detach(self) -> None:
         attach_context(self.app, None)
         self.context = None
-        await self._close_owned()
-
-    async def _close_owned(self) -> None:
-        for close in reversed(self._closers):
-            try:
-                await close()
-            except Exception:
-                log.exception("error while closing an adapter")
-        self._closers = []
 
 
 def build(
@@ -105,10 +86,9 @@ def build(
     index: Index | None = None,
     blobs: BlobStore | None = None,
     bus: Bus | None = None,
-    clock: StabilityClock | None = None,
 ) -> GatewayService:
-    """Build the gateway; adapters not given are chosen from the settings and owned."""
-    return GatewayService(settings, index=index, blobs=blobs, bus=bus, clock=clock)
+    """Build the gateway; adapters not given are chosen from the settings at start."""
+    return GatewayService(settings, Adapters(index=index, blobs=blobs, bus=bus))
 
 
 def http_host(settings: Settings) -> str:

@@ -10,7 +10,6 @@ from typing import Any
 from dicomkeep.common.errors import NoAnswer
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index, Resource
-from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.series_status import series_status
 from dicomkeep.gateway.args import TagFormat
 from pydicom.datadict import tag_for_keyword
@@ -81,12 +80,11 @@ async def series_status_of(index: Index, resource: Resource) -> str:
 
 
 async def expand_resource(
-    index: Index, clock: StabilityClock, resource: Resource, fmt: TagFormat = "simplify"
+    index: Index, resource: Resource, fmt: TagFormat = "simplify"
 ) -> dict[str, Any]:
     """Return the full JSON object of one resource (§2.3, exact key set per level).
 
-    `IsStable` (from the index, so that every replica agrees right after a store;
-    `clock` is not consulted) and `LastUpdate` (when set) for patients, studies and series;
+    `IsStable` (from the index, so that every replica agrees right after a store) and `LastUpdate` (when set) for patients, studies and series;
     `ExpectedNumberOfInstances` and `Status` for series; `FileSize`, `FileUuid`
     and `IndexInSeries` for instances; `AnonymizedFrom`/`ModifiedFrom` only when
     that metadata exists.
@@ -126,7 +124,7 @@ async def expand_resource(
 
 
 async def expand_many(
-    index: Index, clock: StabilityClock, level: Level, ids: list[str], fmt: TagFormat
+    index: Index, level: Level, ids: list[str], fmt: TagFormat
 ) -> list[dict[str, Any]]:
     """Expand resources in order; those deleted meanwhile are left out."""
 
@@ -134,7 +132,7 @@ async def expand_many(
         resource = await index.get_resource(level, public_id)
         if resource is None:
             return None
-        return await expand_resource(index, clock, resource, fmt)
+        return await expand_resource(index, resource, fmt)
 
     expanded = await asyncio.gather(*(one(public_id) for public_id in ids))
     return [item for item in expanded if item is not None]

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import STORE_QUEUE
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.wiring import make_bus, make_index
+from dicomkeep.common.wiring import Adapters, cancel, open_adapters
 from dicomkeep.indexer.usecases import database_identity, relay_outbox, store
 
 log = logging.getLogger(__name__)
@@ -26,47 +27,55 @@ class IndexerService:
     leave in Seq order; the others take over when it dies.
     """
 
+    #: The adapters it works with (opened at start unless given; checked by /readyz).
+    NEEDS = ("index", "bus", "public_bus")
+
     def __init__(
         self,
         settings: Settings,
-        index: Index,
-        bus: Bus,
+        given: Adapters | None = None,
         *,
-        owns: tuple[bool, bool] = (False, False),
         poll_interval: float = 0.2,
-        public_bus: Bus | None = None,
     ) -> None:
-        """`public_bus`, when given, also receives every change (all-in-one mirror)."""
+        """Adapters not `given` are opened at `start` and closed at `stop`.
+
+        `given.public_bus`, when set, also receives every change (all-in-one mirror).
+        """
         self.settings = settings
-        self.index = index
-        self.bus = bus
-        self._owns_index, self._owns_bus = owns
+        self.adapters = given or Adapters()
         self._poll = poll_interval
         self._wake = asyncio.Event()
-        self._relay_task: asyncio.Task[None] | None = None
-        self._buses = [bus] if public_bus is None else [bus, public_bus]
+        self._stack = AsyncExitStack()
         self.is_relay_leader = False
         self._database_id: str | None = None
 
+    @property
+    def index(self) -> Index:
+        assert self.adapters.index is not None, "IndexerService is not started"
+        return self.adapters.index
+
+    @property
+    def bus(self) -> Bus:
+        assert self.adapters.bus is not None, "IndexerService is not started"
+        return self.adapters.bus
+
     async def start(self) -> None:
-        """Open what it owns, answer StoreInstance, start the relay."""
-        if self._owns_index:
-            await self.index.open()
-        if self._owns_bus:
-            await self.bus.start()
-        await self.bus.serve(STORE_QUEUE, self._handle_store, prefetch=64)
-        self._relay_task = asyncio.create_task(self._relay_loop(), name="outbox-relay")
+        """Open what was not given, answer StoreInstance, start the relay.
+
+        On failure whatever was opened is closed again before the error propagates.
+        """
+        async with AsyncExitStack() as stack:
+            self.adapters = await open_adapters(
+                stack, self.settings, self.adapters, needs=self.NEEDS
+            )
+            await self.bus.serve(STORE_QUEUE, self._handle_store, prefetch=64)
+            relay = asyncio.create_task(self._relay_loop(), name="outbox-relay")
+            stack.push_async_callback(cancel, relay)
+            self._stack = stack.pop_all()
 
     async def stop(self) -> None:
-        """Stop the relay, then close what it owns."""
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
-        if self._owns_bus:
-            await self.bus.close()
-        if self._owns_index:
-            await self.index.close()
+        """Stop the relay, then close what `start` opened."""
+        await self._stack.aclose()
 
     def wake(self) -> None:
         """Ask the relay to publish now (new changes were committed)."""
@@ -92,8 +101,9 @@ class IndexerService:
                 if not was_leader:
                     log.info("outbox relay leadership taken")
                     self._database_id = await database_identity(self.index)
+                buses = [self.bus] if self.adapters.public_bus is None else [self.bus, self.adapters.public_bus]
                 published = await relay_outbox(
-                    self.index, self._buses, database_id=self._database_id
+                    self.index, buses, database_id=self._database_id
                 )
                 if published == 0:
                     self._wake.clear()
@@ -113,11 +123,5 @@ def build(
     bus: Bus | None = None,
     public_bus: Bus | None = None,
 ) -> IndexerService:
-    """Build the indexer; adapters not given are chosen from the settings and owned."""
-    return IndexerService(
-        settings,
-        index or make_index(settings),
-        bus or make_bus(settings),
-        owns=(index is None, bus is None),
-        public_bus=public_bus,
-    )
+    """Build the indexer; adapters not given are chosen from the settings at start."""
+    return IndexerService(settings, Adapters(index=index, bus=bus, public_bus=public_bus))

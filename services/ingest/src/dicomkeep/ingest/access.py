@@ -11,15 +11,9 @@ deleted through REST (kept in the index, `JobStore.modality_overrides`).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
-
 from dicomkeep.common.index import Index
+from dicomkeep.common.modalities import Modality, configured_modalities, load_modalities
 from dicomkeep.common.settings import Settings
-
-log = logging.getLogger(__name__)
 
 #: Commands and the option allowing them from unknown AETs.
 ALWAYS_ALLOW = {
@@ -32,45 +26,20 @@ ALWAYS_ALLOW = {
 }
 
 
-@dataclass(frozen=True)
-class ModalityAccess:
-    """What access control needs of one `DicomModalities` entry."""
+async def effective_modalities(settings: Settings, index: Index | None) -> list[Modality]:
+    """Return the configured modalities with the REST overrides of the index applied.
 
-    aet: str
-    host: str
-    permissions: Mapping[str, Any]
-
-    def allows(self, command: str) -> bool:
-        """Return the entry's `Allow<command>` (true when absent, as Orthanc)."""
-        return bool(self.permissions.get(f"Allow{command}", True))
-
-
-def modality_access(name: str, entry: Any) -> ModalityAccess | None:
-    """Read one entry (array or object form); None, with a warning, if malformed."""
-    if isinstance(entry, list) and len(entry) >= 3:
-        return ModalityAccess(str(entry[0]), str(entry[1]), {})
-    if isinstance(entry, dict) and "AET" in entry and "Host" in entry:
-        return ModalityAccess(str(entry["AET"]), str(entry["Host"]), entry)
-    log.warning("ignoring malformed DicomModalities entry %s", name)
-    return None
-
-
-async def effective_modalities(settings: Settings, index: Index | None) -> list[ModalityAccess]:
-    """Return the configured modalities with the REST overrides of the index applied."""
-    entries: dict[str, Any] = dict(settings.dicom_modalities)
-    if index is not None:
-        for name, value in (await index.jobs.modality_overrides()).items():
-            if value is None:
-                entries.pop(name, None)
-            else:
-                entries[name] = value
-    found = [modality_access(name, entry) for name, entry in entries.items()]
-    return [m for m in found if m is not None]
+    Entries are parsed by `dicomkeep.common.modalities`, the one parser of
+    `DicomModalities`; malformed ones are logged there and left out.
+    """
+    if index is None:
+        return list(configured_modalities(settings).values())
+    return list((await load_modalities(settings, index.jobs)).values())
 
 
 def is_allowed(
     settings: Settings,
-    modalities: list[ModalityAccess],
+    modalities: list[Modality],
     command: str,
     remote_aet: str,
     remote_ip: str,
@@ -87,9 +56,9 @@ def is_allowed(
     check_host = settings.dicom_check_modality_host
     if len(matches) == 1:
         only = matches[0]
-        return (not check_host or only.host == remote_ip) and only.allows(command)
+        return (not check_host or only.host == remote_ip) and only.allows(f"Allow{command}")
     if not matches:
         return False
-    if any(m.host == remote_ip and m.allows(command) for m in matches):
+    if any(m.host == remote_ip and m.allows(f"Allow{command}") for m in matches):
         return True
-    return all(m.allows(command) for m in matches)
+    return all(m.allows(f"Allow{command}") for m in matches)

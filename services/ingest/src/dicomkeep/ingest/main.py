@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import AsyncExitStack
 
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.wiring import make_bus, make_index, open_blobs
+from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.ingest.find import FindScp
 from dicomkeep.ingest.move import RetrieveScp, add_retrieve_contexts
 from dicomkeep.ingest.scp import StoreScp
@@ -19,37 +20,56 @@ from pynetdicom import evt
 class IngestService:
     """Receives instances over DICOM and hands them to the indexer over the bus."""
 
+    #: The adapters it works with (opened at start unless given; checked by /readyz).
+    NEEDS = ("index", "blobs", "bus")
+
     def __init__(
         self,
         settings: Settings,
-        blobs: BlobStore | None,
-        bus: Bus,
+        given: Adapters | None = None,
         *,
-        owns: tuple[bool, bool] = (False, False),
         host: str = "0.0.0.0",
-        index: Index | None = None,
     ) -> None:
+        """Adapters not `given` are opened at `start` and closed at `stop`."""
         self.settings = settings
-        self.blobs = blobs
-        self.bus = bus
-        # C-FIND reads the index; opened (and owned) at start when not given.
-        self.index = index
-        self._owns_index = index is None
-        self._owns_blobs, self._owns_bus = owns
+        self.adapters = given or Adapters()
         self.host = host
         self.scp: StoreScp | None = None
+        self._stack = AsyncExitStack()
+
+    @property
+    def index(self) -> Index:
+        assert self.adapters.index is not None, "IngestService is not started"
+        return self.adapters.index
+
+    @property
+    def blobs(self) -> BlobStore:
+        assert self.adapters.blobs is not None, "IngestService is not started"
+        return self.adapters.blobs
+
+    @property
+    def bus(self) -> Bus:
+        assert self.adapters.bus is not None, "IngestService is not started"
+        return self.adapters.bus
 
     async def start(self) -> None:
-        """Open what it owns and start listening."""
-        if self._owns_blobs or self.blobs is None:
-            self.blobs = await open_blobs(self.settings)
-        if self._owns_bus:
-            await self.bus.start()
+        """Open what was not given and start listening (C-FIND reads the index)."""
+        async with AsyncExitStack() as stack:
+            self.adapters = await open_adapters(
+                stack, self.settings, self.adapters, needs=self.NEEDS
+            )
+            scp = self._make_scp(asyncio.get_running_loop())
+            await asyncio.to_thread(scp.start, self.host, self.settings.dicom_port)
+            self.scp = scp
+            stack.push_async_callback(asyncio.to_thread, scp.stop)
+            self._stack = stack.pop_all()
+
+    async def stop(self) -> None:
+        """Stop listening, close what `start` opened."""
+        await self._stack.aclose()
+
+    def _make_scp(self, loop: asyncio.AbstractEventLoop) -> StoreScp:
         settings = self.settings
-        if self.index is None:
-            self.index = make_index(settings)
-            await self.index.open()
-        loop = asyncio.get_running_loop()
         find_scp = FindScp(settings, self.index, self.blobs, loop)
         retrieve_scp = RetrieveScp(settings, self.index, self.blobs, self.bus, loop)
         receiver = Receiver(
@@ -58,9 +78,9 @@ class IngestService:
             compression=settings.storage_compression,
             overwrite=settings.overwrite_instances,
         )
-        self.scp = StoreScp(
+        scp = StoreScp(
             receiver,
-            asyncio.get_running_loop(),
+            loop,
             ae_title=settings.dicom_aet,
             timeout=float(settings.dicom_scp_timeout),
             store_timeout=settings.dicomkeep.store_timeout + 5,
@@ -71,20 +91,8 @@ class IngestService:
                 (evt.EVT_C_GET, retrieve_scp.handle_get),
             ],
         )
-        add_retrieve_contexts(self.scp.ae)
-        await asyncio.to_thread(self.scp.start, self.host, settings.dicom_port)
-
-    async def stop(self) -> None:
-        """Stop listening, close what it owns."""
-        if self.scp is not None:
-            await asyncio.to_thread(self.scp.stop)
-        if self._owns_bus:
-            await self.bus.close()
-        if self._owns_blobs and self.blobs is not None:
-            await self.blobs.close()
-        if self._owns_index and self.index is not None:
-            await self.index.close()
-            self.index = None
+        add_retrieve_contexts(scp.ae)
+        return scp
 
 
 def build(
@@ -94,8 +102,5 @@ def build(
     bus: Bus | None = None,
     index: Index | None = None,
 ) -> IngestService:
-    """Build the ingest service; adapters not given are chosen and owned."""
-    return IngestService(
-        settings, blobs, bus or make_bus(settings), owns=(blobs is None, bus is None),
-        index=index,
-    )
+    """Build the ingest service; adapters not given are chosen from the settings at start."""
+    return IngestService(settings, Adapters(index=index, blobs=blobs, bus=bus))

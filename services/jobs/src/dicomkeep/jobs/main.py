@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import JOBS_QUEUE
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.wiring import make_bus, make_index, open_blobs
+from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.jobs.usecases import Deps
 from dicomkeep.jobs.worker import LEASE_SECONDS, JobWorkers
 
@@ -32,63 +33,72 @@ def concurrency(settings: Settings) -> int:
 class JobsService:
     """Runs the queued jobs (store to modality or peer, C-MOVE SCU)."""
 
+    #: The adapters it works with (opened at start unless given; checked by /readyz).
+    NEEDS = ("index", "blobs", "bus")
+
     def __init__(
         self,
         settings: Settings,
-        index: Index,
-        blobs: BlobStore | None,
-        bus: Bus,
+        given: Adapters | None = None,
         *,
-        owns: tuple[bool, bool, bool] = (False, False, False),
         lease: float = LEASE_SECONDS,
         poll: float = 1.0,
     ) -> None:
+        """Adapters not `given` are opened at `start` and closed at `stop`."""
         self.settings = settings
-        self.index = index
-        self.blobs = blobs
-        self.bus = bus
-        self._owns = owns
+        self.adapters = given or Adapters()
         self._lease = lease
         self._poll = poll
+        self._stack = AsyncExitStack()
         self.workers: JobWorkers | None = None
 
+    @property
+    def index(self) -> Index:
+        assert self.adapters.index is not None, "JobsService is not started"
+        return self.adapters.index
+
+    @property
+    def blobs(self) -> BlobStore:
+        assert self.adapters.blobs is not None, "JobsService is not started"
+        return self.adapters.blobs
+
+    @property
+    def bus(self) -> Bus:
+        assert self.adapters.bus is not None, "JobsService is not started"
+        return self.adapters.bus
+
     async def start(self) -> None:
-        """Open what it owns, listen for RunJob, start the workers."""
-        owns_index, owns_blobs, owns_bus = self._owns
-        if owns_index:
-            await self.index.open()
-        if owns_blobs or self.blobs is None:
-            self.blobs = await open_blobs(self.settings)
-        if owns_bus:
-            await self.bus.start()
-        self.workers = JobWorkers(
-            self.index.jobs,
-            Deps(self.settings, self.index, self.blobs),
-            concurrency=concurrency(self.settings),
-            history_size=self.settings.jobs_history_size,
-            lease=self._lease,
-            poll=self._poll,
-        )
-        await self.bus.consume(JOBS_QUEUE, [], self._on_run_job, prefetch=16)
-        self.workers.start()
+        """Open what was not given, listen for RunJob, start the workers."""
+        async with AsyncExitStack() as stack:
+            self.adapters = await open_adapters(
+                stack, self.settings, self.adapters, needs=self.NEEDS
+            )
+            workers = JobWorkers(
+                self.index.jobs,
+                Deps(self.settings, self.index, self.blobs),
+                concurrency=concurrency(self.settings),
+                history_size=self.settings.jobs_history_size,
+                lease=self._lease,
+                poll=self._poll,
+            )
+            await self.bus.consume(JOBS_QUEUE, [], self._on_run_job, prefetch=16)
+            self.workers = workers
+            workers.start()
+            stack.push_async_callback(self._stop_workers)
+            self._stack = stack.pop_all()
+
+    async def stop(self) -> None:
+        """Stop the workers (running jobs go back to the queue), close what `start` opened."""
+        await self._stack.aclose()
+
+    async def _stop_workers(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+            self.workers = None
 
     async def _on_run_job(self, body: bytes, headers: Mapping[str, str]) -> None:
         if self.workers is not None:
             self.workers.wake()
-
-    async def stop(self) -> None:
-        """Stop the workers (running jobs go back to the queue), close what it owns."""
-        if self.workers is not None:
-            await self.workers.stop()
-            self.workers = None
-        owns_index, owns_blobs, owns_bus = self._owns
-        if owns_bus:
-            await self.bus.close()
-        if owns_blobs and self.blobs is not None:
-            await self.blobs.close()
-        if owns_index:
-            await self.index.close()
-
 
 def build(
     settings: Settings,
@@ -97,11 +107,5 @@ def build(
     blobs: BlobStore | None = None,
     bus: Bus | None = None,
 ) -> JobsService:
-    """Build the jobs service; adapters not given are chosen from the settings and owned."""
-    return JobsService(
-        settings,
-        index or make_index(settings),
-        blobs,
-        bus or make_bus(settings),
-        owns=(index is None, blobs is None, bus is None),
-    )
+    """Build the jobs service; adapters not given are chosen from the settings at start."""
+    return JobsService(settings, Adapters(index=index, blobs=blobs, bus=bus))

@@ -10,10 +10,10 @@ clock lost (usecases.reconcile).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import CHANGES_EXCHANGE
 from dicomkeep.common.index import Index
@@ -21,7 +21,7 @@ from dicomkeep.common.metrics import STABILITY_BACKLOG
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.wiring import make_bus, make_index, open_clock
+from dicomkeep.common.wiring import Adapters, cancel, open_adapters
 from dicomkeep.stability.usecases import emit_due, on_change, rebuild_clock, reconcile
 
 log = logging.getLogger(__name__)
@@ -32,68 +32,68 @@ QUEUE = "dicomkeep.stability.changes"
 class StabilityService:
     """Tracks unstable resources and emits StableSeries/StableStudy/StablePatient."""
 
+    #: The adapters it works with (opened at start unless given; checked by /readyz).
+    NEEDS = ("index", "clock", "bus")
+
     def __init__(
         self,
         settings: Settings,
-        index: Index,
-        clock: StabilityClock | None,
-        bus: Bus,
+        given: Adapters | None = None,
         *,
-        owns: tuple[bool, bool, bool] = (False, False, False),
         tick: float = 0.1,
         reconcile_every: float = 1.0,
         grace: float = 1.0,
     ) -> None:
+        """Adapters not `given` are opened at `start` and closed at `stop`."""
         self.settings = settings
-        self.index = index
-        self.clock = clock
-        self.bus = bus
-        self._owns = owns
+        self.adapters = given or Adapters()
         self._tick = tick
         self._reconcile_every = reconcile_every
         self._grace = grace
-        self._task: asyncio.Task[None] | None = None
+        self._stack = AsyncExitStack()
+
+    @property
+    def index(self) -> Index:
+        assert self.adapters.index is not None, "StabilityService is not started"
+        return self.adapters.index
+
+    @property
+    def clock(self) -> StabilityClock:
+        assert self.adapters.clock is not None, "StabilityService is not started"
+        return self.adapters.clock
+
+    @property
+    def bus(self) -> Bus:
+        assert self.adapters.bus is not None, "StabilityService is not started"
+        return self.adapters.bus
 
     async def start(self) -> None:
-        """Open what it owns, enforce the limits, rebuild the clock, listen, monitor."""
-        owns_index, owns_clock, owns_bus = self._owns
-        if owns_index:
-            await self.index.open()
-        if owns_clock or self.clock is None:
-            self.clock = await open_clock(self.settings)
-        if owns_bus:
-            await self.bus.start()
-        recycled = await self.index.enforce_limits()
-        if recycled:
-            log.info("storage limits enforced at start recycled=%d", len(recycled))
-        await rebuild_clock(self.index, self.clock)
-        await self.bus.consume(
-            QUEUE,
-            [(CHANGES_EXCHANGE, "Instance.NewInstance"), (CHANGES_EXCHANGE, "*.Deleted")],
-            self._on_change,
-        )
-        self._task = asyncio.create_task(self._monitor(), name="stability-monitor")
+        """Open what was not given, enforce the limits, rebuild the clock, listen, monitor."""
+        async with AsyncExitStack() as stack:
+            self.adapters = await open_adapters(
+                stack, self.settings, self.adapters, needs=self.NEEDS
+            )
+            recycled = await self.index.enforce_limits()
+            if recycled:
+                log.info("storage limits enforced at start recycled=%d", len(recycled))
+            await rebuild_clock(self.index, self.clock)
+            await self.bus.consume(
+                QUEUE,
+                [(CHANGES_EXCHANGE, "Instance.NewInstance"), (CHANGES_EXCHANGE, "*.Deleted")],
+                self._on_change,
+            )
+            monitor = asyncio.create_task(self._monitor(), name="stability-monitor")
+            stack.push_async_callback(cancel, monitor)
+            self._stack = stack.pop_all()
 
     async def stop(self) -> None:
-        """Stop the monitor, close what it owns."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        owns_index, owns_clock, owns_bus = self._owns
-        if owns_bus:
-            await self.bus.close()
-        if owns_clock and self.clock is not None:
-            await self.clock.close()
-        if owns_index:
-            await self.index.close()
+        """Stop the monitor, close what `start` opened."""
+        await self._stack.aclose()
 
     async def _on_change(self, body: bytes, headers: Mapping[str, str]) -> None:
-        assert self.clock is not None
         await on_change(self.clock, body, headers, time.time())
 
     async def _monitor(self) -> None:
-        assert self.clock is not None
         stable_age = float(self.settings.stable_age)
         next_reconcile = time.monotonic() + self._reconcile_every
         while True:
@@ -121,11 +121,5 @@ def build(
     clock: StabilityClock | None = None,
     bus: Bus | None = None,
 ) -> StabilityService:
-    """Build the stability service; adapters not given are chosen and owned."""
-    return StabilityService(
-        settings,
-        index or make_index(settings),
-        clock,
-        bus or make_bus(settings),
-        owns=(index is None, clock is None, bus is None),
-    )
+    """Build the stability service; adapters not given are chosen from the settings at start."""
+    return StabilityService(settings, Adapters(index=index, clock=clock, bus=bus))

@@ -7,13 +7,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import CHANGES_EXCHANGE
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.wiring import make_bus, make_index, open_blobs
+from dicomkeep.common.wiring import Adapters, cancel, open_adapters
 from dicomkeep.storage.usecases import collect_orphans, purge_released
 
 log = logging.getLogger(__name__)
@@ -24,50 +25,51 @@ QUEUE = "dicomkeep.storage.deleted"
 class StorageService:
     """Removes blobs after deletions (woken by Deleted events) and collects orphans."""
 
+    #: The adapters it works with (opened at start unless given; checked by /readyz).
+    NEEDS = ("index", "blobs", "bus")
+
     def __init__(
         self,
         settings: Settings,
-        index: Index,
-        blobs: BlobStore | None,
-        bus: Bus,
+        given: Adapters | None = None,
         *,
-        owns: tuple[bool, bool, bool] = (False, False, False),
         poll_interval: float = 1.0,
     ) -> None:
+        """Adapters not `given` are opened at `start` and closed at `stop`."""
         self.settings = settings
-        self.index = index
-        self.blobs = blobs
-        self.bus = bus
-        self._owns = owns
+        self.adapters = given or Adapters()
         self._poll = poll_interval
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._stack = AsyncExitStack()
+
+    @property
+    def index(self) -> Index:
+        assert self.adapters.index is not None, "StorageService is not started"
+        return self.adapters.index
+
+    @property
+    def blobs(self) -> BlobStore:
+        assert self.adapters.blobs is not None, "StorageService is not started"
+        return self.adapters.blobs
+
+    @property
+    def bus(self) -> Bus:
+        assert self.adapters.bus is not None, "StorageService is not started"
+        return self.adapters.bus
 
     async def start(self) -> None:
-        """Open what it owns, listen for deletions, start the loop."""
-        owns_index, owns_blobs, owns_bus = self._owns
-        if owns_index:
-            await self.index.open()
-        if owns_blobs or self.blobs is None:
-            self.blobs = await open_blobs(self.settings)
-        if owns_bus:
-            await self.bus.start()
-        await self.bus.consume(QUEUE, [(CHANGES_EXCHANGE, "*.Deleted")], self._on_deleted)
-        self._task = asyncio.create_task(self._loop(), name="storage-purge")
+        """Open what was not given, listen for deletions, start the loop."""
+        async with AsyncExitStack() as stack:
+            self.adapters = await open_adapters(
+                stack, self.settings, self.adapters, needs=self.NEEDS
+            )
+            await self.bus.consume(QUEUE, [(CHANGES_EXCHANGE, "*.Deleted")], self._on_deleted)
+            stack.push_async_callback(cancel, asyncio.create_task(self._loop(), name="storage-purge"))
+            self._stack = stack.pop_all()
 
     async def stop(self) -> None:
-        """Stop the loop, close what it owns."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        owns_index, owns_blobs, owns_bus = self._owns
-        if owns_bus:
-            await self.bus.close()
-        if owns_blobs and self.blobs is not None:
-            await self.blobs.close()
-        if owns_index:
-            await self.index.close()
+        """Stop the loop, close what `start` opened."""
+        await self._stack.aclose()
 
     async def _on_deleted(self, body: bytes, headers: Mapping[str, str]) -> None:
         self._wake.set()
@@ -76,7 +78,6 @@ class StorageService:
         grace = self.settings.dicomkeep.orphan_grace_period
         sweep_every = max(grace / 2, 0.5)
         last_sweep = time.monotonic()
-        assert self.blobs is not None
         while True:
             try:
                 while await purge_released(self.index, self.blobs) > 0:
@@ -101,11 +102,5 @@ def build(
     blobs: BlobStore | None = None,
     bus: Bus | None = None,
 ) -> StorageService:
-    """Build the storage service; adapters not given are chosen and owned."""
-    return StorageService(
-        settings,
-        index or make_index(settings),
-        blobs,
-        bus or make_bus(settings),
-        owns=(index is None, blobs is None, bus is None),
-    )
+    """Build the storage service; adapters not given are chosen from the settings at start."""
+    return StorageService(settings, Adapters(index=index, blobs=blobs, bus=bus))

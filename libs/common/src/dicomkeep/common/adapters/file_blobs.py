@@ -15,6 +15,9 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Self
+
+from dicomkeep.common.retries import retrying_sync
 
 #: Keys are Orthanc attachment UUIDs; anything path-safe of 4+ characters is accepted.
 #: No "." in the first four (they name folders), so a key never starts with "." and
@@ -102,6 +105,13 @@ class FileBlobStore:
             for key in found:
                 yield key
 
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: nothing to open; `async with` closes it on exit."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         """Release nothing: files need no connection. Provided for the port."""
 
@@ -109,16 +119,14 @@ class FileBlobStore:
 def _write_durably(path: Path, data: bytes) -> None:
     folder = path.parent
     temp = folder / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-    for attempt in range(_PUT_ATTEMPTS):
-        try:
+    # A concurrent delete may remove a (then empty) folder between our mkdir of it
+    # and the next step: create it again, at once.
+    for attempt in retrying_sync(
+        f"blob folder {folder}", attempts=_PUT_ATTEMPTS, first=0.0, on=(FileNotFoundError,)
+    ):
+        with attempt:
             _make_folders(folder)
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            break
-        except FileNotFoundError:
-            # A concurrent delete removed a (then empty) folder between our mkdir
-            # of it and the next step: create it again.
-            if attempt == _PUT_ATTEMPTS - 1:
-                raise
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)

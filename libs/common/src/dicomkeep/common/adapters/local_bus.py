@@ -19,10 +19,12 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 from dicomkeep.common.adapters.bus_errors import BusError, describe
 from dicomkeep.common.events import SCHEMA_VERSION, Envelope
 from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
+from dicomkeep.common.retries import retrying
 from dicomkeep.common.telemetry import LOCAL_MESSAGING_SYSTEM, consumer_span, producer_span
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,14 @@ class LocalBus:
     async def start(self) -> None:
         """Nothing to connect; exchanges exist on first use."""
         self._is_closed = False
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: start it; `async with` closes it on exit."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Cancel dispatchers and running handlers; fail pending requests with BusError.
@@ -290,34 +300,35 @@ class LocalBus:
             queue.changed.set()
 
     async def _handle(self, queue: str, handler: Consumer, delivery: _Delivery) -> None:
-        """Run `handler`, redelivering in place so that prefetch=1 keeps the order."""
-        headers = delivery.headers
-        for attempt in range(self._delivery_limit + 1):
-            if attempt:
-                headers = {**delivery.headers, "x-delivery-count": str(attempt)}
-            try:
-                with consumer_span(LOCAL_MESSAGING_SYSTEM, queue, headers):
-                    await handler(delivery.body, headers)
-                return
-            except Exception as exc:
-                if attempt == self._delivery_limit:
-                    log.error(
-                        "bus dead letter queue=%s deliveries=%d error=%s",
-                        queue,
-                        attempt + 1,
-                        describe(exc),
-                    )
-                    self._dead_letters.append(
-                        DeadLetter(queue, delivery.body, delivery.headers, describe(exc))
-                    )
-                    return
-                log.warning(
-                    "bus handler failed queue=%s delivery=%d error=%s",
-                    queue,
-                    attempt + 1,
-                    describe(exc),
-                )
-                await asyncio.sleep(self._retry_backoff * 2**attempt)
+        """Run `handler`, redelivering in place so that prefetch=1 keeps the order.
+
+        Redeliveries follow the project's retry policy (`retries.retrying`): the
+        n-th waits `retry_backoff * 2**(n-1)` s and carries `x-delivery-count: n`;
+        after `delivery_limit` redeliveries the message is dead-lettered.
+        """
+        policy = retrying(
+            f"bus handler of {queue}",
+            attempts=self._delivery_limit + 1,
+            first=self._retry_backoff,
+            longest=self._retry_backoff * 2 ** max(self._delivery_limit - 1, 0),
+        )
+        try:
+            async for attempt in policy:
+                with attempt:
+                    redelivery = attempt.retry_state.attempt_number - 1
+                    headers = delivery.headers
+                    if redelivery:
+                        headers = {**delivery.headers, "x-delivery-count": str(redelivery)}
+                    with consumer_span(LOCAL_MESSAGING_SYSTEM, queue, headers):
+                        await handler(delivery.body, headers)
+        except Exception as exc:
+            log.error(
+                "bus dead letter queue=%s deliveries=%d error=%s",
+                queue, self._delivery_limit + 1, describe(exc),
+            )
+            self._dead_letters.append(
+                DeadLetter(queue, delivery.body, delivery.headers, describe(exc))
+            )
 
 
 def _stamp(headers: Mapping[str, str]) -> dict[str, str]:

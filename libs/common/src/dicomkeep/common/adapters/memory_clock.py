@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
+from typing import Self
 
 from dicomkeep.common.ids import Level
 
@@ -64,6 +65,13 @@ class MemoryClock:
     async def count(self) -> int:
         """Return how many resources are waiting to become stable."""
         return len(self._times)
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: nothing to open; `async with` closes it on exit."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Release nothing; provided for the port."""

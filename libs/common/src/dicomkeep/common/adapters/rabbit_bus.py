@@ -38,11 +38,12 @@ queues and bindings and resumes the consumers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aio_pika
 import aiormq
@@ -58,6 +59,7 @@ from aio_pika.abc import (
 from dicomkeep.common.adapters.bus_errors import BusError, describe
 from dicomkeep.common.events import APP_ID, CHANGES_EXCHANGE, SCHEMA_VERSION, Envelope
 from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
+from dicomkeep.common.retries import retrying
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,14 @@ class RabbitBus:
         )
         self._reply_queue = reply_queue.name
         await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: start it; `async with` closes it on exit."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Cancel consumers and running handlers, fail pending requests, disconnect.
@@ -316,21 +326,31 @@ class RabbitBus:
             raise BusError("the broker nacked the message")
 
     async def _outlasting_reconnects(self, action: Callable[[], Awaitable[_T]]) -> _T:
-        """Run `action`, again after each reconnection, for up to `publish_timeout` s."""
+        """Run `action`, again after each reconnection, for up to `publish_timeout` s.
+
+        The project's retry policy (`retries.retrying`) on connection losses; between
+        attempts it waits for the robust channel to be ready again, not a fixed time.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._publish_timeout
-        while True:
-            try:
+        channel = self._open_channel()
+
+        async def until_reconnected(backoff: float) -> None:
+            await asyncio.sleep(backoff)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.ready(), max(deadline - loop.time(), 0.0))
+
+        async for attempt in retrying(
+            "bus publish (waiting for the broker)",
+            within=self._publish_timeout,
+            first=0.05,
+            longest=1.0,
+            on=_CONNECTION_LOST,
+            sleep=until_reconnected,
+        ):
+            with attempt:
                 return await action()
-            except _CONNECTION_LOST as exc:
-                remaining = deadline - loop.time()
-                if self._channel is None or remaining <= 0:
-                    raise
-                log.warning("bus waits for the broker error=%s", describe(exc))
-                try:
-                    await asyncio.wait_for(self._channel.ready(), remaining)
-                except TimeoutError:
-                    raise exc from None
+        raise AssertionError("the retry policy neither returned nor raised")
 
     def _open_channel(self) -> AbstractRobustChannel:
         if self._channel is None:

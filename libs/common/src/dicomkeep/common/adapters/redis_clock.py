@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Self
 
 from dicomkeep.common.ids import Level
 from redis.asyncio import Redis
@@ -99,6 +100,14 @@ class RedisClock:
         """Return how many resources are waiting to become stable."""
         with _translating():
             return int(await self._redis.zcard(self.key))
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: open it; `async with` closes it on exit."""
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Close the connection pool."""

@@ -11,17 +11,26 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import islice
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
+from dicomkeep.common.retries import retrying
 from minio import Minio
-from minio.error import MinioException, S3Error
+from minio.error import MinioException, S3Error, ServerError
 
 _T = TypeVar("_T")
 _LIST_BATCH = 1000
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
 _TIMEOUT_SECONDS = 300.0
+#: Attempts of one call when S3 is unreachable or answers a server error.
+_ATTEMPTS = 6
+#: S3 error codes that another try later may not get.
+_TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
+
+
+class S3Unavailable(OSError):
+    """S3 could not be reached or answered a server error: worth another try."""
 
 
 def _split_endpoint(endpoint: str, secure: bool | None) -> tuple[str, bool]:
@@ -39,7 +48,10 @@ def _split_endpoint(endpoint: str, secure: bool | None) -> tuple[str, bool]:
 
 def _translated(error: Exception) -> OSError:
     if isinstance(error, S3Error):
-        return OSError(f"S3 {error.code}: {error.message}")
+        kind = S3Unavailable if error.code in _TRANSIENT_CODES else OSError
+        return kind(f"S3 {error.code}: {error.message}")
+    if isinstance(error, ServerError | urllib3.exceptions.HTTPError):
+        return S3Unavailable(f"S3 request failed: {error}")
     return OSError(f"S3 request failed: {error}")
 
 
@@ -55,7 +67,9 @@ class S3BlobStore:
       `[start, end)`, clamped to the object's size like a slice; `end < start` or a
       negative start raises ValueError.
     - A missing object raises KeyError; `delete` is idempotent. Other failures (no
-      bucket, refused credentials, unreachable endpoint) raise OSError.
+      bucket, refused credentials, unreachable endpoint) raise OSError; calls are
+      retried (`retries.retrying`, 6 attempts) while S3 is unreachable or answers
+      a server error, which then raise S3Unavailable, an OSError.
     - `keys(older_than)` compares the objects' `LastModified` (whole seconds).
     """
 
@@ -79,9 +93,7 @@ class S3BlobStore:
             timeout=urllib3.Timeout(connect=_TIMEOUT_SECONDS, read=_TIMEOUT_SECONDS),
             maxsize=max_threads,
             cert_reqs="CERT_REQUIRED",  # the system trust store (honours SSL_CERT_FILE)
-            retries=urllib3.Retry(
-                total=5, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
-            ),
+            retries=False,  # retried per call by the project's policy (`_run`)
         )
         self._client = Minio(
             host,
@@ -95,8 +107,18 @@ class S3BlobStore:
         self._slots = asyncio.Semaphore(max_threads)
 
     async def _run(self, call: Callable[..., _T], *args: Any) -> _T:
-        async with self._slots:
-            return await asyncio.to_thread(call, *args)
+        """Run a blocking call in a thread; retry it while S3 is unavailable.
+
+        Every call is idempotent (put overwrites, delete of a missing key succeeds).
+        """
+        async for attempt in retrying(
+            f"S3 {getattr(call, '__name__', 'call').lstrip('_')}",
+            attempts=_ATTEMPTS, first=0.2, on=(S3Unavailable,),
+        ):
+            with attempt:
+                async with self._slots:
+                    return await asyncio.to_thread(call, *args)
+        raise AssertionError("the retry policy neither returned nor raised")
 
     async def open(self) -> None:
         """Create the bucket if it is missing; raise OSError if S3 is unreachable."""
@@ -135,6 +157,14 @@ class S3BlobStore:
                 return
             for key in batch:
                 yield key
+
+    async def __aenter__(self) -> Self:
+        """Enter the adapter's life: open it; `async with` closes it on exit."""
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         """Drop the pooled HTTP connections."""

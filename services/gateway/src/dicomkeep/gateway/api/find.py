@@ -20,7 +20,7 @@ from dicomkeep.common.find import Constraint, format_tag, parse_rest_query, tag_
 from dicomkeep.common.ids import Level
 from dicomkeep.common.search import NEVER, FileReader, effective_limit, find_resources, tag_values
 from dicomkeep.gateway.args import TagFormat
-from dicomkeep.gateway.deps import BlobsDep, ClockDep, IndexDep, SettingsDep
+from dicomkeep.gateway.deps import BlobsDep, IndexDep, SettingsDep
 from dicomkeep.gateway.responses import OrthancJSONResponse
 from dicomkeep.gateway.views import expand_many
 from fastapi import APIRouter, Request
@@ -149,7 +149,7 @@ def format_requested(values: dict[int, str], tags: list[int], fmt: TagFormat) ->
 
 @router.post("/tools/find")
 async def tools_find(
-    request: Request, index: IndexDep, blobs: BlobsDep, clock: ClockDep, settings: SettingsDep
+    request: Request, index: IndexDep, blobs: BlobsDep, settings: SettingsDep
 ) -> Response:
     """Answer the IDs (or expanded objects) of the matching resources, in index order."""
     body = parse_find_body(await request.body())
@@ -163,7 +163,7 @@ async def tools_find(
     )
     if not body.expand:
         return OrthancJSONResponse(outcome.ids)
-    expanded = await expand_many(index, clock, body.level, outcome.ids, body.fmt)
+    expanded = await expand_many(index, body.level, outcome.ids, body.fmt)
     if body.requested_tags:
         reader = None if settings.storage_access_on_find == NEVER else FileReader(index, blobs)
         values = await tag_values(

@@ -14,7 +14,7 @@ from dicomkeep.common.errors import NoAnswer, unknown_resource
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Statistics
 from dicomkeep.gateway.args import bool_arg, paging, tag_format
-from dicomkeep.gateway.deps import ClockDep, IndexDep
+from dicomkeep.gateway.deps import IndexDep
 from dicomkeep.gateway.responses import OrthancJSONResponse
 from dicomkeep.gateway.views import expand_many, expand_resource, reference, require_resource
 from fastapi import APIRouter, Request
@@ -26,7 +26,7 @@ MEGABYTE = 1024 * 1024
 
 
 def _list_route(level: Level) -> Handler:
-    async def list_resources(request: Request, index: IndexDep, clock: ClockDep) -> Response:
+    async def list_resources(request: Request, index: IndexDep) -> Response:
         """List IDs in index order; `expand` for objects; `since`+`limit` page together."""
         since, limit = paging(request, level.plural)
         expand = bool_arg(request, "expand")
@@ -34,35 +34,34 @@ def _list_route(level: Level) -> Handler:
         ids = await index.list_resources(level, since, limit)
         if not expand:
             return OrthancJSONResponse(ids)
-        return OrthancJSONResponse(await expand_many(index, clock, level, ids, fmt))
+        return OrthancJSONResponse(await expand_many(index, level, ids, fmt))
 
     return list_resources
 
 
 def _get_route(level: Level) -> Handler:
     async def get_resource(
-        public_id: str, request: Request, index: IndexDep, clock: ClockDep
+        public_id: str, request: Request, index: IndexDep
     ) -> Response:
         """Answer the resource object, or an empty 404 if unknown at this level."""
         fmt = tag_format(request, "simplify")
         resource = await require_resource(index, level, public_id)
-        return OrthancJSONResponse(await expand_resource(index, clock, resource, fmt))
+        return OrthancJSONResponse(await expand_resource(index, resource, fmt))
 
     return get_resource
 
 
 def _delete_route(level: Level) -> Handler:
-    async def delete_resource(public_id: str, index: IndexDep, clock: ClockDep) -> Response:
+    async def delete_resource(public_id: str, index: IndexDep) -> Response:
         """Delete the resource, its descendants and emptied ancestors (§2.4).
 
         Answers `{"RemainingAncestor": {"ID","Path","Type"} | null}`; unknown -> empty
-        404. Deleted resources leave the stability clock (no Stable* event for them).
+        404. Deleted resources leave the stability clock through their Deleted
+        changes, which the stability service consumes (no Stable* event for them).
         """
         outcome = await index.delete_resource(level, public_id)
         if outcome is None:
             raise NoAnswer()
-        if outcome.deleted:
-            await clock.forget(outcome.deleted)
         remaining = outcome.remaining
         ancestor = None if remaining is None else reference(remaining.level, remaining.public_id)
         return OrthancJSONResponse({"RemainingAncestor": ancestor})
@@ -72,7 +71,7 @@ def _delete_route(level: Level) -> Handler:
 
 def _children_route(level: Level, target: Level) -> Handler:
     async def children(
-        public_id: str, request: Request, index: IndexDep, clock: ClockDep
+        public_id: str, request: Request, index: IndexDep
     ) -> Response:
         """List the descendants at one level, expanded unless `expand=false`.
 
@@ -89,13 +88,13 @@ def _children_route(level: Level, target: Level) -> Handler:
             ids = await index.descendants(level, public_id, target)
         if not expand:
             return OrthancJSONResponse(ids)
-        return OrthancJSONResponse(await expand_many(index, clock, target, ids, fmt))
+        return OrthancJSONResponse(await expand_many(index, target, ids, fmt))
 
     return children
 
 
 def _parent_route(level: Level, target: Level) -> Handler:
-    async def parent(public_id: str, request: Request, index: IndexDep, clock: ClockDep) -> Response:
+    async def parent(public_id: str, request: Request, index: IndexDep) -> Response:
         """Answer the expanded ancestor at one level; unknown resource -> empty 404."""
         fmt = tag_format(request, "simplify")
         resource = await require_resource(index, level, public_id)
@@ -103,7 +102,7 @@ def _parent_route(level: Level, target: Level) -> Handler:
             if resource.parent_id is None or resource.level.parent is None:
                 raise NoAnswer()
             resource = await require_resource(index, resource.level.parent, resource.parent_id)
-        return OrthancJSONResponse(await expand_resource(index, clock, resource, fmt))
+        return OrthancJSONResponse(await expand_resource(index, resource, fmt))
 
     return parent
 

@@ -7,14 +7,6 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from dicomkeep.common.synthetic import (
-    GeneratedInstance,
-    generate_dataset,
-    generate_study,
-    iter_dataset,
-    main,
-    write_files,
-)
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import FileDataset
 from pydicom.uid import (
@@ -31,6 +23,14 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     UltrasoundImageStorage,
     XRayAngiographicImageStorage,
+)
+from synthetic import (
+    GeneratedInstance,
+    generate_dataset,
+    generate_study,
+    iter_dataset,
+    main,
+    write_files,
 )
 
 

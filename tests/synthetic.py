@@ -1,5 +1,9 @@
 """Synthetic DICOM studies for tests and benchmarks: realistic headers, cheap pixels.
 
+A developer tool, not part of the product (it is not installed by `make run`):
+`.venv/bin/python tests/synthetic.py OUT_DIR [--patients N ...]` writes a data set;
+the tests and `bench/` import it as `synthetic`.
+
 Every instance is a complete DICOM Part-10 file (preamble, "DICM", file meta) whose
 SOP class matches its modality, with the patient/study/series/instance attributes an
 Orthanc user expects (names, dates, accession number, descriptions, geometry for CT and
@@ -293,7 +297,7 @@ def write_files(instances: Iterable[GeneratedInstance], folder: Path) -> list[Pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `dicomkeep generate OUT_DIR ...`: write a data set and print a summary line.
+    """Run `python tests/synthetic.py OUT_DIR ...`: write a data set and print a summary line.
 
     Returns 0. Bad arguments exit through argparse (SystemExit 2, usage on stderr).
     """
@@ -333,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dicomkeep generate",
+        prog="python tests/synthetic.py",
         description="Write a synthetic DICOM data set (patients x studies x series x instances).",
     )
     parser.add_argument("out_dir", type=Path, metavar="OUT_DIR")
@@ -625,3 +629,7 @@ def _one(keyword: str, value: object) -> Dataset:
     ds = Dataset()
     setattr(ds, keyword, value)
     return ds
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
