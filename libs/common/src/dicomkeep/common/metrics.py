@@ -57,11 +57,6 @@ STABILITY_BACKLOG = Gauge(
     "dicomkeep_stability_backlog",
     "Resources waiting to become stable (patients, studies, series in the stability clock).",
 )
-QUEUE_DEPTH = Gauge(
-    "dicomkeep_queue_depth",
-    "Messages waiting in a work queue, as last measured by this process.",
-    ["queue"],
-)
 
 
 class OrthancMetrics:

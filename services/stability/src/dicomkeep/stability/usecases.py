@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 
 from dicomkeep.common.events import Change, ChangeType
-from dicomkeep.common.ids import Level
+from dicomkeep.common.ids import Level, orthanc_id
 from dicomkeep.common.index import Index
 from dicomkeep.common.metrics import STABLE_EVENTS
 from dicomkeep.common.ports.clock import StabilityClock
@@ -29,7 +29,19 @@ BATCH = 500
 
 
 def parents_of(headers: Mapping[str, str]) -> list[tuple[Level, str]]:
-    """Return (series, study, patient) public IDs from a NewInstance's `Parent*` headers."""
+    """Return (series, study, patient) public IDs from a NewInstance's `Parent*` headers.
+
+    Events published before the headers lost their DICOM identifiers (a rolling
+    upgrade) carry `PatientID`/`StudyInstanceUID`/`SeriesInstanceUID` instead.
+    """
+    if "ParentSeries" not in headers:
+        patient = headers.get("PatientID", "")
+        study, series = headers["StudyInstanceUID"], headers["SeriesInstanceUID"]
+        return [
+            (Level.SERIES, orthanc_id(patient, study, series)),
+            (Level.STUDY, orthanc_id(patient, study)),
+            (Level.PATIENT, orthanc_id(patient)),
+        ]
     return [
         (Level.SERIES, headers["ParentSeries"]),
         (Level.STUDY, headers["ParentStudy"]),
