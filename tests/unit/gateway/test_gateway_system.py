@@ -31,7 +31,7 @@ async def test_system(gateway: Gateway) -> None:
         "MyOrthanc", "Recycle", {},
     )  # fmt: skip
     assert body["IsHttpServerSecure"] is True
-    assert (body["PluginsEnabled"], body["StorageAreaPlugin"], body["HasLabels"]) == (False, None, False)
+    assert (body["PluginsEnabled"], body["StorageAreaPlugin"], body["HasLabels"]) == (False, None, True)
     assert body["MainDicomTags"]["Patient"] == "0010,0010;0010,0020;0010,0030;0010,0040;0010,1000"
     assert set(body["MainDicomTags"]) == {"Patient", "Study", "Series", "Instance"}
     assert body["DicomKeepVersion"]

@@ -27,6 +27,7 @@ class ErrorCode(Enum):
     FULL_STORAGE = (19, "The file storage is full", 507)
     CORRUPTED_FILE = (20, "Corrupted file (e.g. inconsistent MD5 hash)", 500)
     INEXISTENT_TAG = (21, "Inexistent tag", 404)
+    UNKNOWN_DICOM_TAG = (27, "Unknown DICOM tag", 500)
     BAD_JSON = (28, "Cannot parse a JSON document", 400)
     UNAUTHORIZED = (29, "Bad credentials were provided to an HTTP request", 401)
     NOT_ACCEPTABLE = (
@@ -55,6 +56,30 @@ class ErrorCode(Enum):
     )
     FORBIDDEN_ACCESS = (45, "Access to a resource is forbidden", 403)
     DUPLICATE_RESOURCE = (46, "Duplicate resource", 409)
+    UNSUPPORTED_MEDIA_TYPE = (3000, "Unsupported media type", 415)
+    CREATE_DICOM_NOT_STRING = (
+        2019, "Only string values are supported when creating DICOM instances", 400
+    )
+    CREATE_DICOM_OVERRIDE_TAG = (
+        2020, "Trying to override a value inherited from a parent module", 400
+    )
+    CREATE_DICOM_USE_CONTENT = (
+        2021, 'Use "Content" to inject an image into a new DICOM instance', 400
+    )
+    CREATE_DICOM_NO_PAYLOAD = (2022, "No payload is present for one instance in the series", 400)
+    CREATE_DICOM_USE_DATA_URI_SCHEME = (
+        2023,
+        "The payload of the DICOM instance must be specified according to Data URI scheme",
+        400,
+    )
+    CREATE_DICOM_BAD_PARENT = (
+        2024, "Trying to attach a new DICOM instance to an inexistent resource", 400
+    )
+    CREATE_DICOM_PARENT_IS_INSTANCE = (
+        2025,
+        "Trying to attach a new DICOM instance to an instance (must be a series, study or patient)",
+        400,
+    )
 
     @property
     def status(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,8 +77,13 @@ def build_command(
     origin: Origin,
     *,
     overwrite: bool,
+    extra_metadata: Mapping[Level, Mapping[int, str]] | None = None,
 ) -> StoreInstance:
-    """Build the StoreInstance command with the core metadata of ORTHANC_API.md §3."""
+    """Build the StoreInstance command with the core metadata of ORTHANC_API.md §3.
+
+    `extra_metadata` adds metadata per level (ModifiedFrom/AnonymizedFrom of a
+    modified copy); the indexer writes a level's metadata when it creates that level.
+    """
     received_at = now_stamp()
     instance: dict[int, str] = {
         RECEPTION_DATE: received_at,
@@ -100,6 +105,9 @@ def build_command(
     series: dict[int, str] = {REMOTE_AET: origin.remote_aet}
     if parsed.expected_instances is not None:
         series[EXPECTED_INSTANCES] = str(parsed.expected_instances)
+    metadata: dict[Level, dict[int, str]] = {Level.INSTANCE: instance, Level.SERIES: series}
+    for level, values in (extra_metadata or {}).items():
+        metadata.setdefault(level, {}).update(values)
     patient_id, study_id, series_id, instance_id = parsed.ids
     return StoreInstance(
         patient_id=patient_id,
@@ -111,7 +119,7 @@ def build_command(
         series_uid=parsed.series_uid,
         sop_uid=parsed.sop_uid,
         main_tags=parsed.main_tags,
-        metadata={Level.INSTANCE: instance, Level.SERIES: series},
+        metadata=metadata,
         attachments=attachments,
         overwrite=overwrite,
         received_at=received_at,
@@ -167,8 +175,16 @@ class Receiver:
         self.compression = compression
         self.overwrite = overwrite
 
-    async def receive(self, data: bytes, origin: Origin) -> Received:
+    async def receive(
+        self,
+        data: bytes,
+        origin: Origin,
+        *,
+        metadata: Mapping[Level, Mapping[int, str]] | None = None,
+    ) -> Received:
         """Store one DICOM file; raise OrthancError when it is refused.
+
+        `metadata` adds metadata per level to the core metadata (see build_command).
 
         Bad input raises before anything is written. When the indexer answers a
         failure, the blobs just written are removed again; when it does not answer
@@ -193,7 +209,9 @@ class Receiver:
                             self.blobs, DICOM_UNTIL_PIXEL_DATA, prefix, compressed=True
                         )
                     )
-            command = build_command(parsed, attachments, origin, overwrite=self.overwrite)
+            command = build_command(
+                parsed, attachments, origin, overwrite=self.overwrite, extra_metadata=metadata
+            )
             reply = await self.submit(command)
         except BusTimeout as error:
             log.error("store timed out instance=%s", parsed.ids[3])

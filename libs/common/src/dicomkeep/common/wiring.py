@@ -132,11 +132,12 @@ async def open_adapters(
     `public_bus` is opened only in the all-in-one mode with `RabbitMQ.PublishChanges`.
     """
     opened = given or Adapters()
-    unknown = set(needs) - set(Adapters.__dataclass_fields__)
+    wanted = set(needs)
+    unknown = wanted - set(Adapters.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown adapters: {sorted(unknown)}")
     index, blobs, bus, clock, public_bus = (
-        name in needs for name in ("index", "blobs", "bus", "clock", "public_bus")
+        name in wanted for name in ("index", "blobs", "bus", "clock", "public_bus")
     )
     if index and opened.index is None:
         opened = replace(opened, index=await stack.enter_async_context(make_index(settings)))

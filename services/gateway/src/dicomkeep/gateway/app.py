@@ -23,15 +23,19 @@ from dicomkeep.gateway.api import (
     attachments,
     changes,
     find,
+    images,
     instances,
     jobs,
+    labels,
     metadata,
     modalities,
+    modify,
     monitoring,
     peers,
     queries,
     resources,
     system,
+    tools,
 )
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
@@ -72,7 +76,8 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     routers = (
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
-        jobs.router, modalities.router, queries.router, monitoring.router,
+        jobs.router, modalities.router, queries.router, modify.router, tools.router,
+        images.router, labels.router, monitoring.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)

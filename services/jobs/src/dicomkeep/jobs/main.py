@@ -17,6 +17,7 @@ from dicomkeep.common.events import JOBS_QUEUE
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
+from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.jobs.usecases import Deps
@@ -75,7 +76,7 @@ class JobsService:
             )
             workers = JobWorkers(
                 self.index.jobs,
-                Deps(self.settings, self.index, self.blobs),
+                Deps(self.settings, self.index, self.blobs, self._receiver(self.blobs)),
                 concurrency=concurrency(self.settings),
                 history_size=self.settings.jobs_history_size,
                 lease=self._lease,
@@ -95,6 +96,15 @@ class JobsService:
         if self.workers is not None:
             await self.workers.stop()
             self.workers = None
+
+    def _receiver(self, blobs: BlobStore) -> Receiver:
+        """The store flow of modified copies: the indexer over the bus, as the gateway."""
+        return Receiver(
+            blobs,
+            bus_submitter(self.bus, self.settings.dicomkeep.store_timeout),
+            compression=self.settings.storage_compression,
+            overwrite=self.settings.overwrite_instances,
+        )
 
     async def _on_run_job(self, body: bytes, headers: Mapping[str, str]) -> None:
         if self.workers is not None:

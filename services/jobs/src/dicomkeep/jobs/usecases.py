@@ -26,6 +26,15 @@ from dicomkeep.common.jobs import DICOM_MODALITY_STORE, DICOM_MOVE_SCU
 from dicomkeep.common.peer_http import HttpOptions
 from dicomkeep.common.peers import find_peer
 from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.receiving import Origin, Receiver
+from dicomkeep.common.resource_modification import JOB_TYPE as MODIFICATION_JOB
+from dicomkeep.common.resource_modification import (
+    checkpoint_payload,
+    job_content,
+    modification_from_payload,
+    modify_resources,
+    parse_options,
+)
 from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +75,8 @@ class Deps:
     settings: Settings
     index: Index
     blobs: BlobStore
+    #: Stores modified copies (ResourceModification jobs) through the indexer.
+    receiver: Receiver | None = None
 
 
 Executor = Callable[[JobRecord, JobRun, Deps], Awaitable[JobOutcome]]
@@ -250,10 +261,51 @@ async def run_peer_store(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
     return success(update)
 
 
+async def run_resource_modification(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
+    """Modify or anonymize the job's instances one by one (Orthanc's ResourceModificationJob).
+
+    The UID map and the copies made so far are checkpointed after each instance,
+    so a resumed job maps the remaining instances to the same new UIDs.
+    """
+    payload = job.payload
+    modification, outcome = modification_from_payload(payload)
+    options = parse_options(payload["Body"])
+    resource = payload.get("Resource")
+    level = Level(resource["Level"]) if resource else None
+    public_id = resource["ID"] if resource else None
+    instances: list[str] = payload["Instances"]
+    done = int(payload.get("Done", 0))
+    origin = Origin(protocol="RestApi")
+
+    def update() -> JobUpdate:
+        progress = 100 * done // len(instances) if instances else 100
+        state = checkpoint_payload(payload, modification, outcome, done)
+        return JobUpdate(progress, job_content(outcome, level, public_id), state)
+
+    if deps.receiver is None:
+        return failure(update(), ErrorCode.INTERNAL_ERROR, "This worker cannot store instances")
+    while done < len(instances):
+        action = run.stop_requested()
+        if action is not None:
+            return stopped(action, update())
+        try:
+            await modify_resources(
+                deps.index, deps.blobs, deps.receiver, modification, [instances[done]],
+                options, origin, outcome=outcome,
+            )  # fmt: skip
+        except OrthancError as error:
+            return failure(update(), error.code, error.details or "")
+        done += 1
+        current = update()
+        run.checkpoint(current.progress, current.content, current.payload)
+    return success(update())
+
+
 EXECUTORS: dict[str, Executor] = {
     DICOM_MODALITY_STORE: run_modality_store,
     DICOM_MOVE_SCU: run_move_scu,
     peer_transfer.JOB_TYPE: run_peer_store,
+    MODIFICATION_JOB: run_resource_modification,
 }
 
 

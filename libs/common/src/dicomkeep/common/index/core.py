@@ -36,6 +36,7 @@ from dicomkeep.common.index.annotations import (
 )
 from dicomkeep.common.index.changes import ChangeLog, PendingChanges
 from dicomkeep.common.index.jobs import JobStore
+from dicomkeep.common.index.labels import Labels
 from dicomkeep.common.index.peers import PeerStore
 from dicomkeep.common.index.records import (
     ChangesPage,
@@ -99,6 +100,11 @@ class Index:
     def jobs(self) -> JobStore:
         """Jobs, registered modalities and REST queries kept in the index (index/jobs.py)."""
         return JobStore(self.db, self._run)
+
+    @property
+    def labels(self) -> Labels:
+        """Labels of resources (index/labels.py)."""
+        return Labels(self)
 
     @property
     def peers(self) -> PeerStore:

@@ -90,9 +90,11 @@ class StoreTransaction:
 
         if new_patient:
             await self._insert_tags(patient, Level.PATIENT, Level.PATIENT)
+            await self._insert_metadata(patient, command.metadata.get(Level.PATIENT, {}))
         if new_study:
             await self._insert_tags(study, Level.STUDY, Level.STUDY)
             await self._insert_tags(study, Level.PATIENT, Level.PATIENT)
+            await self._insert_metadata(study, command.metadata.get(Level.STUDY, {}))
         if new_series:
             await self._insert_tags(series, Level.SERIES, Level.SERIES)
             await self._insert_metadata(series, command.metadata.get(Level.SERIES, {}))

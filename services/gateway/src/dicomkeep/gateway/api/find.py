@@ -10,7 +10,6 @@ answer is the §2.3 object, plus `RequestedTags` (main, file or computed tags).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +17,7 @@ from dicomkeep.common.dicom_json import UNKNOWN_TAG_NAME, tag_name
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.find import Constraint, format_tag, parse_rest_query, tag_of
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index.labels import check_label
 from dicomkeep.common.search import NEVER, FileReader, effective_limit, find_resources, tag_values
 from dicomkeep.gateway.args import TagFormat
 from dicomkeep.gateway.deps import BlobsDep, IndexDep, SettingsDep
@@ -28,7 +28,6 @@ from starlette.responses import Response
 
 router = APIRouter()
 
-_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LABELS_CONSTRAINTS = ("All", "Any", "None")
 
 
@@ -76,8 +75,7 @@ def _labels(body: dict[str, Any]) -> tuple[list[str], str]:
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise _bad('Field "Labels" should be an array of strings')
     for label in labels:
-        if not _LABEL.fullmatch(label):
-            raise OrthancError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"Invalid label: {label}")
+        check_label(label)
     mode = body.get("LabelsConstraint", "All")
     if mode not in _LABELS_CONSTRAINTS:
         raise _bad('Field "LabelsConstraint" should be "All", "Any" or "None"')

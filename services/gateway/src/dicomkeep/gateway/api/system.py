@@ -62,7 +62,7 @@ def system_json(settings: Settings) -> dict[str, Any]:
         "DicomAet": settings.dicom_aet,
         "DicomKeepVersion": dicomkeep_version(),
         "DicomPort": settings.dicom_port,
-        "HasLabels": False,
+        "HasLabels": True,
         "HttpPort": settings.http_port,
         "IngestTranscoding": "",
         "IsHttpServerSecure": is_http_server_secure(settings),
