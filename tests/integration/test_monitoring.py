@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 
+import httpx
+from dicomkeep.allinone.cluster import free_port, load_state
 from prometheus_client.parser import text_string_to_metric_families
 from servers import Server
 from synthetic import generate_study
 
-SERVER_CONFIG = {"DicomKeep": {"LogFormat": "json"}}
+#: All-in-one: its ops port (cluster members get one each from `cluster start`).
+SERVER_CONFIG = {"DicomKeep": {"LogFormat": "json", "OpsPort": free_port()}}
 
 ORTHANC_NAMES = {
     "orthanc_count_patients", "orthanc_count_studies", "orthanc_count_series",
@@ -113,3 +116,50 @@ def _logs(server: Server) -> str:
         return "".join(p.read_text(errors="replace") for p in server.state_dir.glob("*.log"))
     assert server.storage_dir is not None
     return (server.storage_dir.parent / "server.log").read_text(errors="replace")
+
+
+def service_metrics(server: Server) -> dict[str, dict[str, float]]:
+    """Each process's `/metrics` (ops port): process name -> sample (with labels) -> value."""
+    if server.state_dir is None:
+        urls = {"allinone": f"http://127.0.0.1:{server.config['DicomKeep']['OpsPort']}"}
+    else:
+        state = load_state(server.state_dir)
+        assert state is not None
+        urls = {
+            member.name: f"http://127.0.0.1:{member.argv[member.argv.index('--ops-port') + 1]}"
+            for member in state.members if "--ops-port" in member.argv
+        }
+    found: dict[str, dict[str, float]] = {}
+    for name, url in urls.items():
+        text = httpx.get(f"{url}/metrics", timeout=10).text
+        found[name] = {
+            sample.name + json.dumps(sample.labels, sort_keys=True): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+        }
+    return found
+
+
+def total(found: dict[str, dict[str, float]], key: str) -> float:
+    return sum(samples.get(key, 0.0) for samples in found.values())
+
+
+def test_service_metrics_on_the_ops_ports(clean: Server) -> None:
+    study = generate_study(series=1, instances_per_series=2, seed=407)
+    before = service_metrics(clean)
+    with clean.client() as client:
+        for item in study:
+            assert client.post("/instances", content=item.data).status_code == 200
+    after = service_metrics(clean)
+    received = 'dicomkeep_received_bytes_total{"origin": "RestApi"}'
+    assert total(after, received) - total(before, received) == sum(len(i.data) for i in study)
+    stored = 'dicomkeep_instances_received_total{"origin": "RestApi", "status": "Success"}'
+    assert total(after, stored) - total(before, stored) == 2
+    # Every figure exists where its work is done (in the all-in-one: one process).
+    names = {key.split("{")[0] for samples in after.values() for key in samples}
+    assert {
+        "dicomkeep_outbox_lag_seconds", "dicomkeep_outbox_last_published_seq",
+        "dicomkeep_jobs_running", "dicomkeep_stability_backlog", "dicomkeep_receive_seconds_count",
+    } <= names
+    lag = [s['dicomkeep_outbox_lag_seconds{}'] for s in after.values()
+           if 'dicomkeep_outbox_lag_seconds{}' in s]
+    assert lag and all(0 <= value < 60 for value in lag)
