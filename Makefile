@@ -9,19 +9,31 @@ VENV := .venv
 CONFIG ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
-.PHONY: install run test test-unit test-integration lint test-deps services cluster cluster-stop bench clean
+.PHONY: install install-runtime run test test-unit test-integration lint test-deps services cluster cluster-stop bench clean
+
+PROJECT_FILES := pyproject.toml uv.lock libs/common/pyproject.toml $(wildcard services/*/pyproject.toml)
+# uv installs into $(VENV) (make run VENV=... to put it elsewhere).
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --all-packages --frozen --python $(PYTHON)
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-$(VENV)/.installed: $(UV) pyproject.toml uv.lock libs/common/pyproject.toml $(wildcard services/*/pyproject.toml)
-	$(UV) sync --all-packages --frozen --python $(PYTHON)
+# Everything, the dev group too (test servers, linters, validators): for the tests.
+$(VENV)/.installed: $(UV) $(PROJECT_FILES)
+	$(SYNC)
+	touch $@
+
+# What runs, and nothing else (no dev group). --inexact: a dev install stays as it is.
+$(VENV)/.runtime: $(UV) $(PROJECT_FILES)
+	$(SYNC) --no-dev --inexact
 	touch $@
 
 install: $(VENV)/.installed
 
-run: install
+install-runtime: $(VENV)/.runtime
+
+run: install-runtime
 	$(VENV)/bin/dicomkeep serve $(CONFIG)
 
 # DCMTK gives the real DICOM peers the tests use; the backends must be up.
@@ -44,11 +56,12 @@ lint: install
 	$(VENV)/bin/ruff check libs services tests bench
 	$(VENV)/bin/mypy libs/common/src services/*/src
 
-# A local distributed deployment (processes) on the local PostgreSQL, RabbitMQ, Redis.
-cluster: install services
+# A local distributed deployment (processes) on the local PostgreSQL, RabbitMQ, Redis;
+# blobs in .cluster/storage (kept across cluster-stop and cluster), logs in .cluster/.
+cluster: install-runtime services
 	$(VENV)/bin/dicomkeep cluster start $(CONFIG)
 
-cluster-stop: install
+cluster-stop: install-runtime
 	$(VENV)/bin/dicomkeep cluster stop
 
 # Benchmarks (not part of the tests): medians and ratios against baselines run alongside.

@@ -217,6 +217,7 @@ def _cluster(
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
     # Generous: two test workers may be starting clusters at once on two cores.
     options = {"timeout": 180.0, **cluster_options}
+    s3 = moto_server(tmp)
     try:
         for attempt in range(3):
             http_port, dicom_port = _http_port_pair(), free_port()
@@ -228,7 +229,11 @@ def _cluster(
                 "PostgreSQL": {"ConnectionUri": pg_dsn(name)},
                 "RabbitMQ": {"Url": amqp_url},
                 "Redis": {"Url": redis_url},
-                "AwsS3Storage": {"BucketName": "dicomkeep-it"},
+                # The S3 adapter against a real S3 protocol server (moto, in memory).
+                "AwsS3Storage": {
+                    "BucketName": "dicomkeep-it", "Endpoint": s3.endpoint,
+                    "AccessKey": "dicomkeep", "SecretKey": "dicomkeep-secret",
+                },
                 **(extra or {}),
             }
             path = write_config(tmp, config)
@@ -247,7 +252,36 @@ def _cluster(
         )
     finally:
         cluster.stop(state_dir)
+        stop_processes([s3.process])
+        s3.log.close()
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server process (keeps its objects in memory)."""
+
+    endpoint: str
+    process: subprocess.Popen[bytes]
+    log: Any
+
+
+def moto_server(tmp: Path) -> S3Server:
+    """Start moto's S3 server on a free loopback port; wait until it answers."""
+    port = free_port()
+    log = open(tmp / "s3.log", "wb")  # noqa: SIM115 - closed by the caller
+    process = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{endpoint}/moto-api/", time.monotonic() + 60, process)
+    except BaseException:
+        stop_processes([process])
+        log.close()
+        raise
+    return S3Server(endpoint, process, log)
 
 
 def kill_member(server: Server, name: str = "stability") -> None:

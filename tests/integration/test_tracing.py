@@ -236,7 +236,13 @@ def _serve(tmp: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str
     process = subprocess.Popen([DICOMKEEP, "serve", str(path)], stdout=log,
                                stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{http_port}"
-    wait_http(f"{url}/system", time.monotonic() + 60, process)
+    try:
+        # Generous: the instrumentations' imports are slow on a loaded machine.
+        wait_http(f"{url}/system", time.monotonic() + 180, process)
+    except BaseException:
+        process.kill()
+        process.wait(30)
+        raise
     return process, url
 
 

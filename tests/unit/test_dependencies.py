@@ -65,3 +65,32 @@ def test_every_import_is_declared(package: Path) -> None:
             if not distributions & declared:
                 missing.setdefault(module, set()).add(source.relative_to(ROOT).as_posix())
     assert not missing, f"{project['name']} imports undeclared packages: {missing}"
+
+
+def _modules_imported(source: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+COMMON = ROOT / "libs/common/src/dicomkeep/common"
+SERVICES = tuple(f"dicomkeep.{p.name}" for p in ROOT.glob("services/*") if p.is_dir())
+
+
+@pytest.mark.parametrize(
+    ("layer", "forbidden"),
+    [("ports", ("dicomkeep.common.adapters",)), ("adapters", SERVICES)],
+    ids=["ports-import-no-adapters", "adapters-import-no-services"],
+)
+def test_layers_import_only_downwards(layer: str, forbidden: tuple[str, ...]) -> None:
+    offending = {
+        f"{source.relative_to(ROOT).as_posix()}: {module}"
+        for source in sorted((COMMON / layer).rglob("*.py"))
+        for module in _modules_imported(source)
+        if module.startswith(forbidden)
+    }
+    assert not offending

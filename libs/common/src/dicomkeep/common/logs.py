@@ -106,8 +106,28 @@ def get_log_level() -> str:
 
 
 def set_deidentify(deidentify: bool) -> None:
-    """Apply `DeidentifyLogs` (the settings are read after logging is configured)."""
+    """Apply `DeidentifyLogs` (the settings are read after logging is configured) to
+    every handler of the root logger (a log file's included)."""
     _state["deidentify"] = deidentify
+    for handler in logging.getLogger().handlers:
+        _filtered(handler)
+
+
+def set_log_format(log_format: LogFormat) -> None:
+    """Switch every handler of the root logger to `log_format`, keeping the handlers
+    (a log file stays a log file) and the levels."""
+    if log_format not in ("text", "json"):
+        raise ValueError(f"unknown log format {log_format!r} (text or json)")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(
+            JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+        )
+        _filtered(handler)
+
+
+def _filtered(handler: logging.Handler) -> None:
+    if not any(isinstance(f, _DropLibraryDebug) for f in handler.filters):
+        handler.addFilter(_DropLibraryDebug())
 
 
 def patient_text(value: object) -> str:

@@ -62,8 +62,12 @@ def make_index(settings: Settings) -> Index:
 
 
 def make_blobs(settings: Settings) -> FileBlobStore | S3BlobStore:
-    """Return the (unopened) blob store: S3 or files under StorageDirectory."""
-    if is_distributed(settings):
+    """Return the (unopened) blob store: S3 or files under StorageDirectory.
+
+    `DicomKeep.BlobStore` chooses; by default S3 in distributed mode, files otherwise.
+    """
+    kind = settings.dicomkeep.blob_store or ("s3" if is_distributed(settings) else "files")
+    if kind == "s3":
         from dicomkeep.common.adapters.s3_blobs import S3BlobStore
 
         s3 = settings.aws_s3_storage

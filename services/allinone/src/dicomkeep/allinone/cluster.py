@@ -1,11 +1,16 @@
 """`dicomkeep cluster start|stop`: a local distributed deployment as processes.
 
 2 gateways (HttpPort and HttpPort + 1), 2 indexers, one ingest, storage and jobs, and
-`stability` stability replicas (1 by default), on the PostgreSQL, RabbitMQ and Redis that the configuration (or the
-DICOMKEEP_* variables) names, and on an S3 endpoint: moto's server is started
-when none is configured. `start` returns once every process is ready; `stop`
-stops exactly the processes listed in the state folder; `kill_member` and
-`restart_member` let tests crash and replace one of them.
+`stability` stability replicas (1 by default), on the PostgreSQL, RabbitMQ and Redis
+that the configuration (or the DICOMKEEP_* variables) names. Blobs go to the S3
+endpoint the configuration names (`AwsS3Storage.Endpoint`, or `DicomKeep.BlobStore`
+"s3"); without one, to a folder on disk that every member shares (`StorageDirectory`,
+by default `<state dir>/storage`), so a stop and a start keep every file.
+
+`start` returns once every process answers ready on its ops port (`/readyz`, no
+authentication, so it works with `AuthenticationEnabled`); `stop` stops exactly the
+processes listed in the state folder; `kill_member` and `restart_member` let tests
+crash and replace one of them.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from dicomkeep.common.settings import Settings, load_settings
 
@@ -47,8 +53,20 @@ class ClusterState:
     http_ports: list[int] = field(default_factory=list)
     dicom_port: int = 0
     s3_endpoint: str = ""
+    #: The folder of the blobs when they are kept on disk ("" with S3).
+    storage_directory: str = ""
     #: The variables `start` set for its members (a restart sets them again).
     env: dict[str, str] = field(default_factory=dict)
+
+
+class StartProgress(Protocol):
+    """What `start` reports while the members come up (the CLI draws a bar)."""
+
+    def begin(self, total: int) -> None:
+        """`total` members were launched."""
+
+    def ready(self, name: str) -> None:
+        """Member `name` answered ready."""
 
 
 def free_port() -> int:
@@ -113,11 +131,12 @@ def start(
     stability: int = 1,
     timeout: float = 90.0,
     environ: Mapping[str, str] | None = None,
+    progress: StartProgress | None = None,
 ) -> ClusterState:
     """Launch the cluster and wait until every member is ready.
 
     Raises RuntimeError (after stopping what it started) when a member dies or
-    does not become ready in time.
+    does not become ready in time; ConfigError on a bad configuration.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     if (state_dir / STATE_FILE).exists():
@@ -126,57 +145,39 @@ def start(
     overrides = {"ORTHANC__DICOM_KEEP__MODE": "distributed"}
     env = {**base_env, **overrides}
     settings: Settings = load_settings(config, environ=env)
-    state = ClusterState(dicom_port=settings.dicom_port)
+    overrides.update(_blob_overrides(settings, state_dir))
+    env.update(overrides)
+    state = ClusterState(dicom_port=settings.dicom_port, env=overrides)
+    if "ORTHANC__STORAGE_DIRECTORY" in overrides:
+        state.storage_directory = overrides["ORTHANC__STORAGE_DIRECTORY"]
+    else:
+        state.s3_endpoint = settings.aws_s3_storage.endpoint
     try:
-        endpoint = settings.aws_s3_storage.endpoint
-        if not endpoint:
-            port = free_port()
-            endpoint = f"http://127.0.0.1:{port}"
-            state.members.append(
-                _spawn(
-                    state_dir, "s3", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                    env, f"{endpoint}/moto-api/",
-                )
-            )
-            overrides["DICOMKEEP_S3_ENDPOINT"] = endpoint
-            if not settings.aws_s3_storage.access_key:
-                # moto refuses anonymous reads: give the services a key pair.
-                overrides["DICOMKEEP_S3_ACCESS_KEY"] = "dicomkeep"
-                overrides["DICOMKEEP_S3_SECRET_KEY"] = "dicomkeep-secret"
-            env.update(overrides)
-        state.s3_endpoint = endpoint
-        state.env = overrides
-        _wait(state, timeout)  # S3 first: services create the bucket on start
         base = [_bin("dicomkeep"), "--verbose", "run"]
         tail = [config] if config else []
-        plan: list[tuple[str, list[str], str]] = []
+        plan: list[tuple[str, list[str]]] = []
         for n in range(indexers):
-            ops = free_port()
-            plan.append((f"indexer-{n + 1}", [*base, "indexer", *tail, "--ops-port", str(ops)],
-                         f"http://127.0.0.1:{ops}/readyz"))
+            plan.append((f"indexer-{n + 1}", [*base, "indexer", *tail]))
         names = ["storage", "jobs"]
         names += ["stability"] if stability == 1 else [
             f"stability-{n + 1}" for n in range(stability)
         ]
-        for name in names:
-            ops = free_port()
-            service = name.split("-")[0]
-            plan.append((name, [*base, service, *tail, "--ops-port", str(ops)],
-                         f"http://127.0.0.1:{ops}/readyz"))
+        plan += [(name, [*base, name.split("-")[0], *tail]) for name in names]
         for n in range(gateways):
             http = settings.http_port + n
             state.http_ports.append(http)
-            ops = free_port()
             plan.append((f"gateway-{n + 1}",
-                         [*base, "gateway", *tail, "--http-port", str(http), "--ops-port", str(ops)],
-                         f"http://127.0.0.1:{http}/system"))
-        ops = free_port()
-        plan.append(("ingest", [*base, "ingest", *tail, "--ops-port", str(ops)],
-                     f"http://127.0.0.1:{ops}/readyz"))
-        for name, argv, url in plan:
-            state.members.append(_spawn(state_dir, name, argv, env, url))
+                         [*base, "gateway", *tail, "--http-port", str(http)]))
+        plan.append(("ingest", [*base, "ingest", *tail]))
+        for name, argv in plan:
+            # Every member is ready when its ops port says so: no credentials needed.
+            ops = free_port()
+            state.members.append(_spawn(
+                state_dir, name, [*argv, "--ops-port", str(ops)], env,
+                f"http://127.0.0.1:{ops}/readyz",
+            ))
         _save(state_dir, state)
-        _wait(state, timeout)
+        _wait(state, timeout, progress)
     except BaseException:
         _save(state_dir, state)
         stop(state_dir)
@@ -184,15 +185,41 @@ def start(
     return state
 
 
-def _wait(state: ClusterState, timeout: float) -> None:
+def _blob_overrides(settings: Settings, state_dir: Path) -> dict[str, str]:
+    """Return the variables that put the blobs in a shared folder, or {} for S3.
+
+    S3 when the configuration asks for it (`BlobStore` "s3", or an endpoint);
+    otherwise files, under `StorageDirectory` when it is configured, else under
+    `<state_dir>/storage` (never the all-in-one server's default `OrthancStorage`,
+    whose orphans another index would collect).
+    """
+    chosen = settings.dicomkeep.blob_store
+    if chosen == "s3" or (chosen is None and settings.aws_s3_storage.endpoint):
+        return {}
+    folder = Path(settings.storage_directory)
+    if settings.storage_directory == Settings.model_fields["storage_directory"].default:
+        folder = state_dir / "storage"
+    return {
+        "ORTHANC__DICOM_KEEP__BLOB_STORE": "files",
+        "ORTHANC__STORAGE_DIRECTORY": str(folder.resolve()),
+    }
+
+
+def _wait(
+    state: ClusterState, timeout: float, progress: StartProgress | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     pending = [m for m in state.members]
+    if progress is not None:
+        progress.begin(len(pending))
     while pending:
         for member in list(pending):
             if not _alive(member.pid):
                 raise RuntimeError(f"{member.name} exited; see {member.log}")
             if _is_ready(member.ready_url):
                 pending.remove(member)
+                if progress is not None:
+                    progress.ready(member.name)
         if pending and time.monotonic() > deadline:
             names = ", ".join(m.name for m in pending)
             raise RuntimeError(f"not ready in {timeout:.0f} s: {names}")

@@ -1,15 +1,14 @@
-"""Errors shared by the Bus adapters (meant to be re-exported by `ports.bus`)."""
+"""What the Bus adapters share: the text of a responder's error.
+
+`BusError` is the port's (`dicomkeep.common.ports.bus`); it is re-exported here
+for the adapters, so that the port imports nothing from `adapters/`.
+"""
 
 from __future__ import annotations
 
+from dicomkeep.common.ports.bus import BusError
 
-class BusError(Exception):
-    """The bus could not deliver what was asked.
-
-    Raised by `Bus.request` when the remote responder raised (the message is the
-    responder's `"<ExceptionType>: <message>"`) or the bus closed meanwhile, and by
-    `RabbitBus.publish` when the broker nacks a message.
-    """
+__all__ = ["BusError", "describe"]
 
 
 def describe(exc: BaseException) -> str:

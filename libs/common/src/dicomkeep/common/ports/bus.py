@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
-from dicomkeep.common.adapters.bus_errors import BusError
 from dicomkeep.common.events import Envelope
 
 __all__ = ["Bus", "BusError", "BusTimeout", "Consumer", "Responder"]
@@ -23,6 +22,15 @@ Responder = Callable[[bytes, Mapping[str, str]], Awaitable[bytes]]
 
 class BusTimeout(Exception):
     """No reply came within the timeout."""
+
+
+class BusError(Exception):
+    """The bus could not deliver what was asked.
+
+    Raised by `Bus.request` when the remote responder raised (the message is the
+    responder's `"<ExceptionType>: <message>"`) or the bus closed meanwhile, and by
+    `RabbitBus.publish` when the broker nacks a message.
+    """
 
 
 class Bus(Protocol):

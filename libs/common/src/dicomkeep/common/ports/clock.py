@@ -9,7 +9,14 @@ from dicomkeep.common.ids import Level
 
 
 class StabilityClock(Protocol):
-    """Unstable resources with the time they last received an instance."""
+    """Unstable resources with the time they last received an instance.
+
+    A schedule of wake-ups, not the truth: the index's stability ledger decides
+    which resources are stable. Only the stability service holds a clock; it
+    touches on NewInstance, forgets on Deleted, treats `pop_due` as "something is
+    due, ask the index", and `count() == 0` as "lost, rebuild from the index".
+    (`is_unstable` is for tests and tools.)
+    """
 
     async def touch(self, resources: Sequence[tuple[Level, str]], at: float) -> None:
         """Mark resources unstable as of `at` (UNIX seconds), moving their deadline."""

@@ -140,6 +140,10 @@ class DicomKeepSettings(BaseModel):
     ops_port: Port = 0
     """Port of the health and metrics endpoints (/livez, /readyz, /metrics); 0 = none.
     Default 0."""
+    blob_store: Literal["files", "s3"] | None = None
+    """Where the blobs go: "files" (under StorageDirectory; in distributed mode a
+    folder that every service shares, as `dicomkeep cluster start` uses) or "s3"
+    (the AwsS3Storage section). Default: "files" all-in-one, "s3" distributed."""
     ops_host: str = "127.0.0.1"
     """Address the ops endpoints listen on; "0.0.0.0" for every interface (needed for
     probes from outside a container). Default "127.0.0.1"."""
