@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, TypeVar
 
+from dicomkeep.common import scp_options
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.find import (
     QUERY_RETRIEVE_LEVEL,
@@ -31,6 +32,7 @@ from dicomkeep.common.find import (
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
 from dicomkeep.common.logs import patient_text
+from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.search import (
     NEVER,
@@ -41,7 +43,7 @@ from dicomkeep.common.search import (
 )
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.telemetry import traced
-from dicomkeep.ingest.access import effective_modalities, is_allowed
+from dicomkeep.ingest.access import AccessControl
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import DataElement, RawDataElement
@@ -53,11 +55,6 @@ from pydicom.sequence import Sequence as DicomSequence
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PENDING = 0xFF00
-SUCCESS = 0x0000
-MATCHING_TERMINATED = 0xFE00
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 #: Matches whose answers are built in one trip to the event loop.
 BATCH = 100
 
@@ -186,13 +183,15 @@ def parse_identifier(identifier: Dataset, *, case_sensitive_pn: bool) -> FindReq
     """Parse a C-FIND identifier: its level, the keys to return and the constraints.
 
     Raises OrthancError BAD_REQUEST without QueryRetrieveLevel, PARAMETER_OUT_OF_RANGE
-    for an unknown level or a misplaced wildcard. Group lengths are ignored.
+    for an unknown level or a misplaced wildcard. Group lengths are ignored and
+    never answered, as Orthanc (which removes them from C-FIND answers); so are
+    file meta elements (group 0002), which never belong in a DIMSE data set.
     """
     encodings = _encodings(identifier)
     keys = [
         _key(identifier, int(tag), encodings)
         for tag in sorted(identifier.keys())
-        if int(tag) & 0xFFFF != 0 and int(tag) != SPECIFIC_CHARACTER_SET
+        if int(tag) & 0xFFFF != 0 and int(tag) >> 16 != 0x0002 and int(tag) != SPECIFIC_CHARACTER_SET
     ]
     level_key = next((k for k in keys if k.tag == QUERY_RETRIEVE_LEVEL), None)
     if level_key is None or not level_key.value.strip():
@@ -238,12 +237,14 @@ class FindScp:
         blobs: BlobStore,
         loop: asyncio.AbstractEventLoop,
         *,
+        access: AccessControl,
         timeout: float = 120.0,
     ) -> None:
         self.settings = settings
         self.index = index
         self.blobs = blobs
         self.loop = loop
+        self.access = access
         self.timeout = timeout
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -257,29 +258,20 @@ class FindScp:
         """
         assoc = event.assoc
         remote_aet = str(assoc.requestor.ae_title).strip()
-        remote_ip = str(assoc.requestor.address)
-        try:
-            modalities = self._run(effective_modalities(self.settings, self.index))
-            allowed = is_allowed(self.settings, modalities, "Find", remote_aet, remote_ip)
-        except Exception:
-            log.exception("C-FIND access check failed aet=%s", remote_aet)
-            return iter([(UNABLE_TO_PROCESS, None)])
-        if not allowed:
-            log.warning("C-FIND refused aet=%s ip=%s: not allowed", remote_aet, remote_ip)
-            assoc.abort()
+        if not self.access.allows(assoc, "Find"):
             return iter(())
         try:
             identifier = event.identifier
         except Exception:
             log.warning("C-FIND aet=%s: undecodable identifier", remote_aet)
-            return iter([(IDENTIFIER_DOES_NOT_MATCH, None)])
+            return iter([(DimseStatus.IDENTIFIER_DOES_NOT_MATCH, None)])
         try:
             request = parse_identifier(
                 identifier, case_sensitive_pn=self.settings.case_sensitive_pn
             )
         except (OrthancError, ValueError, KeyError, TypeError) as error:
             log.warning("C-FIND aet=%s: bad identifier: %s", remote_aet, patient_text(error))
-            return iter([(UNABLE_TO_PROCESS, None)])
+            return iter([(DimseStatus.UNABLE_TO_PROCESS, None)])
         return traced(
             self._answers(event, request, remote_aet), "C-FIND",
             attributes={"dicom.calling_ae_title": remote_aet,
@@ -294,6 +286,7 @@ class FindScp:
             request.level, 0, settings.limit_find_results, settings.limit_find_instances
         )
         try:
+            options = self._run(scp_options.current(settings, self.index))
             outcome = self._run(
                 find_resources(
                     self.index, self.blobs, request.level, request.constraints,
@@ -302,7 +295,7 @@ class FindScp:
             )
         except Exception:
             log.exception("C-FIND failed aet=%s level=%s", remote_aet, request.level.value)
-            yield UNABLE_TO_PROCESS, None
+            yield DimseStatus.UNABLE_TO_PROCESS, None
             return
         log.info(
             "C-FIND aet=%s level=%s matches=%d complete=%s",
@@ -315,17 +308,19 @@ class FindScp:
                 values, sequences = self._run(self._collect(request, chunk, reader))
             except Exception:
                 log.exception("C-FIND answers failed aet=%s", remote_aet)
-                yield UNABLE_TO_PROCESS, None
+                yield DimseStatus.UNABLE_TO_PROCESS, None
                 return
             for public_id in chunk:
                 if public_id not in values:
                     continue  # deleted meanwhile
                 if event.is_cancelled:
-                    yield MATCHING_TERMINATED, None
+                    yield DimseStatus.CANCEL, None
                     return
-                yield PENDING, self._answer(request, values[public_id], sequences.get(public_id, {}))
+                yield DimseStatus.PENDING, self._answer(
+                    request, values[public_id], sequences.get(public_id, {}), options.default_encoding
+                )
         if not outcome.complete:
-            yield MATCHING_TERMINATED, None
+            yield DimseStatus.CANCEL, None
 
     async def _collect(
         self, request: FindRequest, ids: Sequence[str], reader: FileReader | None
@@ -343,12 +338,17 @@ class FindScp:
         return values, sequences
 
     def _answer(
-        self, request: FindRequest, values: dict[int, str], sequences: dict[int, DataElement]
+        self,
+        request: FindRequest,
+        values: dict[int, str],
+        sequences: dict[int, DataElement],
+        default_encoding: str,
     ) -> Dataset:
         """Build one answer: every requested key (its value or empty), RetrieveAETitle,
-        QueryRetrieveLevel echoed, SpecificCharacterSet per DefaultEncoding."""
+        QueryRetrieveLevel echoed, SpecificCharacterSet per DefaultEncoding (the
+        configuration's, or the one of `PUT /tools/default-encoding`)."""
         answer = Dataset()
-        answer.add_new(SPECIFIC_CHARACTER_SET, "CS", character_set(self.settings.default_encoding))
+        answer.add_new(SPECIFIC_CHARACTER_SET, "CS", character_set(default_encoding))
         answer.add_new(RETRIEVE_AE_TITLE, "AE", self.settings.dicom_aet)
         for key in request.keys:
             if key.tag == RETRIEVE_AE_TITLE:

@@ -6,6 +6,8 @@ does not add up (an element or item running past the end, a missing delimiter):
 that is how a truncated upload is caught even when it is cut inside the pixel
 data, which pydicom would read silently. Values are decoded only on demand.
 Tag names, dictionary VRs and character sets come from pydicom's tables.
+The module is over 400 lines because the reader, its element walk and the
+value decoders share one buffer layout and are easiest to check side by side.
 
 String values follow DCMTK as Orthanc sees them: the value stops at the first NUL,
 trailing spaces are dropped, leading spaces are kept, text VRs are decoded with
@@ -23,9 +25,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from pydicom._dicom_dict import DicomDictionary, RepeatersDictionary
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import mask_match, private_dictionary_VR
+from pydicom.datadict import get_entry, private_dictionary_VR
 
 PIXEL_DATA = 0x7FE00010
 SPECIFIC_CHARACTER_SET = 0x00080005
@@ -202,7 +203,7 @@ class _Reader:
         return self._implicit_vr(tag, creators), self._u32(self.buf, pos + 4)[0], pos + 8
 
     def _implicit_vr(self, tag: int, creators: dict[int, str]) -> str:
-        entry = DicomDictionary.get(tag)
+        entry = standard_entry(tag)
         if entry is not None:
             vr = entry[0]
         else:
@@ -215,8 +216,7 @@ class _Reader:
                 creator = creators.get(tag & 0xFFFF0000 | tag >> 8 & 0xFF)  # (gggg,00xx)
                 vr = _private_vr(tag, creator) if creator else "UN"
             else:
-                mask = mask_match(tag)
-                vr = RepeatersDictionary[mask][0] if mask else "UN"
+                vr = "UN"
         if len(vr) > 2:
             if vr.startswith("US or SS"):
                 return "SS" if self.pixel_representation == 1 else "US"
@@ -297,9 +297,11 @@ def _private_vr(tag: int, creator: str) -> str:
 def read_dicom(data: bytes) -> DicomFile:
     """Validate the structure of a Part-10 file and index its elements (values not decoded).
 
-    Accepts the 128-byte preamble + `DICM`, or a file starting directly with the
-    (0002,xxxx) meta group; a bare dataset without file meta is refused, as are
-    truncated or malformed files. Raises `OrthancError(BAD_FILE_FORMAT)` with
+    Accepts the 128-byte preamble + `DICM`, a file starting directly with the
+    (0002,xxxx) meta group, or (as Orthanc, through DCMTK) a bare data set without
+    file meta, whose transfer syntax is then guessed (implicit or explicit VR, little
+    or big endian) and whose first element must be of an even group from 0004 on.
+    Truncated or malformed files are refused. Raises `OrthancError(BAD_FILE_FORMAT)` with
     Orthanc's details (`Received an empty DICOM file`, `Cannot parse an invalid
     DICOM file (size: N bytes)`).
     """
@@ -319,6 +321,13 @@ def _read(data: bytes) -> DicomFile:
         pos = 132
     elif data[:2] == b"\x02\x00":
         pos = 0
+    elif _is_bare_dataset(data):
+        syntax = _guess_syntax(data, 0)
+        little = syntax != EXPLICIT_BIG_ENDIAN
+        reader = _Reader(data, little=little, implicit=syntax == IMPLICIT_LITTLE_ENDIAN)
+        dataset = reader.dataset(0, len(data))[0]
+        offset = next((e.offset for e in dataset if e.tag == PIXEL_DATA), None)
+        return DicomFile(data, [], dataset, data, little, syntax, offset)
     else:
         raise _Malformed("not a DICOM Part-10 file")
     meta, pos = _Reader(data, little=True, implicit=False).dataset(pos, len(data), meta=True)
@@ -341,6 +350,16 @@ def _read(data: bytes) -> DicomFile:
     dataset = reader.dataset(pos, len(data))[0]
     offset = next((e.offset for e in dataset if e.tag == PIXEL_DATA), None)
     return DicomFile(data, meta, dataset, data, little, syntax, offset)
+
+
+def _is_bare_dataset(data: bytes) -> bool:
+    """Tell whether the data may be a data set without file meta: its first tag's group
+    (read in either byte order) is even and from 0004 on, as a data set's first
+    element is (usually 0008); anything else is not DICOM."""
+    if len(data) < 8:
+        return False
+    little, big = int.from_bytes(data[:2], "little"), int.from_bytes(data[:2], "big")
+    return any(group >= 0x0004 and group % 2 == 0 for group in (little, big))
 
 
 def _guess_syntax(data: bytes, pos: int) -> str:
@@ -408,13 +427,25 @@ def element_text(
 
 def dictionary_vr(tag: int, creator: str | None = None) -> str:
     """Return the dictionary VR of a tag ("UN" when unknown; private tags need their creator)."""
-    entry = DicomDictionary.get(tag)
+    entry = standard_entry(tag)
     if entry is not None:
-        return str(entry[0])
+        return entry[0]
     if tag >> 16 & 1:
         return _private_vr(tag, creator) if creator else "UN"
-    mask = mask_match(tag)
-    return str(RepeatersDictionary[mask][0]) if mask else "UN"
+    return "UN"
+
+
+@lru_cache(maxsize=8192)
+def standard_entry(tag: int) -> tuple[str, str, str, str, str] | None:
+    """Return the standard dictionary's (VR, VM, name, retired, keyword) for a tag.
+
+    Repeating groups (`50xx,xxxx`, `60xx,...`) are matched; private tags and
+    unknown ones give None. A cached front of `pydicom.datadict.get_entry`.
+    """
+    try:
+        return get_entry(tag)
+    except KeyError:
+        return None
 
 
 def _decode_string(raw: bytes, vr: str, encodings: Sequence[str]) -> str:
