@@ -28,13 +28,14 @@ from dicomkeep.common.index.records import DeleteOutcome
 from dicomkeep.common.index.recycling import Recycler
 from dicomkeep.common.index.stability import touch_unstable
 from dicomkeep.common.index.transactions import Transactions
+from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.ports.database import RetryableError, Tx
 from dicomkeep.common.series_status import SeriesStatus, series_status
 from dicomkeep.common.timestamps import now_stamp
 
-INDEX_IN_SERIES = 1
-RECEPTION_DATE = 2
-EXPECTED_INSTANCES = 4
+INDEX_IN_SERIES = MetadataType.INDEX_IN_SERIES
+RECEPTION_DATE = MetadataType.RECEPTION_DATE
+EXPECTED_INSTANCES = MetadataType.EXPECTED_NUMBER_OF_INSTANCES
 
 
 class StoreTransaction:
