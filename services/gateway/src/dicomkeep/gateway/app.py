@@ -18,7 +18,9 @@ import logging
 from collections.abc import Mapping
 
 from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError, unavailability
+from dicomkeep.common.metrics import ORTHANC_METRICS
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import instrument_app
 from dicomkeep.gateway.api import (
     attachments,
     changes,
@@ -30,6 +32,7 @@ from dicomkeep.gateway.api import (
     metadata,
     modalities,
     modify,
+    monitoring,
     peers,
     queries,
     resources,
@@ -82,7 +85,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
         jobs.router, modalities.router, queries.router, modify.router, tools.router,
-        images.router, labels.router, scp_options.router,
+        images.router, labels.router, scp_options.router, monitoring.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
@@ -102,6 +105,9 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     app.add_middleware(SecurityMiddleware, settings=effective)
     # Outside the security layer: also covers its own index lookups.
     app.add_middleware(UnavailableMiddleware)
+    app.add_middleware(monitoring.RequestMetrics)
+    ORTHANC_METRICS.enabled = effective.metrics_enabled
+    instrument_app(app)
     app.add_middleware(PathMiddleware)  # outermost: every layer sees the clean path
     return app
 

@@ -18,6 +18,7 @@ from contextlib import AsyncExitStack
 from dicomkeep.common.errors import unavailability
 from dicomkeep.common.events import CHANGES_EXCHANGE
 from dicomkeep.common.index import Index
+from dicomkeep.common.metrics import STABILITY_BACKLOG
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.settings import Settings
@@ -99,6 +100,7 @@ class StabilityService:
         while True:
             try:
                 await emit_due(self.index, self.clock, now=time.time(), stable_age=stable_age)
+                STABILITY_BACKLOG.set(await self.clock.count())
             except Exception as exc:
                 _report("stability monitor failed; retrying", exc)
             if time.monotonic() >= next_reconcile:

@@ -155,3 +155,7 @@ class DicomKeepSettings(BaseModel):
     """Largest `POST /instances` body accepted, in MB (like MaximumStorageSize); a
     larger one answers 413, before it is read when Content-Length declares it;
     0 = no limit. Default 2048."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as "text" (`time LEVEL logger message`) or "json" (one JSON object
+    per line, with the trace and span ids). `--log-format` overrides it.
+    Default "text"."""
