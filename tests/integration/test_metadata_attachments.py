@@ -99,6 +99,38 @@ def test_metadata_on_every_level(clean: Server) -> None:
         assert "PixelDataOffset" in core and "ReceptionDate" in core
 
 
+#: MainDicomTagsSignature as Orthanc 1.11+ writes it with the default main tags.
+SIGNATURES = {
+    "patients": "0010,0010;0010,0020;0010,0030;0010,0040;0010,1000",
+    "studies": "0008,0020;0008,0030;0008,0050;0008,0080;0008,0090;0008,1030;0020,000d;"
+    "0020,0010;0032,1032;0032,1060",
+    "series": "0008,0021;0008,0031;0008,0060;0008,0070;0008,1010;0008,103e;0008,1070;"
+    "0018,0010;0018,0015;0018,0024;0018,1030;0018,1090;0018,1400;0020,000e;0020,0011;"
+    "0020,0037;0020,0105;0020,1002;0040,0254;0054,0081;0054,0101;0054,1000",
+    "instances": "0008,0012;0008,0013;0008,0018;0020,0012;0020,0013;0020,0032;0020,0037;"
+    "0020,0100;0020,4000;0028,0008;0054,1330",
+}
+
+
+def test_main_dicom_tags_signature_on_every_level(clean: Server) -> None:
+    with http(clean, 0) as client, http(clean, 1) as other:
+        stored = store_ct(client)
+        for plural, key in (("patients", "ParentPatient"), ("studies", "ParentStudy"),
+                            ("series", "ParentSeries"), ("instances", "ID")):
+            base = f"/{plural}/{stored[key]}/metadata"
+            assert "MainDicomTagsSignature" in client.get(base).json()
+            assert 15 in client.get(f"{base}?numeric").json()
+            assert other.get(f"{base}?expand").json()["MainDicomTagsSignature"] == SIGNATURES[plural]
+            for name in ("MainDicomTagsSignature", "15"):
+                value = other.get(f"{base}/{name}")
+                assert (value.status_code, value.text) == (200, SIGNATURES[plural])
+                # Core metadata: read-only over REST, unchanged by the refused writes.
+                put = client.put(f"{base}/{name}", content=b"forged")
+                assert (put.status_code, put.content) == (403, b"")
+                assert client.delete(f"{base}/{name}").status_code == 403
+            assert client.get(f"{base}/MainDicomTagsSignature").text == SIGNATURES[plural]
+
+
 def test_core_metadata_is_read_only_and_bad_input_changes_nothing(clean: Server) -> None:
     with http(clean, 0) as client:
         instance = store_ct(client)["ID"]

@@ -62,6 +62,12 @@ MAIN_DICOM_TAGS: dict[Level, tuple[tuple[str, int], ...]] = {
     level: tuple((keyword, _tag(keyword)) for keyword in keywords)
     for level, keywords in _MAIN_TAG_KEYWORDS.items()
 }
+#: The MainDicomTagsSignature metadata Orthanc 1.11+ writes per level with the
+#: default main tags: the tags as `gggg,eeee` (lowercase hex), sorted, joined by `;`.
+MAIN_DICOM_TAGS_SIGNATURES: dict[Level, str] = {
+    level: ";".join(sorted(f"{tag >> 16:04x},{tag & 0xFFFF:04x}" for _, tag in tags))
+    for level, tags in MAIN_DICOM_TAGS.items()
+}
 _PATIENT_ID = _tag("PatientID")
 _STUDY_UID = _tag("StudyInstanceUID")
 _SERIES_UID = _tag("SeriesInstanceUID")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS_SIGNATURES
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import ChangeType, StoreInstance, StoreReply, StoreStatus
 from dicomkeep.common.ids import Level
@@ -36,6 +37,7 @@ from dicomkeep.common.timestamps import now_stamp
 INDEX_IN_SERIES = MetadataType.INDEX_IN_SERIES
 RECEPTION_DATE = MetadataType.RECEPTION_DATE
 EXPECTED_INSTANCES = MetadataType.EXPECTED_NUMBER_OF_INSTANCES
+SIGNATURE = MetadataType.MAIN_DICOM_TAGS_SIGNATURE
 
 
 class StoreTransaction:
@@ -103,16 +105,16 @@ class StoreTransaction:
 
         if new_patient:
             await self._insert_tags(patient, Level.PATIENT, Level.PATIENT)
-            await self._insert_metadata(patient, command.metadata.get(Level.PATIENT, {}))
+            await self._insert_metadata(patient, self._level_metadata(Level.PATIENT))
         if new_study:
             await self._insert_tags(study, Level.STUDY, Level.STUDY)
             await self._insert_tags(study, Level.PATIENT, Level.PATIENT)
-            await self._insert_metadata(study, command.metadata.get(Level.STUDY, {}))
+            await self._insert_metadata(study, self._level_metadata(Level.STUDY))
         if new_series:
             await self._insert_tags(series, Level.SERIES, Level.SERIES)
-            await self._insert_metadata(series, command.metadata.get(Level.SERIES, {}))
+            await self._insert_metadata(series, self._level_metadata(Level.SERIES))
         await self._insert_tags(instance, Level.INSTANCE, Level.INSTANCE)
-        instance_metadata = dict(command.metadata.get(Level.INSTANCE, {}))
+        instance_metadata = self._level_metadata(Level.INSTANCE)
         instance_metadata.setdefault(RECEPTION_DATE, now)
         await self._insert_metadata(instance, instance_metadata)
         for info in command.attachments:
@@ -180,6 +182,12 @@ class StoreTransaction:
                 "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
                 [(internal_id, tag_level.depth, name, value) for name, value in tags.items()],
             )
+
+    def _level_metadata(self, level: Level) -> dict[int, str]:
+        """The command's metadata of one level plus its MainDicomTagsSignature."""
+        metadata = dict(self.command.metadata.get(level, {}))
+        metadata.setdefault(SIGNATURE, MAIN_DICOM_TAGS_SIGNATURES[level])
+        return metadata
 
     async def _insert_metadata(self, internal_id: int, metadata: dict[int, str]) -> None:
         if metadata:
