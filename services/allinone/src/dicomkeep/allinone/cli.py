@@ -250,18 +250,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in (None, "serve"):
         from dicomkeep.allinone.app import AllInOne, run_until_signalled
 
-        settings = _load(getattr(args, "configuration", None))
+        configuration = getattr(args, "configuration", None)
+        settings = _load(configuration)
         _check_ports(_serve_ports(settings))
-        return _run(lambda: run_until_signalled(AllInOne(settings)))
+        # /tools/reset builds the services again: from the configuration read again.
+        loaded = _Reloading(settings, configuration)
+        return _run(lambda: run_until_signalled(
+            lambda control: AllInOne(loaded.next(), control)))
     from dicomkeep.allinone.app import run_until_signalled
     from dicomkeep.allinone.single import build_service
 
     settings = _load(args.configuration)
     _check_ports(_service_ports(settings, args.service, args.http_port, args.ops_port))
-    service = build_service(
-        args.service, settings, http_port=args.http_port, ops_port=args.ops_port
-    )
-    return _run(lambda: run_until_signalled(service))
+    loaded = _Reloading(settings, args.configuration)
+    return _run(lambda: run_until_signalled(lambda control: build_service(
+        args.service, loaded.next(), http_port=args.http_port, ops_port=args.ops_port,
+        control=control,
+    )))
+
+
+class _Reloading:
+    """The settings for each start: those read at launch, then (after /tools/reset)
+    the configuration read again. A configuration broken meanwhile exits, status 2."""
+
+    def __init__(self, first: Settings, configuration: str | None) -> None:
+        self.first: Settings | None = first
+        self.configuration = configuration
+
+    def next(self) -> Settings:
+        if self.first is not None:
+            settings, self.first = self.first, None
+            return settings
+        return _load(self.configuration)
 
 
 def _write_sample(target: str) -> int:

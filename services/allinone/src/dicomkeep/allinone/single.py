@@ -10,6 +10,7 @@ from dicomkeep.allinone.app import HttpServer, Service, http_host
 from dicomkeep.common.ops import ADAPTERS, OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway import main as gateway
+from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
 from dicomkeep.jobs import main as jobs
@@ -36,16 +37,23 @@ class Chain:
 
 
 def build_service(
-    name: str, settings: Settings, *, http_port: int | None = None, ops_port: int | None = None
+    name: str,
+    settings: Settings,
+    *,
+    http_port: int | None = None,
+    ops_port: int | None = None,
+    control: ProcessControl | None = None,
 ) -> Service:
     """Build one service by name (gateway, ingest, indexer, storage, stability, jobs).
+
+    `control` goes to the gateway, whose `/tools/reset` and `/tools/shutdown` set it.
 
     With an ops port, its `/readyz` checks each adapter the service needs
     (`NEEDS`); the ops server starts first, so probes answer during a slow start.
     """
     parts: list[Service] = []
     if name == "gateway":
-        core: Any = gateway.build(settings)
+        core: Any = gateway.build(settings, control=control)
         port = http_port if http_port is not None else settings.http_port
         parts = [core, HttpServer(core.app, http_host(settings), port)]
     elif name == "ingest":

@@ -35,6 +35,7 @@ from dicomkeep.gateway.api import (
     tools,
 )
 from dicomkeep.gateway.context import GatewayContext
+from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
 from dicomkeep.gateway.security import SecurityMiddleware
 from fastapi import APIRouter, FastAPI, Request
@@ -69,6 +70,9 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
         default_response_class=OrthancJSONResponse,
     )
     app.state.ctx = ctx
+    # What /tools/reset and /tools/shutdown set; the composition root puts the one
+    # its runner watches here (GatewayService).
+    app.state.control = ProcessControl()
     app.state.describe_errors = effective.http_describe_errors
     routers = (
         resources.router, metadata.router, attachments.router, instances.router,
