@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 from dicomfiles import expected_ids, sample_path
-from dicomkeep.common.dicom_json import tags_json
+from dicomkeep.common.dicom.orthanc_json import tags_json
 from pydicom import dcmread
 from servers import Server, dcmtk
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from dicomkeep.common.dicom import ParsedInstance, dicom_prefix, parse_instance
+from dicomkeep.common.dicom.instance import ParsedInstance, dicom_prefix, parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from pydicom.data import get_charset_files, get_testdata_file

@@ -7,8 +7,8 @@ import struct
 
 import pydicom
 import pytest
-from dicomkeep.common.dicom import dicom_prefix, parse_instance
-from dicomkeep.common.dicom_json import (
+from dicomkeep.common.dicom.instance import dicom_prefix, parse_instance
+from dicomkeep.common.dicom.orthanc_json import (
     content_list,
     content_value,
     header_json,

@@ -11,6 +11,7 @@ import pytest
 from dicom_peers import StoreScpProcess, storage_scp, storescp
 from dicomkeep.common import dicom_scu
 from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
+from dicomkeep.common.orthanc import DimseStatus
 from pydicom import dcmread
 from servers import free_port
 from synthetic import generate_study
@@ -105,7 +106,7 @@ def test_unsupported_sop_class_is_a_failure_status(tmp_path: Path) -> None:
     with storage_scp() as scp:
         # Only another SOP class was negotiated: the file cannot be sent.
         with StoreSession(peer(scp.port, scp.aet), [("1.2.840.10008.5.1.4.1.1.4", EXPLICIT)]) as session:
-            assert session.send(study[0].data) == dicom_scu.SOP_CLASS_NOT_SUPPORTED
+            assert session.send(study[0].data) == DimseStatus.SOP_CLASS_NOT_SUPPORTED
         assert scp.received == []
 
 

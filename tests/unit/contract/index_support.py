@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.events import AttachmentInfo, StoreInstance
 from dicomkeep.common.ids import Level, hierarchy_ids
 from dicomkeep.common.index import Index, StorageLimits
+from dicomkeep.common.ports.database import Database
 
 MB = 1024 * 1024
 
@@ -51,6 +52,25 @@ async def open_index(
         yield idx
     finally:
         await idx.close()
+        await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@asynccontextmanager
+async def fresh_database(
+    kind: str, tmp_path: Path, purpose: str
+) -> AsyncIterator[Callable[[], Database]]:
+    """Yield a factory of (unopened) `Database` adapters on one empty database:
+    a SQLite file under `tmp_path`, or a PostgreSQL database private to this
+    process and `purpose`, dropped afterwards."""
+    if kind == "sqlite":
+        yield lambda: SqliteDatabase(tmp_path / "index")
+        return
+    name = f"dicomkeep_contract_{purpose}_{os.getpid()}"
+    await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await _admin(f"CREATE DATABASE {name}")
+    try:
+        yield lambda: PostgresDatabase(pg_dsn(name), size=4)
+    finally:
         await _admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.s3_blobs import S3BlobStore
-from dicomkeep.common.adapters.zlib_blobs import ZlibBlobStore, compress, decompress
 from dicomkeep.common.ports.blobs import BlobStore
 from moto.server import ThreadedMotoServer
 
@@ -41,14 +40,12 @@ def _s3(endpoint: str) -> S3BlobStore:
 
 
 @pytest.fixture(
-    params=["file", pytest.param("s3", marks=pytest.mark.integration), "zlib"],
+    params=["file", pytest.param("s3", marks=pytest.mark.integration)],
 )
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
     blobs: BlobStore
     if request.param == "file":
         blobs = FileBlobStore(tmp_path / "storage")
-    elif request.param == "zlib":
-        blobs = ZlibBlobStore(FileBlobStore(tmp_path / "storage"))
     else:
         s3 = _s3(request.getfixturevalue("s3_endpoint"))
         await s3.open()
@@ -260,67 +257,6 @@ async def test_file_rejects_keys_that_are_not_path_safe(tmp_path: Path) -> None:
 
 async def test_file_keys_of_a_missing_root_is_empty(tmp_path: Path) -> None:
     assert await _keys(FileBlobStore(tmp_path / "never-created")) == set()
-
-
-# --- Orthanc's "zlib with size" format ------------------------------------------
-
-
-def test_compress_writes_orthancs_prefix_and_zlib_header() -> None:
-    stored = compress(b"x" * 76660)
-    assert stored[:8] == (76660).to_bytes(8, "little")
-    assert stored[:8] == bytes.fromhex("742b010000000000")
-    assert stored[8:10] == b"\x78\x9c"
-    assert len(stored) < 1000
-
-
-def test_compress_round_trips() -> None:
-    for data in (b"a", b"DICM" * 1000, os.urandom(100_000), bytes(range(256))):
-        assert decompress(compress(data)) == data
-
-
-def test_empty_input_is_empty_output() -> None:
-    assert compress(b"") == b""
-    assert decompress(b"") == b""
-
-
-@pytest.mark.parametrize(
-    "corrupt",
-    [
-        pytest.param(lambda s: s[:5], id="shorter-than-prefix"),
-        pytest.param(lambda s: s[:-4], id="truncated-stream"),
-        pytest.param(lambda s: s + b"trailing", id="trailing-bytes"),
-        pytest.param(lambda s: (1234).to_bytes(8, "little") + s[8:], id="wrong-size"),
-        pytest.param(lambda s: s[:8] + b"not zlib at all", id="not-zlib"),
-        pytest.param(lambda s: s[:20] + bytes([s[20] ^ 0xFF]) + s[21:], id="flipped-byte"),
-        pytest.param(lambda s: (2**64 - 1).to_bytes(8, "little") + s[8:], id="huge-size"),
-    ],
-)
-def test_corrupt_data_raises_value_error(corrupt: object) -> None:
-    stored = compress(b"The quick brown fox jumps over the lazy dog. " * 50)
-    assert callable(corrupt)
-    with pytest.raises(ValueError):
-        decompress(corrupt(stored))
-
-
-async def test_zlib_store_keeps_orthancs_format_in_the_inner_store(tmp_path: Path) -> None:
-    inner = FileBlobStore(tmp_path)
-    store = ZlibBlobStore(inner)
-    key = _key()
-    data = b"x" * 76660
-    await store.put(key, data)
-    stored = await inner.get(key)
-    assert stored == compress(data)
-    assert await store.get(key) == data
-    assert await store.get(key, (100, 110)) == data[100:110]
-    assert store.range_reads is False
-
-
-async def test_zlib_store_reports_corrupt_blob_as_value_error(tmp_path: Path) -> None:
-    inner = FileBlobStore(tmp_path)
-    key = _key()
-    await inner.put(key, b"\x05\x00\x00\x00\x00\x00\x00\x00garbage")
-    with pytest.raises(ValueError):
-        await ZlibBlobStore(inner).get(key)
 
 
 # --- S3BlobStore specifics -----------------------------------------------------

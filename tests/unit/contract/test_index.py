@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import AttachmentInfo, ChangeType, StoreInstance, StoreStatus
 from dicomkeep.common.ids import Level, hierarchy_ids
 from dicomkeep.common.index import Expected, Index
+from dicomkeep.common.ports.database import Tx
 
 
 def make_command(
@@ -220,3 +224,45 @@ async def test_protection_and_properties(index: Index) -> None:
     await index.set_property("x", "1")
     await index.set_property("x", "2")
     assert await index.get_property("x") == "2"
+
+
+class CountingTx:
+    """A `Tx` that counts the statements run through it."""
+
+    def __init__(self, tx: Tx, counts: list[str]) -> None:
+        self._tx, self._counts = tx, counts
+
+    def __getattr__(self, name: str) -> Any:
+        self._counts.append(name)
+        return getattr(self._tx, name)
+
+
+async def test_attachment_lookup_in_one_query(index: Index, monkeypatch: pytest.MonkeyPatch) -> None:
+    stored = make_command()
+    await index.store_instance(stored)
+    statements: list[str] = []
+    transaction = index.db.transaction
+
+    @asynccontextmanager
+    async def counted(*, readonly: bool = False) -> AsyncIterator[Any]:
+        async with transaction(readonly=readonly) as tx:
+            yield CountingTx(tx, statements)
+
+    monkeypatch.setattr(index.db, "transaction", counted)
+    dicom = await index.attachment(Level.INSTANCE, stored.instance_id, 1)
+    assert statements == ["fetchrow"]
+    monkeypatch.undo()
+    assert dicom == stored.attachments[0]
+    resource = await index.get_resource(Level.INSTANCE, stored.instance_id)
+    assert resource is not None and dicom == resource.dicom
+    assert await index.attachment(Level.INSTANCE, stored.instance_id, 1025) is None
+    assert await index.attachment(Level.SERIES, stored.instance_id, 1) is None
+    assert await index.attachment(Level.INSTANCE, "unknown", 1) is None
+    user = AttachmentInfo(
+        content_type=1025, uuid="user", uncompressed_size=1, uncompressed_md5="u",
+        compressed_size=1, compressed_md5="u",
+    )
+    await index.set_attachment(Level.SERIES, stored.series_id, user, None, check_revisions=False)
+    await index.set_attachment(Level.SERIES, stored.series_id, user, None, check_revisions=False)
+    found = await index.attachment(Level.SERIES, stored.series_id, 1025)
+    assert found is not None and found.uuid == "user" and found.revision == 1

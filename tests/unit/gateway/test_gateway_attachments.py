@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dicomkeep.common.dicom_json import tags_json
+from dicomkeep.common.dicom.orthanc_json import tags_json
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.storage import CHUNK_BYTES
 from dicomkeep.gateway.api import attachments as attachment_routes
-from dicomkeep.gateway.attachment_streams import CHUNK_BYTES
 from gateway_support import Gateway, dicom_file
 
 TYPES = {"report": [1025, "application/pdf"], "raw": 1026}

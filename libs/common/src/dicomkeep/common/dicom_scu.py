@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from dicomkeep.common.dicom_json import parse_tag
+from dicomkeep.common.dicom.orthanc_json import parse_tag
+from dicomkeep.common.orthanc import DimseStatus
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -41,10 +42,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-WARNING = 0xB000
-PENDING = (0xFF00, 0xFF01)
-SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: The C-FIND/C-GET/C-MOVE statuses that announce more responses.
+PENDING = (DimseStatus.PENDING, DimseStatus.PENDING_WARNING)
 #: pynetdicom accepts at most 128 presentation contexts in a request.
 MAX_CONTEXTS = 128
 UNCOMPRESSED = frozenset(
@@ -193,7 +192,7 @@ def echo(peer: Peer) -> None:
         status = assoc.send_c_echo()
     finally:
         _close(assoc)
-    if "Status" not in status or status.Status != SUCCESS:
+    if "Status" not in status or status.Status != DimseStatus.SUCCESS:
         raise DicomNetworkError(f"C-ECHO to {peer.aet} failed", _status(status))
 
 
@@ -234,7 +233,7 @@ def find(peer: Peer, identifier: Dataset) -> list[Dataset]:
                 if answer is not None:
                     answers.append(answer)
                 continue
-            if code != SUCCESS:
+            if code != DimseStatus.SUCCESS:
                 raise DicomNetworkError(f"C-FIND to {peer.aet} failed with status 0x{code:04X}", code)
     finally:
         _close(assoc)
@@ -270,7 +269,7 @@ def move(
                 if progress is not None:
                     progress(counts)
                 continue
-            if code != SUCCESS:
+            if code != DimseStatus.SUCCESS:
                 raise DicomNetworkError(
                     f"C-MOVE SCU to AET \"{peer.aet}\" has failed with DIMSE status 0x{code:04X}",
                     code,
@@ -359,7 +358,7 @@ class StoreSession:
                 )
             except ValueError as error:  # no accepted context for this SOP class/syntax
                 log.warning("C-STORE to %s not sent: %s", self.peer.aet, error)
-                return SOP_CLASS_NOT_SUPPORTED
+                return DimseStatus.SOP_CLASS_NOT_SUPPORTED
             code = _status(status)
             if code is not None:
                 return code

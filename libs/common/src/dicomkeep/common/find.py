@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
 
-from dicomkeep.common.dicom import MAIN_DICOM_TAGS
-from dicomkeep.common.dicom_reader import dictionary_vr
+from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS
+from dicomkeep.common.dicom.parsing import dictionary_vr
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from pydicom.datadict import keyword_for_tag, tag_for_keyword

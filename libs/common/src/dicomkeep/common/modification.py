@@ -41,7 +41,7 @@ from dicomkeep.common.anonymization import (
     Profile,
     basic_profile,
 )
-from dicomkeep.common.dicom_json import parse_tag
+from dicomkeep.common.dicom.orthanc_json import parse_tag
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from pydicom.datadict import dictionary_VR, private_dictionary_VR

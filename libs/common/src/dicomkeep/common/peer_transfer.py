@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
 from dicomkeep.common.peer_http import HttpOptions, PeerClient
 from dicomkeep.common.peers import Peer, bad_format
 from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.storage import StorageAccessor, read_instance_file
 
 #: The job type (`Type` of `GET /jobs/{id}`), as Orthanc names it.
 JOB_TYPE = "OrthancPeerStore"
@@ -179,15 +179,15 @@ class TransferOutcome:
 
 
 async def _read_instance(index: Index, blobs: BlobStore, instance_id: str) -> bytes:
-    resource = await index.get_resource(Level.INSTANCE, instance_id)
-    if resource is None or resource.dicom is None:
-        raise unknown_resource(f"Instance {instance_id} was deleted before it was sent")
     try:
-        return await read_attachment(blobs, resource.dicom)
+        data = await read_instance_file(index, StorageAccessor(blobs), instance_id)
     except KeyError as error:
         raise OrthancError(
             ErrorCode.INEXISTENT_ITEM, f"The DICOM file of instance {instance_id} is missing"
         ) from error
+    if data is None:
+        raise unknown_resource(f"Instance {instance_id} was deleted before it was sent")
+    return data
 
 
 async def transfer(

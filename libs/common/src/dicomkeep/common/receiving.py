@@ -13,8 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, write_attachment
-from dicomkeep.common.dicom import ParsedInstance, dicom_prefix, parse_instance
+from dicomkeep.common.dicom.instance import ParsedInstance, dicom_prefix, parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import (
     STORE_QUEUE,
@@ -25,24 +24,13 @@ from dicomkeep.common.events import (
 )
 from dicomkeep.common.ids import Level
 from dicomkeep.common.metrics import INSTANCES_RECEIVED, RECEIVE_SECONDS
+from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus, BusTimeout
+from dicomkeep.common.storage import StorageAccessor
 from dicomkeep.common.timestamps import now_stamp
 
 log = logging.getLogger(__name__)
-
-# Core metadata keys (ORTHANC_API.md §3).
-INDEX_IN_SERIES = 1
-RECEPTION_DATE = 2
-REMOTE_AET = 3
-EXPECTED_INSTANCES = 4
-ORIGIN = 8
-TRANSFER_SYNTAX = 9
-SOP_CLASS_UID = 10
-REMOTE_IP = 11
-CALLED_AET = 12
-HTTP_USERNAME = 13
-PIXEL_DATA_OFFSET = 14
 
 
 @dataclass(frozen=True)
@@ -79,25 +67,25 @@ def build_command(
     """
     received_at = now_stamp()
     instance: dict[int, str] = {
-        RECEPTION_DATE: received_at,
-        REMOTE_AET: origin.remote_aet,
-        ORIGIN: origin.protocol,
-        TRANSFER_SYNTAX: parsed.transfer_syntax,
-        SOP_CLASS_UID: parsed.sop_class_uid,
+        MetadataType.RECEPTION_DATE: received_at,
+        MetadataType.REMOTE_AET: origin.remote_aet,
+        MetadataType.ORIGIN: origin.protocol,
+        MetadataType.TRANSFER_SYNTAX: parsed.transfer_syntax,
+        MetadataType.SOP_CLASS_UID: parsed.sop_class_uid,
     }
     if origin.remote_ip:
-        instance[REMOTE_IP] = origin.remote_ip
+        instance[MetadataType.REMOTE_IP] = origin.remote_ip
     if origin.protocol == "DicomProtocol":
-        instance[CALLED_AET] = origin.called_aet
+        instance[MetadataType.CALLED_AET] = origin.called_aet
     if origin.protocol == "RestApi":
-        instance[HTTP_USERNAME] = origin.http_username
+        instance[MetadataType.HTTP_USERNAME] = origin.http_username
     if parsed.index_in_series is not None:
-        instance[INDEX_IN_SERIES] = str(parsed.index_in_series)
+        instance[MetadataType.INDEX_IN_SERIES] = str(parsed.index_in_series)
     if parsed.pixel_data_offset is not None:
-        instance[PIXEL_DATA_OFFSET] = str(parsed.pixel_data_offset)
-    series: dict[int, str] = {REMOTE_AET: origin.remote_aet}
+        instance[MetadataType.PIXEL_DATA_OFFSET] = str(parsed.pixel_data_offset)
+    series: dict[int, str] = {MetadataType.REMOTE_AET: origin.remote_aet}
     if parsed.expected_instances is not None:
-        series[EXPECTED_INSTANCES] = str(parsed.expected_instances)
+        series[MetadataType.EXPECTED_NUMBER_OF_INSTANCES] = str(parsed.expected_instances)
     metadata: dict[Level, dict[int, str]] = {Level.INSTANCE: instance, Level.SERIES: series}
     for level, values in (extra_metadata or {}).items():
         metadata.setdefault(level, {}).update(values)
@@ -149,6 +137,7 @@ class Receiver:
         overwrite: bool = False,
     ) -> None:
         self.blobs = blobs
+        self.storage = StorageAccessor(blobs)
         self.submit = submit
         self.compression = compression
         self.overwrite = overwrite
@@ -170,17 +159,9 @@ class Receiver:
         """
         started = time.perf_counter()
         parsed = await asyncio.to_thread(parse_instance, data)
-        attachments = [
-            await write_attachment(self.blobs, DICOM, data, compressed=self.compression)
-        ]
+        prefix = dicom_prefix(data, parsed) if self.compression else None
+        attachments = await self.storage.write_instance(data, prefix, compressed=self.compression)
         try:
-            prefix = dicom_prefix(data, parsed)
-            if self.compression and prefix is not None:
-                attachments.append(
-                    await write_attachment(
-                        self.blobs, DICOM_UNTIL_PIXEL_DATA, prefix, compressed=True
-                    )
-                )
             command = build_command(
                 parsed, attachments, origin, overwrite=self.overwrite, extra_metadata=metadata
             )
@@ -202,8 +183,4 @@ class Receiver:
         return Received(parsed=parsed, reply=reply)
 
     async def _discard(self, attachments: list[AttachmentInfo]) -> None:
-        for info in attachments:
-            try:
-                await self.blobs.delete(info.uuid)
-            except Exception:  # the orphan collector will get it
-                log.exception("could not remove blob %s", info.uuid)
+        await self.storage.discard([info.uuid for info in attachments])

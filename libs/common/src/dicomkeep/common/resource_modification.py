@@ -16,20 +16,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
 from dicomkeep.common.modification import Modification, boolean_member
+from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.receiving import Origin, Receiver
+from dicomkeep.common.storage import StorageAccessor
 from dicomkeep.common.transcoding import check_target, dataset_bytes, read_dataset, transcode
 from pydicom.uid import UID
 
 log = logging.getLogger(__name__)
 
-MODIFIED_FROM = 5
-ANONYMIZED_FROM = 6
 #: The global property holding the last "Anonymized<N>" number (Orthanc's AnonymizationSequence).
 ANONYMIZATION_SEQUENCE = "AnonymizationSequence"
 
@@ -105,7 +104,7 @@ async def read_instance(index: Index, blobs: BlobStore, instance_id: str) -> tup
     study = await index.get_resource(Level.STUDY, study_id) if study_id else None
     patient_id = study.parent_id if study is not None else None
     try:
-        data = await read_attachment(blobs, resource.dicom)
+        data = await StorageAccessor(blobs).read(resource.dicom)
     except KeyError as error:
         raise OrthancError(
             ErrorCode.INEXISTENT_ITEM, "The DICOM file is missing from the storage area"
@@ -157,7 +156,9 @@ async def modify_resources(
     (by `delete_original`, else straight from the index). A given `outcome`
     accumulates (a job resumed from its checkpoint).
     """
-    key = ANONYMIZED_FROM if modification.is_anonymization else MODIFIED_FROM
+    key = (
+        MetadataType.ANONYMIZED_FROM if modification.is_anonymization else MetadataType.MODIFIED_FROM
+    )
     if outcome is None:
         outcome = ModificationOutcome(is_anonymization=modification.is_anonymization)
     for position, instance_id in enumerate(instances):

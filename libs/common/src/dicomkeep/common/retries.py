@@ -1,9 +1,10 @@
 """The one retry policy of DicomKeep, on tenacity: exponential backoff, bounded, logged.
 
-Every retry outside the SQL index goes through `retrying` (asyncio) or
-`retrying_sync` (code running in a worker thread): peer HTTP requests, S3 calls,
-RabbitMQ publishes across a reconnection, redeliveries of the in-process bus, blob
-folder races. Each names what it retries, so that the warning logged before a new
+Every retry goes through `retrying` (asyncio) or `retrying_sync` (code running
+in a worker thread): peer HTTP requests, S3 calls, RabbitMQ publishes across a
+reconnection, redeliveries of the in-process bus, blob folder races, and the
+index's replay of transactions that hit a serialization failure
+(index/transactions.py). Each names what it retries, so that the warning logged before a new
 attempt says what failed; the last error is re-raised as is when the policy stops.
 
 The n-th retry waits `first * 2**(n-1)` seconds, capped at `longest`. A policy

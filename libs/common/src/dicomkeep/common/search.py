@@ -16,8 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, read_attachment
-from dicomkeep.common.dicom_json import tags_json
+from dicomkeep.common.dicom.orthanc_json import tags_json
 from dicomkeep.common.errors import OrthancError
 from dicomkeep.common.find import (
     COMPUTED_TAG_NUMBERS,
@@ -32,7 +31,9 @@ from dicomkeep.common.find import (
 )
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
+from dicomkeep.common.orthanc import FileContentType
 from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.storage import StorageAccessor
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class FileReader:
 
     def __init__(self, index: Index, blobs: BlobStore) -> None:
         self.index = index
-        self.blobs = blobs
+        self.storage = StorageAccessor(blobs)
         self._data: dict[tuple[Level, str], tuple[bytes, bool] | None] = {}
         self._strings: dict[tuple[Level, str], dict[int, str]] = {}
 
@@ -81,15 +82,16 @@ class FileReader:
             return None
         attachments = await self.index.list_attachments(Level.INSTANCE, instances[0]) or []
         by_type = {a.content_type: a for a in attachments}
-        info = by_type.get(DICOM_UNTIL_PIXEL_DATA) or by_type.get(DICOM)
+        info = by_type.get(FileContentType.DICOM_UNTIL_PIXEL_DATA)
+        info = info or by_type.get(FileContentType.DICOM)
         if info is None:
             return None
         try:
-            data = await read_attachment(self.blobs, info)
+            data = await self.storage.read(info)
         except KeyError:
             log.warning("find: blob of instance=%s is missing", instances[0])
             return None
-        return data, info.content_type == DICOM_UNTIL_PIXEL_DATA
+        return data, info.content_type == FileContentType.DICOM_UNTIL_PIXEL_DATA
 
     async def strings(self, level: Level, public_id: str) -> dict[int, str]:
         """Return the top-level tags of the file with a string value (Orthanc's JSON

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
-from dicomkeep.common.attachments import NO_COMPRESSION
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError, unknown_resource
 from dicomkeep.common.events import AttachmentInfo
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
-from dicomkeep.gateway.attachment_streams import CHUNK_BYTES, CorruptedBlob
+from dicomkeep.common.orthanc import CompressionType
+from dicomkeep.common.storage import CHUNK_BYTES, CorruptedBlob, find_attachment
 from dicomkeep.gateway.responses import OrthancJSONResponse, plain
 from starlette.responses import Response, StreamingResponse
 
@@ -37,7 +37,7 @@ def pick(attachments: list[AttachmentInfo], content_type: int) -> AttachmentInfo
 
 async def lookup(index: Index, level: Level, public_id: str, content_type: int) -> AttachmentInfo:
     """Return one attachment; 404 *Unknown resource* if it or its resource is absent."""
-    info = pick(await attachments_of(index, level, public_id), content_type)
+    info = await find_attachment(index, level, public_id, content_type)
     if info is None:
         raise unknown_resource()
     return info
@@ -127,5 +127,5 @@ RENDERERS: dict[str, Render] = {
     "/compressed-size": lambda info: plain(str(info.compressed_size)),
     "/md5": lambda info: _md5(info.uncompressed_md5),
     "/compressed-md5": lambda info: _md5(info.compressed_md5),
-    "/is-compressed": lambda info: plain("0" if info.compression == NO_COMPRESSION else "1"),
+    "/is-compressed": lambda info: plain("0" if info.compression == CompressionType.NONE else "1"),
 }

@@ -10,22 +10,20 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from dicomkeep.common.attachments import DICOM, DICOM_AS_JSON, DICOM_UNTIL_PIXEL_DATA
 from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.orthanc import (
+    CORE_CONTENT_TYPES,
+    FIRST_USER_CONTENT_TYPE,
+    LAST_USER_CONTENT_TYPE,
+    FileContentType,
+)
 
-CORE_CONTENT_TYPES: Mapping[str, int] = {
-    "dicom": DICOM,
-    "dicom-as-json": DICOM_AS_JSON,
-    "dicom-until-pixel-data": DICOM_UNTIL_PIXEL_DATA,
-}
 _CORE_NAMES = {content_type: name for name, content_type in CORE_CONTENT_TYPES.items()}
 #: Orthanc's GetFileContentMime for the core types; others default to binary.
-_CORE_MIME = {DICOM: "application/dicom", DICOM_AS_JSON: "application/json"}
+_CORE_MIME = {FileContentType.DICOM: "application/dicom", FileContentType.DICOM_AS_JSON: "application/json"}
 BINARY_MIME = "application/octet-stream"
 #: Content types are 16-bit.
-MAXIMUM_CONTENT_TYPE = 65535
-#: The first user content type; lower types belong to the core (read-only over REST).
-FIRST_USER_CONTENT_TYPE = 1024
+MAXIMUM_CONTENT_TYPE = LAST_USER_CONTENT_TYPE
 _INTEGER = re.compile(r"[0-9]+")
 
 #: UserContentType as the settings expose it: name -> (content type, MIME type).

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.storage import StorageAccessor
 
 
 @dataclass
@@ -24,3 +25,8 @@ class GatewayContext:
     blobs: BlobStore
     bus: Bus
     receiver: Receiver
+    #: Every read and write of attachment bytes goes through it (built over `blobs`).
+    storage: StorageAccessor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.storage = StorageAccessor(self.blobs)

@@ -9,6 +9,7 @@ from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.storage import StorageAccessor
 from dicomkeep.gateway.context import GatewayContext
 from fastapi import Depends, Request
 
@@ -31,6 +32,11 @@ def get_blobs(ctx: Annotated[GatewayContext, Depends(get_context)]) -> BlobStore
     return ctx.blobs
 
 
+def get_storage(ctx: Annotated[GatewayContext, Depends(get_context)]) -> StorageAccessor:
+    """Return the StorageAccessor over the BlobStore (attachment bytes)."""
+    return ctx.storage
+
+
 def get_settings(ctx: Annotated[GatewayContext, Depends(get_context)]) -> Settings:
     """Return the settings."""
     return ctx.settings
@@ -49,6 +55,7 @@ def get_username(request: Request) -> str:
 ContextDep = Annotated[GatewayContext, Depends(get_context)]
 IndexDep = Annotated[Index, Depends(get_index)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+StorageDep = Annotated[StorageAccessor, Depends(get_storage)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ReceiverDep = Annotated[Receiver, Depends(get_receiver)]
 UsernameDep = Annotated[str, Depends(get_username)]

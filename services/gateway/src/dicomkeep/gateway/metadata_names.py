@@ -10,32 +10,14 @@ import re
 from collections.abc import Mapping
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.orthanc import CORE_METADATA, FIRST_USER_METADATA, LAST_USER_METADATA
 
-CORE_METADATA: Mapping[str, int] = {
-    "IndexInSeries": 1,
-    "ReceptionDate": 2,
-    "RemoteAET": 3,
-    "ExpectedNumberOfInstances": 4,
-    "ModifiedFrom": 5,
-    "AnonymizedFrom": 6,
-    "LastUpdate": 7,
-    "Origin": 8,
-    "TransferSyntax": 9,
-    "SopClassUid": 10,
-    "RemoteIP": 11,
-    "CalledAET": 12,
-    "HttpUsername": 13,
-    "PixelDataOffset": 14,
-    "MainDicomTagsSignature": 15,
-    "MainDicomSequences": 16,
-    "PixelDataVR": 17,
-}
 _CORE_NAMES = {key: name for name, key in CORE_METADATA.items()}
 _INTEGER = re.compile(r"[0-9]+")
 #: Metadata keys are 16-bit.
-MAXIMUM_KEY = 65535
+MAXIMUM_KEY = LAST_USER_METADATA
 #: The first user metadata key; lower keys belong to the core (read-only over REST).
-FIRST_USER_KEY = 1024
+FIRST_USER_KEY = FIRST_USER_METADATA
 
 
 def is_user_metadata(key: int) -> bool:

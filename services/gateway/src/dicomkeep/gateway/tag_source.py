@@ -8,15 +8,15 @@ of the whole, possibly large, compressed file.
 
 from __future__ import annotations
 
-from dicomkeep.common.attachments import DICOM, DICOM_UNTIL_PIXEL_DATA, read_attachment
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
-from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.orthanc import FileContentType
+from dicomkeep.common.storage import StorageAccessor
 
 
 async def dicom_for_tags(
-    index: Index, blobs: BlobStore, public_id: str, *, whole: bool
+    index: Index, storage: StorageAccessor, public_id: str, *, whole: bool
 ) -> tuple[bytes, bool]:
     """Return (bytes, is_prefix) to build an instance's tags from.
 
@@ -29,12 +29,12 @@ async def dicom_for_tags(
     if attachments is None:
         raise unknown_resource()
     by_type = {info.content_type: info for info in attachments}
-    prefix = None if whole else by_type.get(DICOM_UNTIL_PIXEL_DATA)
-    source = prefix or by_type.get(DICOM)
+    prefix = None if whole else by_type.get(FileContentType.DICOM_UNTIL_PIXEL_DATA)
+    source = prefix or by_type.get(FileContentType.DICOM)
     if source is None:
         raise unknown_resource()
     try:
-        return await read_attachment(blobs, source), prefix is not None
+        return await storage.read(source), prefix is not None
     except KeyError as error:
         raise OrthancError(
             ErrorCode.INEXISTENT_ITEM, "The DICOM file is missing from the storage area"

@@ -10,15 +10,10 @@ from typing import Any
 from dicomkeep.common.errors import NoAnswer
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index, Resource
+from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.series_status import series_status
 from dicomkeep.gateway.args import TagFormat
 from pydicom.datadict import tag_for_keyword
-
-INDEX_IN_SERIES = 1
-EXPECTED_INSTANCES = 4
-MODIFIED_FROM = 5
-ANONYMIZED_FROM = 6
-LAST_UPDATE = 7
 
 #: The key listing the children of each level.
 CHILDREN_KEY = {Level.PATIENT: "Studies", Level.STUDY: "Series", Level.SERIES: "Instances"}
@@ -65,14 +60,14 @@ async def require_resource(index: Index, level: Level, public_id: str) -> Resour
 
 async def series_status_of(index: Index, resource: Resource) -> str:
     """Return the `Status` of a series from its children's IndexInSeries."""
-    expected = resource.metadata.get(EXPECTED_INSTANCES)
+    expected = resource.metadata.get(MetadataType.EXPECTED_NUMBER_OF_INSTANCES)
     if expected is None:
         return series_status(None, []).value
     children = await asyncio.gather(
         *(index.get_metadata(Level.INSTANCE, child) for child in resource.children)
     )
     indexes = [
-        values[INDEX_IN_SERIES].value if values and INDEX_IN_SERIES in values else None
+        values[MetadataType.INDEX_IN_SERIES].value if values and MetadataType.INDEX_IN_SERIES in values else None
         for values in children
         if values is not None  # deleted meanwhile
     ]
@@ -106,20 +101,20 @@ async def expand_resource(
         result["PatientMainDicomTags"] = format_main_tags(resource.patient_main_tags or {}, fmt)
     if level is not Level.INSTANCE:
         result["IsStable"] = resource.is_stable
-        if LAST_UPDATE in metadata:
-            result["LastUpdate"] = metadata[LAST_UPDATE]
+        if MetadataType.LAST_UPDATE in metadata:
+            result["LastUpdate"] = metadata[MetadataType.LAST_UPDATE]
     if level is Level.SERIES:
-        result["ExpectedNumberOfInstances"] = integer_or_none(metadata.get(EXPECTED_INSTANCES))
+        result["ExpectedNumberOfInstances"] = integer_or_none(metadata.get(MetadataType.EXPECTED_NUMBER_OF_INSTANCES))
         result["Status"] = await series_status_of(index, resource)
     if level is Level.INSTANCE:
         if resource.dicom is not None:
             result["FileSize"] = resource.dicom.uncompressed_size
             result["FileUuid"] = resource.dicom.uuid
-        result["IndexInSeries"] = integer_or_none(metadata.get(INDEX_IN_SERIES))
-    if ANONYMIZED_FROM in metadata:
-        result["AnonymizedFrom"] = metadata[ANONYMIZED_FROM]
-    if MODIFIED_FROM in metadata:
-        result["ModifiedFrom"] = metadata[MODIFIED_FROM]
+        result["IndexInSeries"] = integer_or_none(metadata.get(MetadataType.INDEX_IN_SERIES))
+    if MetadataType.ANONYMIZED_FROM in metadata:
+        result["AnonymizedFrom"] = metadata[MetadataType.ANONYMIZED_FROM]
+    if MetadataType.MODIFIED_FROM in metadata:
+        result["ModifiedFrom"] = metadata[MetadataType.MODIFIED_FROM]
     return result
 
 

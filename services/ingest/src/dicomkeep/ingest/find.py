@@ -30,6 +30,7 @@ from dicomkeep.common.find import (
 )
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
+from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.search import (
     NEVER,
@@ -51,11 +52,6 @@ from pydicom.sequence import Sequence as DicomSequence
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PENDING = 0xFF00
-SUCCESS = 0x0000
-MATCHING_TERMINATED = 0xFE00
-IDENTIFIER_DOES_NOT_MATCH = 0xA900
-UNABLE_TO_PROCESS = 0xC000
 #: Matches whose answers are built in one trip to the event loop.
 BATCH = 100
 
@@ -261,7 +257,7 @@ class FindScp:
             allowed = is_allowed(self.settings, modalities, "Find", remote_aet, remote_ip)
         except Exception:
             log.exception("C-FIND access check failed aet=%s", remote_aet)
-            return iter([(UNABLE_TO_PROCESS, None)])
+            return iter([(DimseStatus.UNABLE_TO_PROCESS, None)])
         if not allowed:
             log.warning("C-FIND refused aet=%s ip=%s: not allowed", remote_aet, remote_ip)
             assoc.abort()
@@ -270,14 +266,14 @@ class FindScp:
             identifier = event.identifier
         except Exception:
             log.warning("C-FIND aet=%s: undecodable identifier", remote_aet)
-            return iter([(IDENTIFIER_DOES_NOT_MATCH, None)])
+            return iter([(DimseStatus.IDENTIFIER_DOES_NOT_MATCH, None)])
         try:
             request = parse_identifier(
                 identifier, case_sensitive_pn=self.settings.case_sensitive_pn
             )
         except (OrthancError, ValueError, KeyError, TypeError) as error:
             log.warning("C-FIND aet=%s: bad identifier: %s", remote_aet, error)
-            return iter([(UNABLE_TO_PROCESS, None)])
+            return iter([(DimseStatus.UNABLE_TO_PROCESS, None)])
         return self._answers(event, request, remote_aet)
 
     def _answers(
@@ -296,7 +292,7 @@ class FindScp:
             )
         except Exception:
             log.exception("C-FIND failed aet=%s level=%s", remote_aet, request.level.value)
-            yield UNABLE_TO_PROCESS, None
+            yield DimseStatus.UNABLE_TO_PROCESS, None
             return
         log.info(
             "C-FIND aet=%s level=%s matches=%d complete=%s",
@@ -309,17 +305,17 @@ class FindScp:
                 values, sequences = self._run(self._collect(request, chunk, reader))
             except Exception:
                 log.exception("C-FIND answers failed aet=%s", remote_aet)
-                yield UNABLE_TO_PROCESS, None
+                yield DimseStatus.UNABLE_TO_PROCESS, None
                 return
             for public_id in chunk:
                 if public_id not in values:
                     continue  # deleted meanwhile
                 if event.is_cancelled:
-                    yield MATCHING_TERMINATED, None
+                    yield DimseStatus.CANCEL, None
                     return
-                yield PENDING, self._answer(request, values[public_id], sequences.get(public_id, {}))
+                yield DimseStatus.PENDING, self._answer(request, values[public_id], sequences.get(public_id, {}))
         if not outcome.complete:
-            yield MATCHING_TERMINATED, None
+            yield DimseStatus.CANCEL, None
 
     async def _collect(
         self, request: FindRequest, ids: Sequence[str], reader: FileReader | None

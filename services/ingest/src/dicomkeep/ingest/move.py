@@ -30,16 +30,17 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.dicom_scu import REQUESTOR_HANDLERS, read_dataset, store_contexts
 from dicomkeep.common.find import Constraint, Kind
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, store_job, submit
 from dicomkeep.common.modalities import Modality, by_aet, load_modalities
+from dicomkeep.common.orthanc import DimseStatus, MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.storage import StorageAccessor, read_instance_file
 from dicomkeep.ingest.access import effective_modalities, is_allowed
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -55,12 +56,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PENDING = 0xFF00
-CANCEL = 0xFE00
-UNABLE_TO_PROCESS = 0xC000
 ACCESSION_NUMBER = 0x00080050
-SOP_CLASS_UID = 10
-TRANSFER_SYNTAX = 9
 #: The identifying tag of each level, most specific first (the order tried without a level).
 IDENTIFYING = (
     (Level.INSTANCE, "SOPInstanceUID"),
@@ -147,6 +143,7 @@ class RetrieveScp:
         self.settings = settings
         self.index = index
         self.blobs = blobs
+        self.storage = StorageAccessor(blobs)
         self.bus = bus
         self.loop = loop
         self.timeout = timeout
@@ -183,16 +180,15 @@ class RetrieveScp:
         for instance_id in instances:
             resource = await self.index.get_resource(Level.INSTANCE, instance_id)
             if resource is not None:
-                pairs.add((resource.metadata.get(SOP_CLASS_UID, ""), resource.metadata.get(TRANSFER_SYNTAX, "")))
+                pairs.add((resource.metadata.get(MetadataType.SOP_CLASS_UID, ""), resource.metadata.get(MetadataType.TRANSFER_SYNTAX, "")))
         return Retrieval(list(instances), sorted(pairs))
 
     async def _dataset(self, instance_id: str) -> Dataset | None:
-        resource = await self.index.get_resource(Level.INSTANCE, instance_id)
-        if resource is None or resource.dicom is None:
-            return None
         try:
-            data = await read_attachment(self.blobs, resource.dicom)
+            data = await read_instance_file(self.index, self.storage, instance_id)
         except KeyError:
+            return None
+        if data is None:
             return None
         return await asyncio.to_thread(read_dataset, data)
 
@@ -210,7 +206,7 @@ class RetrieveScp:
     def _sub_operations(self, event: Any, retrieval: Retrieval) -> Iterator[tuple[int, Dataset | None]]:
         for instance_id in retrieval.instances:
             if event.is_cancelled:
-                yield CANCEL, None
+                yield DimseStatus.CANCEL, None
                 return
             dataset = self._run(self._dataset(instance_id))
             if dataset is None:
@@ -218,9 +214,9 @@ class RetrieveScp:
                 # which pynetdicom counts as a failed sub-operation.
                 missing = Dataset()
                 missing.SOPInstanceUID = ""
-                yield PENDING, missing
+                yield DimseStatus.PENDING, missing
                 continue
-            yield PENDING, dataset
+            yield DimseStatus.PENDING, dataset
 
     # -- C-MOVE ---------------------------------------------------------------------
     def handle_move(self, event: Any) -> Iterator[Any]:
@@ -236,7 +232,7 @@ class RetrieveScp:
             # pynetdicom associates with the destination before it sends a failure
             # status: offer it Verification only.
             options = self._options(destination, [build_context(Verification)])
-            return iter([(destination.host, destination.port, options), 1, (UNABLE_TO_PROCESS, None)])
+            return iter([(destination.host, destination.port, options), 1, (DimseStatus.UNABLE_TO_PROCESS, None)])
         if not self.settings.synchronous_cmove:
             self._run(self._queue_move(event, destination, retrieval))
             return iter([(destination.host, destination.port), 0])
@@ -289,7 +285,7 @@ class RetrieveScp:
             return iter(())
         retrieval = self._retrieval(event, "GET")
         if retrieval is None:
-            return iter([1, (UNABLE_TO_PROCESS, None)])
+            return iter([1, (DimseStatus.UNABLE_TO_PROCESS, None)])
         return self._get(event, retrieval)
 
     def _get(self, event: Any, retrieval: Retrieval) -> Iterator[Any]:

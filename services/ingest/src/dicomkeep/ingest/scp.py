@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.receiving import Origin, Receiver
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -25,16 +26,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
 
 #: Orthanc answers a full storage with 0xA700 and an unparsable dataset with 0xC000.
 _STATUS_OF_ERROR = {
-    ErrorCode.FULL_STORAGE: OUT_OF_RESOURCES,
-    ErrorCode.BAD_FILE_FORMAT: CANNOT_UNDERSTAND,
-    ErrorCode.INEXISTENT_TAG: CANNOT_UNDERSTAND,
+    ErrorCode.FULL_STORAGE: DimseStatus.OUT_OF_RESOURCES,
+    ErrorCode.BAD_FILE_FORMAT: DimseStatus.CANNOT_UNDERSTAND,
+    ErrorCode.INEXISTENT_TAG: DimseStatus.CANNOT_UNDERSTAND,
 }
 
 
@@ -88,7 +85,7 @@ class StoreScp:
         """Listen on (host, port) in background threads."""
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_C_ECHO, lambda event: DimseStatus.SUCCESS),
             (evt.EVT_C_STORE, self.handle_store),
             *self._extra,
         ]
@@ -117,7 +114,7 @@ class StoreScp:
             )
             received = future.result(self.store_timeout)
         except OrthancError as error:
-            status = _STATUS_OF_ERROR.get(error.code, PROCESSING_FAILURE)
+            status = _STATUS_OF_ERROR.get(error.code, DimseStatus.PROCESSING_FAILURE)
             log.warning(
                 "C-STORE refused aet=%s status=0x%04X reason=%s",
                 origin.remote_aet, status, error.details or error.code.message,
@@ -125,6 +122,6 @@ class StoreScp:
             return status
         except Exception:
             log.exception("C-STORE failed aet=%s", origin.remote_aet)
-            return PROCESSING_FAILURE
+            return DimseStatus.PROCESSING_FAILURE
         log.debug("C-STORE instance=%s status=%s", received.parsed.ids[3], received.reply.status)
-        return SUCCESS
+        return DimseStatus.SUCCESS

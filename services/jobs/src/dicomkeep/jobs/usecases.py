@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomkeep.common import dicom_scu, peer_transfer
-from dicomkeep.common.attachments import read_attachment
 from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index, JobAction, JobOutcome, JobRecord, JobState, JobUpdate
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, DICOM_MOVE_SCU
+from dicomkeep.common.orthanc import DimseStatus, MetadataType
 from dicomkeep.common.peer_http import HttpOptions
 from dicomkeep.common.peers import find_peer
 from dicomkeep.common.ports.blobs import BlobStore
@@ -36,11 +36,10 @@ from dicomkeep.common.resource_modification import (
     parse_options,
 )
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.storage import StorageAccessor, read_instance_file
 
 log = logging.getLogger(__name__)
 
-SOP_CLASS_UID = 10
-TRANSFER_SYNTAX = 9
 
 
 class JobRun:
@@ -113,15 +112,14 @@ def peer_of(payload: dict[str, Any]) -> Peer:
 
 async def read_instance(index: Index, blobs: BlobStore, instance_id: str) -> bytes:
     """Return the DICOM file of an instance; raise OrthancError if it is gone."""
-    resource = await index.get_resource(Level.INSTANCE, instance_id)
-    if resource is None or resource.dicom is None:
-        raise OrthancError(ErrorCode.UNKNOWN_RESOURCE, f"Instance {instance_id} was deleted")
     try:
-        data: bytes = await read_attachment(blobs, resource.dicom)
+        data = await read_instance_file(index, StorageAccessor(blobs), instance_id)
     except KeyError as error:
         raise OrthancError(
             ErrorCode.INEXISTENT_ITEM, f"The DICOM file of instance {instance_id} is missing"
         ) from error
+    if data is None:
+        raise OrthancError(ErrorCode.UNKNOWN_RESOURCE, f"Instance {instance_id} was deleted")
     return data
 
 
@@ -132,13 +130,13 @@ async def syntaxes(index: Index, instances: list[str]) -> list[tuple[str, str]]:
         resource = await index.get_resource(Level.INSTANCE, instance_id)
         if resource is not None:
             metadata = resource.metadata
-            pairs.add((metadata.get(SOP_CLASS_UID, ""), metadata.get(TRANSFER_SYNTAX, "")))
+            pairs.add((metadata.get(MetadataType.SOP_CLASS_UID, ""), metadata.get(MetadataType.TRANSFER_SYNTAX, "")))
     return sorted(pairs)
 
 
 def _is_stored(status: int) -> bool:
     """Success or a warning (0xB000-0xBFFF, e.g. coercion): the peer kept the instance."""
-    return status == dicom_scu.SUCCESS or status & 0xF000 == 0xB000
+    return DimseStatus.is_stored(status)
 
 
 async def run_modality_store(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:

@@ -5,7 +5,7 @@ Transactions run at READ COMMITTED: the store transaction relies on
 then sees its row) and on row locks (`SELECT ... FOR UPDATE`, the Seq counter).
 Serialization failures, deadlocks and the unique/foreign-key violations that a
 concurrent delete can cause are raised as `RetryableError`, and the index
-replays the transaction, as Orthanc's PostgreSQL plugin does.
+replays the transaction (index/transactions.py), as Orthanc's PostgreSQL plugin does.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from dicomkeep.common.ports.database import RetryableError, Tx
 
 #: SQLSTATEs worth a replay: serialization failure, deadlock, unique and FK violations.
 _RETRYABLE = {"40001", "40P01", "23505", "23503"}
-_SCHEMA_LOCK = 0x44434B  # "DCK": serialises schema creation between replicas
 
 
 class _PgTx:
@@ -56,17 +55,13 @@ class PostgresDatabase:
         self._pool: asyncpg.Pool | None = None
         self._locks: dict[str, asyncpg.Connection] = {}
 
-    async def open(self, schema: Sequence[str]) -> None:
-        """Create the database if missing, the pool, and apply the schema under a lock."""
+    async def open(self) -> None:
+        """Create the database if missing, then the pool."""
         try:
             self._pool = await self._create_pool()
         except asyncpg.InvalidCatalogNameError:
             await self._create_database()
             self._pool = await self._create_pool()
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
-            for statement in schema:
-                await conn.execute(statement)
 
     async def _create_pool(self) -> asyncpg.Pool:
         pool: asyncpg.Pool = await asyncpg.create_pool(
@@ -94,6 +89,13 @@ class PostgresDatabase:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    async def __aenter__(self) -> PostgresDatabase:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:

@@ -1,4 +1,4 @@
-"""SQLite under the index: one writer connection, a pool of readers, WAL mode.
+"""SQLite under the index (the `Database` port): one writer connection, a pool of readers, WAL mode.
 
 sqlite3 blocks, so each connection lives on its own thread (a one-worker
 executor) and the event loop only awaits it. Writers are serialised by an
@@ -118,14 +118,11 @@ class SqliteDatabase:
         self._readers: asyncio.Queue[_Connection] = asyncio.Queue()
         self._all_readers: list[_Connection] = []
 
-    async def open(self, schema: Sequence[str]) -> None:
-        """Create the file if needed, apply the schema, open the reader pool."""
+    async def open(self) -> None:
+        """Create the file (and its directory) if needed, open the writer and the readers."""
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         await self._writer.open()
-        async with self.transaction() as tx:
-            for statement in schema:
-                await tx.execute(statement)
         for _ in range(self._readers_count):
             reader = _Connection(self._path)
             await reader.open()
@@ -138,6 +135,13 @@ class SqliteDatabase:
             await reader.close()
         self._all_readers.clear()
         await self._writer.close()
+
+    async def __aenter__(self) -> SqliteDatabase:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:

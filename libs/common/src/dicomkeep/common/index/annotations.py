@@ -1,59 +1,44 @@
 """Metadata and attachments of the index, with Orthanc's revision rules (§3-§5).
 
-Part of `Index` (which delegates here): every public method is one
-transaction run through the index's retry loop.
+`Annotations` holds these methods of the index; each is one transaction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import AttachmentInfo, ChangeType
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index.changes import PendingChanges, md5_hex
+from dicomkeep.common.index.hierarchy import (
+    ATTACHMENT_COLUMNS,
+    attachment_from_row,
+    find_internal,
+    insert_attachment,
+    release_blob,
+)
 from dicomkeep.common.index.records import Expected, MetadataValue
+from dicomkeep.common.index.recycling import Recycler
+from dicomkeep.common.index.transactions import Transactions
 from dicomkeep.common.ports.database import Tx
 
-if TYPE_CHECKING:
-    from dicomkeep.common.index.core import Index
-
-ATTACHMENT_COLUMNS = (
-    "content_type, uuid, compressed_size, uncompressed_size, compression, "
-    "uncompressed_md5, compressed_md5, revision"
-)
 FIRST_USER_CONTENT_TYPE = 1024
 
 
-def attachment_from_row(row: Sequence[Any]) -> AttachmentInfo:
-    """Build an AttachmentInfo from (content_type, uuid, csize, usize, compression,
-    umd5, cmd5, revision)."""
-    return AttachmentInfo(
-        content_type=int(row[0]),
-        uuid=row[1],
-        compressed_size=int(row[2]),
-        uncompressed_size=int(row[3]),
-        compression=int(row[4]),
-        uncompressed_md5=row[5],
-        compressed_md5=row[6],
-        revision=int(row[7]),
-    )
+class Annotations(Transactions):
+    """Metadata and attachments with their revisions, as methods of the index."""
 
-
-class Annotations:
-    """Metadata and attachments over the index's database."""
-
-    def __init__(self, index: Index) -> None:
-        self.index = index
+    recycler: Recycler
 
     async def get_metadata(
         self, level: Level, public_id: str
     ) -> dict[int, MetadataValue] | None:
-        """Return all metadata of a resource, or None if unknown."""
+        """Return all metadata of a resource, or None if the resource is unknown."""
 
         async def body(tx: Tx) -> dict[int, MetadataValue] | None:
-            internal_id = await self.index._find(tx, level, public_id)
+            internal_id = await find_internal(tx, level, public_id)
             if internal_id is None:
                 return None
             rows = await tx.fetch(
@@ -62,7 +47,7 @@ class Annotations:
             )
             return {int(k): MetadataValue(value=v, revision=int(r)) for k, v, r in rows}
 
-        return await self.index._run(body, readonly=True)
+        return await self._run(body, readonly=True)
 
     @staticmethod
     def check_expected(
@@ -100,12 +85,12 @@ class Annotations:
         Returns (internal_id, the (value, revision) row or None); raises
         UNKNOWN_RESOURCE or REVISION.
         """
-        internal_id = await self.index._find(tx, level, public_id)
+        internal_id = await find_internal(tx, level, public_id)
         if internal_id is None:
             raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
         row = await tx.fetchrow(
             "SELECT value, revision FROM metadata WHERE internal_id = $1 AND key = $2"
-            + self.index.for_update,
+            + self.for_update,
             internal_id,
             key,
         )
@@ -123,7 +108,11 @@ class Annotations:
         *,
         check_revisions: bool,
     ) -> int:
-        """Create or replace a user metadata value; return its new revision."""
+        """Create or replace a metadata value; return its new revision.
+
+        Raises OrthancError UNKNOWN_RESOURCE or REVISION (ORTHANC_API.md §5).
+        Appends an UpdatedMetadata change.
+        """
 
         async def body(tx: Tx) -> int:
             internal_id, _ = await self._checked_metadata(
@@ -142,7 +131,7 @@ class Annotations:
             await pending.flush(tx)
             return int(revision)
 
-        return await self.index._run(body)
+        return await self._run(body)
 
     async def delete_metadata(
         self,
@@ -153,7 +142,7 @@ class Annotations:
         *,
         check_revisions: bool,
     ) -> None:
-        """Delete a user metadata value."""
+        """Delete a metadata value; raise UNKNOWN_RESOURCE if absent, REVISION on conflict."""
 
         async def body(tx: Tx) -> None:
             internal_id, row = await self._checked_metadata(
@@ -168,16 +157,16 @@ class Annotations:
             pending.add(ChangeType.UPDATED_METADATA, level, public_id)
             await pending.flush(tx)
 
-        await self.index._run(body)
+        await self._run(body)
 
     # -- attachments ---------------------------------------------------------------
     async def list_attachments(
         self, level: Level, public_id: str
     ) -> list[AttachmentInfo] | None:
-        """Return the attachments of a resource, or None if unknown."""
+        """Return the attachments of a resource, or None if the resource is unknown."""
 
         async def body(tx: Tx) -> list[AttachmentInfo] | None:
-            internal_id = await self.index._find(tx, level, public_id)
+            internal_id = await find_internal(tx, level, public_id)
             if internal_id is None:
                 return None
             rows = await tx.fetch(
@@ -187,7 +176,30 @@ class Annotations:
             )
             return [attachment_from_row(r) for r in rows]
 
-        return await self.index._run(body, readonly=True)
+        return await self._run(body, readonly=True)
+
+    async def attachment(
+        self, level: Level, public_id: str, content_type: int
+    ) -> AttachmentInfo | None:
+        """Return one attachment of a resource, in one query; None if either is absent.
+
+        The lookup behind `GET /instances/{id}/file` and the attachment routes:
+        the resource and its attachment row are read together, so a reader costs
+        one index query and one blob read.
+        """
+
+        async def body(tx: Tx) -> AttachmentInfo | None:
+            row = await tx.fetchrow(
+                f"SELECT {ATTACHMENT_COLUMNS} FROM attachments WHERE content_type = $3 "
+                "AND internal_id = (SELECT internal_id FROM resources "
+                "WHERE public_id = $1 AND level = $2)",
+                public_id,
+                level.depth,
+                content_type,
+            )
+            return None if row is None else attachment_from_row(row)
+
+        return await self._run(body, readonly=True)
 
     async def set_attachment(
         self,
@@ -199,19 +211,16 @@ class Annotations:
         check_revisions: bool,
         log_change: bool = True,
     ) -> int:
-        """Create or replace an attachment; the replaced blob becomes pending.
-
-        With storage limits, recycles other patients first (or raises FULL_STORAGE).
-        """
+        """Create or replace an attachment; the replaced blob becomes a pending deletion."""
 
         async def body(tx: Tx) -> int:
-            await self.index.recycler.lock(tx)
-            internal_id = await self.index._find(tx, level, public_id)
+            await self.recycler.lock(tx)
+            internal_id = await find_internal(tx, level, public_id)
             if internal_id is None:
                 raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
             row = await tx.fetchrow(
                 "SELECT uuid, revision, uncompressed_md5 FROM attachments "
-                "WHERE internal_id = $1 AND content_type = $2" + self.index.for_update,
+                "WHERE internal_id = $1 AND content_type = $2" + self.for_update,
                 internal_id,
                 info.content_type,
             )
@@ -219,25 +228,25 @@ class Annotations:
             self.check_expected(current, expected, check_revisions=check_revisions, deleting=False)
             revision = 0 if row is None else int(row[1]) + 1
             if row is not None:
-                await self.index.release_blob(tx, row[0])
+                await release_blob(tx, row[0])
                 await tx.execute(
                     "DELETE FROM attachments WHERE internal_id = $1 AND content_type = $2",
                     internal_id,
                     info.content_type,
                 )
             pending = PendingChanges()
-            if self.index.recycler.is_active:
-                owner = await self.index.recycler.owning_patient(tx, internal_id)
-                await self.index.recycler.make_room(
+            if self.recycler.is_active:
+                owner = await self.recycler.owning_patient(tx, internal_id)
+                await self.recycler.make_room(
                     tx, pending, incoming=info.compressed_size, keep=owner
                 )
-            await self.index.insert_attachment(tx, internal_id, info, revision)
+            await insert_attachment(tx, internal_id, info, revision)
             if log_change:
                 pending.add(ChangeType.UPDATED_ATTACHMENT, level, public_id)
             await pending.flush(tx)
             return revision
 
-        return await self.index._run(body)
+        return await self._run(body)
 
     async def delete_attachment(
         self,
@@ -248,19 +257,15 @@ class Annotations:
         *,
         check_revisions: bool,
     ) -> None:
-        """Delete an attachment; its blob becomes pending.
-
-        Deleting a user type (>= 1024) appends an UpdatedAttachment change, as
-        Orthanc's DeleteAttachment does.
-        """
+        """Delete an attachment; its blob becomes a pending deletion."""
 
         async def body(tx: Tx) -> None:
-            internal_id = await self.index._find(tx, level, public_id)
+            internal_id = await find_internal(tx, level, public_id)
             if internal_id is None:
                 raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
             row = await tx.fetchrow(
                 "SELECT uuid, revision, uncompressed_md5 FROM attachments "
-                "WHERE internal_id = $1 AND content_type = $2" + self.index.for_update,
+                "WHERE internal_id = $1 AND content_type = $2" + self.for_update,
                 internal_id,
                 content_type,
             )
@@ -268,7 +273,7 @@ class Annotations:
             self.check_expected(current, expected, check_revisions=check_revisions, deleting=True)
             if row is None:
                 raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
-            await self.index.release_blob(tx, row[0])
+            await release_blob(tx, row[0])
             await tx.execute(
                 "DELETE FROM attachments WHERE internal_id = $1 AND content_type = $2",
                 internal_id,
@@ -279,5 +284,5 @@ class Annotations:
                 pending.add(ChangeType.UPDATED_ATTACHMENT, level, public_id)
                 await pending.flush(tx)
 
-        await self.index._run(body)
+        await self._run(body)
 

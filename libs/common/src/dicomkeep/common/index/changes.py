@@ -3,24 +3,22 @@
 Every committed change is written to `changes` (when Orthanc logs it) and to
 `outbox` in the same transaction, so a crash between commit and publication
 loses nothing: the relay publishes the outbox later (ARCHITECTURE.md step 5).
-Part of `Index`, which delegates here.
+`ChangeLog` holds the methods of the index that read and trim them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from dicomkeep.common.events import Change, ChangeType, OutboxEvent
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index.records import ChangesPage
+from dicomkeep.common.index.transactions import Transactions
 from dicomkeep.common.ports.database import Tx
 from dicomkeep.common.timestamps import now_stamp
-
-T = TypeVar("T")
-Run = Callable[..., Awaitable[Any]]
 
 
 def md5_hex(value: bytes | str) -> str:
@@ -97,11 +95,8 @@ class PendingChanges:
         return changes
 
 
-class ChangeLog:
-    """Changes, outbox and pending blob deletions, each method one transaction."""
-
-    def __init__(self, run: Run) -> None:
-        self._run = run
+class ChangeLog(Transactions):
+    """Changes, outbox and pending blob deletions, as methods of the index."""
 
     async def get_changes(self, since: int, limit: int) -> ChangesPage:
         """Return logged changes with Seq > since, ascending, at most `limit`."""
@@ -130,7 +125,7 @@ class ChangeLog:
         return int(value or 0)
 
     async def last_change(self) -> ChangesPage:
-        """Return the latest logged change, if any."""
+        """Return the latest logged change (if any)."""
 
         async def body(tx: Tx) -> ChangesPage:
             row = await tx.fetchrow(
@@ -144,7 +139,7 @@ class ChangeLog:
         return await self._run(body, readonly=True)
 
     async def clear_changes(self) -> None:
-        """Empty the changes log; the Seq counter goes on."""
+        """Empty the changes log (`DELETE /changes`); Seq is not reset."""
 
         async def body(tx: Tx) -> None:
             await tx.execute("DELETE FROM changes")
@@ -159,7 +154,7 @@ class ChangeLog:
         path: str,
         headers: dict[str, str] | None = None,
     ) -> Change:
-        """Append one change to the log (when logged) and to the outbox."""
+        """Append one change (Stable*, job events) to the log and the outbox."""
 
         async def body(tx: Tx) -> Change:
             pending = PendingChanges()
@@ -189,7 +184,7 @@ class ChangeLog:
         return await self._run(body, readonly=True)
 
     async def outbox_done(self, seqs: Sequence[int]) -> None:
-        """Forget published events."""
+        """Mark events as published."""
         if not seqs:
             return
 
@@ -200,7 +195,7 @@ class ChangeLog:
 
     # -- blob garbage --------------------------------------------------------------
     async def pending_blobs(self, limit: int) -> list[str]:
-        """Return blob keys released by committed transactions."""
+        """Return blob keys that no row refers to any more and must be deleted."""
 
         async def body(tx: Tx) -> list[str]:
             rows = await tx.fetch(
@@ -223,7 +218,7 @@ class ChangeLog:
         await self._run(body)
 
     async def referenced_blobs(self, keys: Sequence[str]) -> set[str]:
-        """Return the keys that an attachment row refers to."""
+        """Return the subset of keys that an attachment row refers to."""
         if not keys:
             return set()
 

@@ -9,6 +9,8 @@ expired is taken over by another worker (ORTHANC_API.md §10).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -103,3 +105,43 @@ class QueryRecord:
 
 class LeaseLost(Exception):
     """The worker no longer holds the job (its lease expired and another took it)."""
+
+
+#: The columns `job_from_row` reads, in order.
+JOB_COLUMNS = (
+    "id, type, priority, state, progress, created, last_update, completed, content, "
+    "payload, output, error_code, error_details, worker, lease_until, attempts, runtime, "
+    "control"
+)
+
+
+def job_from_row(row: Sequence[Any]) -> JobRecord:
+    """Build a JobRecord from a row of `JOB_COLUMNS`."""
+    return JobRecord(
+        id=row[0],
+        type=row[1],
+        priority=int(row[2]),
+        state=JobState(row[3]),
+        progress=int(row[4]),
+        created=row[5],
+        last_update=row[6],
+        completed=row[7],
+        content=json.loads(row[8]),
+        payload=json.loads(row[9]),
+        output=json.loads(row[10]),
+        error_code=int(row[11]),
+        error_details=row[12],
+        worker=row[13],
+        lease_until=float(row[14]),
+        attempts=int(row[15]),
+        runtime=float(row[16]),
+        control=JobAction(row[17]) if row[17] else None,
+    )
+
+
+def restart_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """Return a job's payload with its checkpoint cleared (`resubmit` starts over).
+
+    Job payloads keep their checkpoint under the `Checkpoint` key by convention.
+    """
+    return {k: v for k, v in payload.items() if k != "Checkpoint"}

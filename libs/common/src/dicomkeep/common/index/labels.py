@@ -1,21 +1,19 @@
 """Labels of resources (Orthanc 1.12): add, remove, test, list.
 
-Part of `Index` (reached as `index.labels`): every method is one transaction
-through the index's retry loop. Labels go with their resource (ON DELETE
+Part of the index (reached as `index.labels`): every method is one transaction
+through the index's retry policy. Labels go with their resource (ON DELETE
 CASCADE); like Orthanc, setting or removing a label logs no change.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index.hierarchy import find_internal
+from dicomkeep.common.index.transactions import Transactions
 from dicomkeep.common.ports.database import Tx
-
-if TYPE_CHECKING:
-    from dicomkeep.common.index.core import Index
 
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -34,14 +32,11 @@ def check_label(label: str) -> str:
     return label
 
 
-class Labels:
+class Labels(Transactions):
     """Labels over the index's database."""
 
-    def __init__(self, index: Index) -> None:
-        self.index = index
-
     async def _resource(self, tx: Tx, level: Level, public_id: str) -> int:
-        internal_id = await self.index._find(tx, level, public_id)
+        internal_id = await find_internal(tx, level, public_id)
         if internal_id is None:
             raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
         return internal_id
@@ -59,7 +54,7 @@ class Labels:
                 label,
             )
 
-        await self.index._run(body)
+        await self._run(body)
 
     async def remove(self, level: Level, public_id: str, label: str) -> None:
         """Remove a label (idempotent); 404 *Unknown resource*, 400 for a bad label."""
@@ -71,7 +66,7 @@ class Labels:
                 "DELETE FROM labels WHERE internal_id = $1 AND label = $2", internal_id, label
             )
 
-        await self.index._run(body)
+        await self._run(body)
 
     async def of(self, level: Level, public_id: str) -> list[str]:
         """Return a resource's labels, sorted; 404 *Unknown resource*."""
@@ -83,7 +78,7 @@ class Labels:
             )
             return [str(row[0]) for row in rows]
 
-        return await self.index._run(body, readonly=True)
+        return await self._run(body, readonly=True)
 
     async def all(self) -> list[str]:
         """Return every label in use, sorted (`GET /tools/labels`)."""
@@ -92,4 +87,4 @@ class Labels:
             rows = await tx.fetch("SELECT DISTINCT label FROM labels ORDER BY label")
             return [str(row[0]) for row in rows]
 
-        return await self.index._run(body, readonly=True)
+        return await self._run(body, readonly=True)

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
-from dicomkeep.common.ports.database import Tx
+from dicomkeep.common.index.changes import PendingChanges
+from dicomkeep.common.index.hierarchy import delete_subtree, find_internal, next_recycling_order
+from dicomkeep.common.index.transactions import Transactions
+from dicomkeep.common.ports.database import Database, Tx
 
 if TYPE_CHECKING:
-    from dicomkeep.common.index.changes import PendingChanges
-    from dicomkeep.common.index.core import Index
     from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,10 @@ async def hold_writers_lock(tx: Tx, dialect: str) -> None:
 
 
 class Recycler:
-    """The recycling decisions of one `Index`, run inside its transactions."""
+    """The recycling decisions of one index, run inside its transactions."""
 
-    def __init__(self, index: Index, limits: StorageLimits | None) -> None:
-        self.index = index
+    def __init__(self, db: Database, limits: StorageLimits | None) -> None:
+        self.db = db
         self.limits = limits or StorageLimits()
 
     @property
@@ -89,7 +90,7 @@ class Recycler:
         Call it first in the transaction; does nothing when no limit is set.
         """
         if self.is_active:
-            await hold_writers_lock(tx, self.index.db.dialect)
+            await hold_writers_lock(tx, self.db.dialect)
 
     async def make_room(
         self, tx: Tx, pending: PendingChanges, *, incoming: int, keep: int | None
@@ -147,7 +148,7 @@ class Recycler:
         self, tx: Tx, patient: int, pending: PendingChanges
     ) -> list[tuple[Level, str]]:
         """Delete one patient's subtree (empty if a concurrent delete took it first)."""
-        removed = await self.index.delete_subtree(tx, patient, pending)
+        removed = await delete_subtree(tx, patient, pending)
         if removed:
             log.info("recycled patient=%s resources=%d", removed[0][1], len(removed))
         return removed
@@ -184,3 +185,52 @@ class Recycler:
             -1 if keep is None else keep,
         )
         return None if value is None else int(value)
+
+
+class Recycling(Transactions):
+    """Protection and recycling at start-up, as methods of the index."""
+
+    recycler: Recycler
+
+    async def set_protected(self, patient_id: str, protected: bool) -> None:
+        """Protect a patient from recycling, or unprotect it (moved to the end).
+
+        Raises OrthancError UNKNOWN_RESOURCE for an unknown patient.
+        """
+
+        async def body(tx: Tx) -> None:
+            internal_id = await find_internal(tx, Level.PATIENT, patient_id)
+            if internal_id is None:
+                raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+            if protected:
+                await tx.execute(
+                    "UPDATE resources SET is_protected = 1 WHERE internal_id = $1", internal_id
+                )
+                return
+            order = await next_recycling_order(tx)
+            await tx.execute(
+                "UPDATE resources SET is_protected = 0, recycling_order = $2 "
+                "WHERE internal_id = $1 AND is_protected = 1",
+                internal_id,
+                order,
+            )
+
+        await self._run(body)
+
+    async def enforce_limits(self) -> list[tuple[Level, str]]:
+        """Recycle oldest unprotected patients until the storage limits hold.
+
+        Mirrors Orthanc's recycling at start-up (Recycle mode only; stops quietly
+        when only protected patients are left). Returns the deleted resources.
+        """
+
+        async def body(tx: Tx) -> list[tuple[Level, str]]:
+            await self.recycler.lock(tx)
+            pending = PendingChanges()
+            deleted = await self.recycler.enforce(tx, pending)
+            await pending.flush(tx)
+            return deleted
+
+        if not self.recycler.is_active:
+            return []
+        return await self._run(body)

@@ -1,126 +1,117 @@
-"""The index schema, for SQLite and PostgreSQL (idempotent DDL, applied on open)."""
+"""Versioned schema migrations of the index, for SQLite and PostgreSQL.
+
+Migrations are numbered SQL files in `migrations/`: `NNNN_name.sql` serves both
+databases, `NNNN_name.sqlite.sql` and `NNNN_name.postgres.sql` one each.
+Statements end with a semicolon at the end of a line. `migrate` applies every
+migration the database has not seen, in order, in one transaction, and records
+each in the `schema_migrations` table; replicas starting together take turns
+(an advisory lock on PostgreSQL, the single writer on SQLite), so each
+migration runs once. Migration 1 is the schema of DicomKeep before versions
+existed, written idempotently, so a database created then is adopted unchanged.
+"""
 
 from __future__ import annotations
 
-from dicomkeep.common.index.peers import PEERS_SCHEMA
+import re
+from dataclasses import dataclass
+from importlib import resources
 
-SCHEMA_VERSION = 1
+from dicomkeep.common.ports.database import Database, Tx
+from dicomkeep.common.timestamps import now_stamp
 
-_COMMON = [
-    """CREATE TABLE IF NOT EXISTS main_tags (
-        internal_id BIGINT NOT NULL REFERENCES resources(internal_id) ON DELETE CASCADE,
-        tag_level SMALLINT NOT NULL,
-        name TEXT NOT NULL,
-        value TEXT NOT NULL,
-        PRIMARY KEY (internal_id, tag_level, name))""",
-    """CREATE TABLE IF NOT EXISTS metadata (
-        internal_id BIGINT NOT NULL REFERENCES resources(internal_id) ON DELETE CASCADE,
-        key INTEGER NOT NULL,
-        value TEXT NOT NULL,
-        revision INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (internal_id, key))""",
-    """CREATE TABLE IF NOT EXISTS attachments (
-        internal_id BIGINT NOT NULL REFERENCES resources(internal_id) ON DELETE CASCADE,
-        content_type INTEGER NOT NULL,
-        uuid TEXT NOT NULL,
-        compressed_size BIGINT NOT NULL,
-        uncompressed_size BIGINT NOT NULL,
-        compression INTEGER NOT NULL,
-        uncompressed_md5 TEXT NOT NULL,
-        compressed_md5 TEXT NOT NULL,
-        revision INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (internal_id, content_type))""",
-    "CREATE INDEX IF NOT EXISTS attachments_uuid ON attachments(uuid)",
-    """CREATE TABLE IF NOT EXISTS labels (
-        internal_id BIGINT NOT NULL REFERENCES resources(internal_id) ON DELETE CASCADE,
-        label TEXT NOT NULL,
-        PRIMARY KEY (internal_id, label))""",
-    """CREATE TABLE IF NOT EXISTS changes (
-        seq BIGINT PRIMARY KEY,
-        change_type TEXT NOT NULL,
-        resource_type TEXT NOT NULL,
-        public_id TEXT NOT NULL,
-        path TEXT NOT NULL,
-        date TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS outbox (
-        seq BIGINT PRIMARY KEY,
-        body TEXT NOT NULL,
-        headers TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS counters (
-        name TEXT PRIMARY KEY,
-        value BIGINT NOT NULL)""",
-    "INSERT INTO counters(name, value) VALUES ('seq', 0) ON CONFLICT (name) DO NOTHING",
-    "INSERT INTO counters(name, value) VALUES ('recycling', 0) ON CONFLICT (name) DO NOTHING",
-    """CREATE TABLE IF NOT EXISTS pending_blobs (
-        uuid TEXT PRIMARY KEY,
-        since TEXT NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS global_properties (
-        name TEXT PRIMARY KEY,
-        value TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS resources_parent ON resources(parent_id)",
-    "CREATE INDEX IF NOT EXISTS resources_level ON resources(level, internal_id)",
-    "CREATE INDEX IF NOT EXISTS resources_uid ON resources(dicom_uid)",
-    "CREATE INDEX IF NOT EXISTS resources_recycling ON resources(level, is_protected, recycling_order)",
-    "CREATE INDEX IF NOT EXISTS main_tags_value ON main_tags(tag_level, name, value)",
-    # Resources waiting for their Stable* change (stability.py).
-    """CREATE TABLE IF NOT EXISTS stability (
-        internal_id BIGINT PRIMARY KEY REFERENCES resources(internal_id) ON DELETE CASCADE,
-        level SMALLINT NOT NULL,
-        public_id TEXT NOT NULL,
-        touched_at DOUBLE PRECISION NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS stability_due ON stability(touched_at)",
-]
-
-_RESOURCES = """CREATE TABLE IF NOT EXISTS resources (
-    internal_id {pk},
-    level SMALLINT NOT NULL,
-    public_id TEXT NOT NULL UNIQUE,
-    parent_id BIGINT REFERENCES resources(internal_id) ON DELETE CASCADE,
-    dicom_uid TEXT NOT NULL,
-    is_protected SMALLINT NOT NULL DEFAULT 0,
-    recycling_order BIGINT NOT NULL DEFAULT 0)"""
-
-#: Jobs, modalities set through REST and REST queries (jobs.py).
-JOBS_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id TEXT PRIMARY KEY,
-        type TEXT NOT NULL,
-        priority INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        progress INTEGER NOT NULL DEFAULT 0,
-        created TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        last_update TEXT NOT NULL,
-        completed TEXT,
-        completed_at DOUBLE PRECISION,
-        content TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        output TEXT NOT NULL,
-        error_code INTEGER NOT NULL DEFAULT 0,
-        error_details TEXT NOT NULL DEFAULT '',
-        worker TEXT,
-        lease_until DOUBLE PRECISION NOT NULL DEFAULT 0,
-        run_started DOUBLE PRECISION NOT NULL DEFAULT 0,
-        runtime DOUBLE PRECISION NOT NULL DEFAULT 0,
-        attempts INTEGER NOT NULL DEFAULT 0,
-        control TEXT)""",
-    "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(state, priority, created_at)",
-    """CREATE TABLE IF NOT EXISTS modalities (
-        name TEXT PRIMARY KEY,
-        value TEXT)""",
-    """CREATE TABLE IF NOT EXISTS queries (
-        id TEXT PRIMARY KEY,
-        created_at DOUBLE PRECISION NOT NULL,
-        modality TEXT NOT NULL,
-        level TEXT NOT NULL,
-        query TEXT NOT NULL,
-        answers TEXT NOT NULL)""",
-]
-
-SQLITE_SCHEMA = [_RESOURCES.format(pk="INTEGER PRIMARY KEY AUTOINCREMENT"), *_COMMON, *JOBS_SCHEMA, *PEERS_SCHEMA]
-POSTGRES_SCHEMA = [_RESOURCES.format(pk="BIGSERIAL PRIMARY KEY"), *_COMMON, *JOBS_SCHEMA, *PEERS_SCHEMA]
+#: Serialises migrations between replicas ("DCK").
+SCHEMA_LOCK = 0x44434B
+_FILE = re.compile(r"^(\d{4})_(\w+?)(?:\.(sqlite|postgres))?\.sql$")
+_END_OF_STATEMENT = re.compile(r";[ \t]*(?:\n|$)")
 
 
-def schema_for(dialect: str) -> list[str]:
-    """Return the DDL statements of a dialect."""
-    return SQLITE_SCHEMA if dialect == "sqlite" else POSTGRES_SCHEMA
+class SchemaError(RuntimeError):
+    """The database's schema is newer than this program knows."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered migration for one dialect."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a SQL script at semicolons that end a line; drop comment-only parts."""
+    statements = []
+    for part in _END_OF_STATEMENT.split(script):
+        code = "\n".join(
+            line for line in part.splitlines() if not line.strip().startswith("--")
+        ).strip()
+        if code:
+            statements.append(code)
+    return statements
+
+
+def migrations_for(dialect: str) -> list[Migration]:
+    """Return the migrations of a dialect ("sqlite" or "postgres"), in order.
+
+    Raises SchemaError if two files of the dialect share a number, or if the
+    numbers do not run 1, 2, 3... without a gap.
+    """
+    found: dict[int, Migration] = {}
+    for entry in resources.files("dicomkeep.common.index").joinpath("migrations").iterdir():
+        match = _FILE.match(entry.name)
+        if match is None or match.group(3) not in (None, dialect):
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise SchemaError(f"two migrations numbered {version} for {dialect}")
+        script = entry.read_text(encoding="utf-8")
+        found[version] = Migration(version, match.group(2), tuple(split_statements(script)))
+    ordered = [found[v] for v in sorted(found)]
+    if [m.version for m in ordered] != list(range(1, len(ordered) + 1)):
+        raise SchemaError(f"migrations of {dialect} are not numbered 1..n: {sorted(found)}")
+    return ordered
+
+
+async def schema_version(tx: Tx) -> int:
+    """Return the version recorded in the database (0 before any migration)."""
+    value = await tx.fetchval("SELECT MAX(version) FROM schema_migrations")
+    return int(value or 0)
+
+
+async def migrate(db: Database, target: int | None = None) -> int:
+    """Bring the schema of an open database to `target` (default: the latest).
+
+    Applies the missing migrations in one transaction: a failure leaves the
+    database as it was. Returns the version now recorded. Raises SchemaError
+    when the database is at a version newer than every migration known here
+    (written by a newer DicomKeep), and never goes down.
+    """
+    migrations = migrations_for(db.dialect)
+    latest = migrations[-1].version if migrations else 0
+    wanted = latest if target is None else min(target, latest)
+    async with db.transaction() as tx:
+        if db.dialect == "postgres":
+            await tx.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+        await tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        current = await schema_version(tx)
+        if current > latest:
+            raise SchemaError(
+                f"The index schema is at version {current}, newer than this DicomKeep "
+                f"knows ({latest}): run a newer DicomKeep on this database"
+            )
+        for migration in migrations:
+            if current < migration.version <= wanted:
+                for statement in migration.statements:
+                    await tx.execute(statement)
+                await tx.execute(
+                    "INSERT INTO schema_migrations(version, name, applied_at) "
+                    "VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    now_stamp(),
+                )
+                current = migration.version
+        return current

@@ -13,18 +13,17 @@ event. The StabilityClock only schedules when to look.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dicomkeep.common.events import STABLE_CHANGE
+from dicomkeep.common.events import STABLE_CHANGE, Change
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index.changes import PendingChanges
+from dicomkeep.common.index.hierarchy import LEVELS
 from dicomkeep.common.index.records import UnstableResource
 from dicomkeep.common.index.recycling import hold_writers_lock
+from dicomkeep.common.index.transactions import Transactions
 from dicomkeep.common.ports.database import Tx
 
-if TYPE_CHECKING:
-    from dicomkeep.common.index.changes import PendingChanges
-
-_LEVELS = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE]
 
 async def touch_unstable(
     tx: Tx, resources: Sequence[tuple[int, Level, str]], at: float
@@ -76,7 +75,7 @@ async def emit_stable(
     for _, level_depth, public_id, _ in sorted(
         removed, key=lambda r: (-int(r[1]), float(r[3]), int(r[0]))
     ):
-        level = _LEVELS[int(level_depth)]
+        level = LEVELS[int(level_depth)]
         pending.add(STABLE_CHANGE[level], level, public_id)
 
 
@@ -88,6 +87,32 @@ async def unstable_resources(tx: Tx, limit: int) -> list[UnstableResource]:
         limit,
     )
     return [
-        UnstableResource(level=_LEVELS[int(r[0])], public_id=r[1], touched_at=float(r[2]))
+        UnstableResource(level=LEVELS[int(r[0])], public_id=r[1], touched_at=float(r[2]))
         for r in rows
     ]
+
+
+class StabilityLedger(Transactions):
+    """The Stable* changes, as methods of the index."""
+
+    async def emit_stable(self, cutoff: float, limit: int = 500) -> list[Change]:
+        """Append the Stable* change of resources whose last new instance is before
+        `cutoff` (UNIX time), at most `limit`, series then studies then patients.
+
+        Exactly once per quiet period, whichever replicas call it concurrently.
+        """
+
+        async def body(tx: Tx) -> list[Change]:
+            pending = PendingChanges()
+            await emit_stable(tx, self.dialect, pending, cutoff, limit)
+            return await pending.flush(tx)
+
+        return await self._run(body)
+
+    async def unstable_resources(self, limit: int = 100_000) -> list[UnstableResource]:
+        """Return the resources waiting for their Stable* change, oldest first."""
+
+        async def body(tx: Tx) -> list[UnstableResource]:
+            return await unstable_resources(tx, limit)
+
+        return await self._run(body, readonly=True)

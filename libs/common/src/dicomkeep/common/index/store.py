@@ -10,48 +10,60 @@ CompletedSeries.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.events import ChangeType, StoreInstance, StoreStatus
+from dicomkeep.common.events import ChangeType, StoreInstance, StoreReply, StoreStatus
 from dicomkeep.common.ids import Level
+from dicomkeep.common.index.changes import PendingChanges
+from dicomkeep.common.index.hierarchy import (
+    LAST_UPDATE,
+    delete_subtree,
+    insert_attachment,
+    next_recycling_order,
+    prune_ancestors,
+    release_blob,
+    set_core_metadata,
+)
+from dicomkeep.common.index.records import DeleteOutcome
+from dicomkeep.common.index.recycling import Recycler
 from dicomkeep.common.index.stability import touch_unstable
-from dicomkeep.common.ports.database import Tx
+from dicomkeep.common.index.transactions import Transactions
+from dicomkeep.common.ports.database import RetryableError, Tx
 from dicomkeep.common.series_status import SeriesStatus, series_status
 from dicomkeep.common.timestamps import now_stamp
-
-if TYPE_CHECKING:
-    from dicomkeep.common.index.changes import PendingChanges
-    from dicomkeep.common.index.core import Index
 
 INDEX_IN_SERIES = 1
 RECEPTION_DATE = 2
 EXPECTED_INSTANCES = 4
-LAST_UPDATE = 7
 
 
 class StoreTransaction:
     """One StoreInstance inside an open transaction."""
 
     def __init__(
-        self, tx: Tx, index: Index, pending: PendingChanges, command: StoreInstance
+        self,
+        tx: Tx,
+        recycler: Recycler,
+        pending: PendingChanges,
+        command: StoreInstance,
+        *,
+        for_update: str,
     ) -> None:
         self.tx = tx
-        self.index = index
+        self.recycler = recycler
         self.pending = pending
         self.command = command
+        self.for_update = for_update
 
     async def run(self) -> StoreStatus:
         """Store the instance; return Success or AlreadyStored."""
-        from dicomkeep.common.index.changes import PendingChanges
-
         command = self.command
         tx = self.tx
         # With storage limits, concurrent stores decide on recycling one at a time.
-        await self.index.recycler.lock(tx)
+        await self.recycler.lock(tx)
         existing = await tx.fetchval(
             "SELECT internal_id FROM resources WHERE public_id = $1 AND level = 3"
-            + self.index.for_update,
+            + self.for_update,
             command.instance_id,
         )
         if existing is not None:
@@ -60,7 +72,7 @@ class StoreTransaction:
                 return StoreStatus.ALREADY_STORED
             # Overwrite: the old instance goes, its parents stay (no Deleted event,
             # the instance is replaced at once).
-            await self.index.delete_subtree(tx, int(existing), PendingChanges())
+            await delete_subtree(tx, int(existing), PendingChanges())
 
         now = command.received_at or now_stamp()
         patient, new_patient = await self._upsert(
@@ -81,7 +93,7 @@ class StoreTransaction:
             return StoreStatus.ALREADY_STORED
         # Orthanc recycles once the hierarchy exists (a new patient is counted) and
         # before the attachments are added; FULL_STORAGE rolls everything back.
-        await self.index.recycler.make_room(
+        await self.recycler.make_room(
             tx,
             self.pending,
             incoming=sum(info.compressed_size for info in command.attachments),
@@ -103,9 +115,9 @@ class StoreTransaction:
         instance_metadata.setdefault(RECEPTION_DATE, now)
         await self._insert_metadata(instance, instance_metadata)
         for info in command.attachments:
-            await self.index.insert_attachment(tx, instance, info)
+            await insert_attachment(tx, instance, info)
         for internal_id in (patient, study, series):
-            await self.index.set_core_metadata(tx, internal_id, LAST_UPDATE, now)
+            await set_core_metadata(tx, internal_id, LAST_UPDATE, now)
         await touch_unstable(
             tx,
             [
@@ -115,7 +127,7 @@ class StoreTransaction:
             ],
             time.time(),
         )
-        order = await self.index.next_recycling_order(tx)
+        order = await next_recycling_order(tx)
         await tx.execute(
             "UPDATE resources SET recycling_order = $2 WHERE internal_id = $1 AND is_protected = 0",
             patient,
@@ -152,8 +164,6 @@ class StoreTransaction:
         )
         if row is None:
             # Deleted between our insert attempt and this read: replay the transaction.
-            from dicomkeep.common.ports.database import RetryableError
-
             raise RetryableError(f"{level.value} {public_id} vanished")
         if int(row[1]) != level.depth:
             raise OrthancError(
@@ -180,7 +190,7 @@ class StoreTransaction:
 
     async def _release_new_blobs(self) -> None:
         for info in self.command.attachments:
-            await self.index.release_blob(self.tx, info.uuid)
+            await release_blob(self.tx, info.uuid)
 
     async def _series_status(self, series: int) -> SeriesStatus:
         expected = await self.tx.fetchval(
@@ -216,3 +226,66 @@ class StoreTransaction:
             command.patient_id, command.study_id, command.series_id, command.instance_id
         )
         self.pending.add(change_type, level, public_ids[level.depth], headers)
+
+
+class Store(Transactions):
+    """The writes of the hierarchy, as methods of the index."""
+
+    recycler: Recycler
+
+    async def store_instance(self, command: StoreInstance) -> StoreReply:
+        """Run the store transaction (ARCHITECTURE.md step 3).
+
+        Mirrors Orthanc's ServerIndex::Store: upsert patient/study/series, answer
+        AlreadyStored (changing nothing) when the instance exists and overwrite is
+        off, replace it when on; record attachments, metadata, LastUpdate and the
+        changes NewInstance, NewSeries, NewStudy, NewPatient, CompletedSeries.
+        A failure (full storage, retries exhausted...) is answered, not raised.
+        """
+
+        async def body(tx: Tx) -> StoreReply:
+            pending = PendingChanges()
+            transaction = StoreTransaction(
+                tx, self.recycler, pending, command, for_update=self.for_update
+            )
+            status = await transaction.run()
+            changes = await pending.flush(tx)
+            return StoreReply(
+                status=status,
+                instance_id=command.instance_id,
+                seq=changes[-1].seq if changes else None,
+            )
+
+        try:
+            return await self._run(body)
+        except OrthancError as error:
+            return StoreReply(
+                status=StoreStatus.FAILURE,
+                instance_id=command.instance_id,
+                error_code=error.code.name,
+                details=error.details,
+            )
+
+    async def delete_resource(self, level: Level, public_id: str) -> DeleteOutcome | None:
+        """Delete a resource, its descendants and the ancestors left empty.
+
+        The blobs become pending deletions (`pending_blobs`); a Deleted event per
+        removed resource goes to the outbox. Returns None if the resource is unknown.
+        """
+
+        async def body(tx: Tx) -> DeleteOutcome | None:
+            row = await tx.fetchrow(
+                "SELECT internal_id, parent_id FROM resources WHERE public_id = $1 "
+                "AND level = $2" + self.for_update,
+                public_id,
+                level.depth,
+            )
+            if row is None:
+                return None
+            pending = PendingChanges()
+            deleted = await delete_subtree(tx, int(row[0]), pending)
+            remaining = await prune_ancestors(tx, row[1], level, pending, deleted)
+            await pending.flush(tx)
+            return DeleteOutcome(remaining=remaining, deleted=deleted)
+
+        return await self._run(body)

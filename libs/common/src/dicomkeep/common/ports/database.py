@@ -36,8 +36,9 @@ class Database(Protocol):
     #: "sqlite" or "postgres": the few places where the SQL differs ask this.
     dialect: str
 
-    async def open(self, schema: Sequence[str]) -> None:
-        """Connect, then run the schema statements (idempotent DDL) in one transaction."""
+    async def open(self) -> None:
+        """Connect (creating the database if it does not exist yet). The schema is
+        the index's business (`dicomkeep.common.index.schema`)."""
 
     async def close(self) -> None:
         """Close every connection."""
@@ -46,7 +47,8 @@ class Database(Protocol):
         """Open a transaction: committed when the block ends, rolled back on error.
 
         Serialization failures and deadlocks surface as `RetryableError`; the
-        caller (the index) replays the whole transaction.
+        caller (the index, through its one retry policy) replays the whole
+        transaction. Other driver errors propagate unchanged.
         """
 
     async def try_lock(self, name: str) -> bool:

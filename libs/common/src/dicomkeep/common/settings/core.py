@@ -10,23 +10,19 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
+from dicomkeep.common import orthanc
 from dicomkeep.common.settings.base import MODEL_CONFIG as _MODEL_CONFIG
 from dicomkeep.common.settings.base import Count
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 #: Core metadata names (ORTHANC_API.md §3): a user metadata cannot reuse them.
-CORE_METADATA = (
-    "IndexInSeries", "ReceptionDate", "RemoteAET", "ExpectedNumberOfInstances",
-    "ModifiedFrom", "AnonymizedFrom", "LastUpdate", "Origin", "TransferSyntax",
-    "SopClassUid", "RemoteIP", "CalledAET", "HttpUsername", "PixelDataOffset",
-    "MainDicomTagsSignature", "MainDicomSequences", "PixelDataVR",
-)  # fmt: skip
+CORE_METADATA = tuple(orthanc.CORE_METADATA)
 #: Core attachment names (ORTHANC_API.md §4): a user content type cannot reuse them.
-CORE_CONTENT_TYPES = ("dicom", "dicom-as-json", "dicom-until-pixel-data")
+CORE_CONTENT_TYPES = tuple(orthanc.CORE_CONTENT_TYPES)
 #: The MIME type of a user content type registered without one.
 DEFAULT_MIME = "application/octet-stream"
-#: Range of user metadata keys and user content types.
-USER_KEY_RANGE = (1024, 65535)
+#: Range of user metadata keys and user content types (the same in Orthanc).
+USER_KEY_RANGE = (orthanc.FIRST_USER_METADATA, orthanc.LAST_USER_METADATA)
 
 _INTEGER_RE = re.compile(r"[+-]?[0-9]+")
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from dicomkeep.common.attachments import DICOM_AS_JSON, NO_COMPRESSION
 from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
 from dicomkeep.common.events import AttachmentInfo
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Expected
-from dicomkeep.common.ports.blobs import BlobStore
+from dicomkeep.common.orthanc import CompressionType, FileContentType
+from dicomkeep.common.storage import CorruptedBlob, TooLarge, encode
 from dicomkeep.gateway.args import bool_arg
 from dicomkeep.gateway.attachment_answers import (
     RENDERERS,
@@ -39,19 +39,8 @@ from dicomkeep.gateway.attachment_names import (
     content_type_of,
     is_user_content_type,
 )
-from dicomkeep.gateway.attachment_streams import (
-    MAX_ATTACHMENT_BYTES,
-    CorruptedBlob,
-    TooLarge,
-    encode,
-    iter_stored,
-    iter_uncompressed,
-    recompress,
-    store_encoded,
-    verify_md5,
-)
 from dicomkeep.gateway.bodies import refuse_declared_excess, too_large
-from dicomkeep.gateway.deps import BlobsDep, IndexDep, SettingsDep
+from dicomkeep.gateway.deps import IndexDep, SettingsDep, StorageDep
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, plain
 from dicomkeep.gateway.revisions import (
     etag,
@@ -65,13 +54,9 @@ from starlette.responses import Response
 log = logging.getLogger(__name__)
 router = APIRouter()
 Handler = Callable[..., Awaitable[Response]]
-
-
-async def _discard(blobs: BlobStore, key: str) -> None:
-    try:
-        await blobs.delete(key)
-    except Exception:  # the orphan collector will get it
-        log.exception("could not remove blob %s", key)
+#: Largest attachment a PUT accepts (1 GiB): the body is held once in memory
+#: (compressed when StorageCompression is on) before it goes to the blob store.
+MAX_ATTACHMENT_BYTES = 1024 * 1024 * 1024
 
 
 # -- routes ----------------------------------------------------------------------------
@@ -114,7 +99,7 @@ def _data_route(level: Level, *, stored: bool) -> Handler:
         name: str,
         request: Request,
         index: IndexDep,
-        blobs: BlobsDep,
+        storage: StorageDep,
         settings: SettingsDep,
     ) -> Response:
         """Stream the attachment: uncompressed with its MIME type (`/data`), or the
@@ -127,11 +112,11 @@ def _data_route(level: Level, *, stored: bool) -> Handler:
             return empty(304, headers=headers)
         if stored:
             return await stream_answer(
-                iter_stored(blobs, info), info.compressed_size, BINARY_MIME, headers
+                storage.iter_stored(info), info.compressed_size, BINARY_MIME, headers
             )
         mime = content_type_mime(content_type, user_types)
         return await stream_answer(
-            iter_uncompressed(blobs, info), info.uncompressed_size, mime, headers
+            storage.iter_uncompressed(info), info.uncompressed_size, mime, headers
         )
 
     return read_attachment_data
@@ -155,7 +140,7 @@ def _put_route(level: Level) -> Handler:
         name: str,
         request: Request,
         index: IndexDep,
-        blobs: BlobsDep,
+        storage: StorageDep,
         settings: SettingsDep,
     ) -> Response:
         """Create or replace a user attachment from the body; `{}` with the new ETag.
@@ -181,8 +166,8 @@ def _put_route(level: Level) -> Handler:
             )  # fmt: skip
         except TooLarge as error:
             raise await too_large(request, what, error.limit) from None
-        info = await store_encoded(
-            blobs, encoded, content_type, store_md5=settings.store_md5_for_attachments
+        info = await storage.write_encoded(
+            encoded, content_type, store_md5=settings.store_md5_for_attachments
         )
         body_md5 = encoded.uncompressed_md5
         del encoded  # the stored bytes are not needed any more
@@ -193,7 +178,7 @@ def _put_route(level: Level) -> Handler:
         except Exception:
             # Refused or failed before committing: nothing refers to the new blob.
             # (A cancelled request may have committed: left to the orphan collector.)
-            await _discard(blobs, info.uuid)
+            await storage.discard([info.uuid])
             raise
         return OrthancJSONResponse({}, headers={"ETag": etag(revision, body_md5)})
 
@@ -212,7 +197,7 @@ def _delete_route(level: Level) -> Handler:
         """
         content_type = content_type_of(name, settings.user_attachment_types)
         allowed = is_user_content_type(content_type) or (
-            content_type == DICOM_AS_JSON and settings.store_dicom
+            content_type == FileContentType.DICOM_AS_JSON and settings.store_dicom
         )
         if not allowed:
             raise Forbidden()
@@ -228,7 +213,7 @@ def _delete_route(level: Level) -> Handler:
 
 def _compression_route(level: Level, *, compressed: bool) -> Handler:
     async def change_compression(
-        public_id: str, name: str, index: IndexDep, blobs: BlobsDep, settings: SettingsDep
+        public_id: str, name: str, index: IndexDep, storage: StorageDep, settings: SettingsDep
     ) -> Response:
         """Store the attachment again with (`compress`) or without zlib; answer `{}`.
 
@@ -240,11 +225,11 @@ def _compression_route(level: Level, *, compressed: bool) -> Handler:
         """
         content_type = content_type_of(name, settings.user_attachment_types)
         info = await lookup(index, level, public_id, content_type)
-        if (info.compression != NO_COMPRESSION) == compressed:
+        if (info.compression != CompressionType.NONE) == compressed:
             return OrthancJSONResponse({})
         try:
-            converted = await recompress(
-                blobs, info, compressed=compressed, store_md5=settings.store_md5_for_attachments
+            converted = await storage.recompress(
+                info, compressed=compressed, store_md5=settings.store_md5_for_attachments
             )
         except KeyError as error:
             raise missing_blob() from error
@@ -256,7 +241,7 @@ def _compression_route(level: Level, *, compressed: bool) -> Handler:
                 level, public_id, converted, unchanged, check_revisions=False, log_change=False
             )
         except Exception:
-            await _discard(blobs, converted.uuid)
+            await storage.discard([converted.uuid])
             raise
         return OrthancJSONResponse({})
 
@@ -265,7 +250,7 @@ def _compression_route(level: Level, *, compressed: bool) -> Handler:
 
 def _verify_route(level: Level) -> Handler:
     async def verify_attachment(
-        public_id: str, name: str, index: IndexDep, blobs: BlobsDep, settings: SettingsDep
+        public_id: str, name: str, index: IndexDep, storage: StorageDep, settings: SettingsDep
     ) -> Response:
         """Re-read the attachment and check both MD5s: `{}` if good.
 
@@ -277,7 +262,7 @@ def _verify_route(level: Level) -> Handler:
         if info is None:
             raise NoAnswer()
         try:
-            good = await verify_md5(blobs, info)
+            good = await storage.verify_md5(info)
         except KeyError as error:
             raise missing_blob() from error
         if not good:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dicomkeep.common.dicom_json import UNKNOWN_TAG_NAME, tag_name
+from dicomkeep.common.dicom.orthanc_json import UNKNOWN_TAG_NAME, tag_name
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.find import Constraint, format_tag, parse_rest_query, tag_of
 from dicomkeep.common.ids import Level

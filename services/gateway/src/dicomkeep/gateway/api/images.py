@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from dicomkeep.common.dicom_json import tags_json
+from dicomkeep.common.dicom.orthanc_json import tags_json
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index

@@ -11,15 +11,14 @@ import zipfile
 import zlib
 from typing import Any
 
-from dicomkeep.common.attachments import read_attachment
-from dicomkeep.common.dicom_json import content_value, header_json, tags_json
+from dicomkeep.common.dicom.orthanc_json import content_value, header_json, tags_json
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
-from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.receiving import Origin, Received, Receiver
+from dicomkeep.common.storage import StorageAccessor, read_instance_file
 from dicomkeep.gateway.args import bool_arg, tag_format
-from dicomkeep.gateway.deps import BlobsDep, IndexDep, ReceiverDep, UsernameDep
+from dicomkeep.gateway.deps import IndexDep, ReceiverDep, StorageDep, UsernameDep
 from dicomkeep.gateway.responses import OrthancJSONResponse
 from dicomkeep.gateway.tag_source import dicom_for_tags
 from dicomkeep.gateway.views import integer_or_none
@@ -135,23 +134,27 @@ async def post_instances(request: Request, receiver: ReceiverDep, username: User
     return OrthancJSONResponse(store_answer(received))
 
 
-async def _dicom_bytes(index: Index, blobs: BlobStore, public_id: str) -> bytes:
-    """Return the DICOM file of an instance; 404 *Unknown resource* if unknown."""
-    resource = await index.get_resource(Level.INSTANCE, public_id)
-    if resource is None or resource.dicom is None:
-        raise unknown_resource()
+async def _dicom_bytes(index: Index, storage: StorageAccessor, public_id: str) -> bytes:
+    """Return the DICOM file of an instance (one index lookup, one blob read).
+
+    404 *Unknown resource* if unknown; 404 *Accessing an inexistent item* when
+    the blob is missing from the storage area.
+    """
     try:
-        return await read_attachment(blobs, resource.dicom)
+        data = await read_instance_file(index, storage, public_id)
     except KeyError as error:
         raise OrthancError(
             ErrorCode.INEXISTENT_ITEM, "The DICOM file is missing from the storage area"
         ) from error
+    if data is None:
+        raise unknown_resource()
+    return data
 
 
 @router.get("/instances/{public_id}/file")
-async def get_file(public_id: str, index: IndexDep, blobs: BlobsDep) -> Response:
+async def get_file(public_id: str, index: IndexDep, storage: StorageDep) -> Response:
     """Answer the stored DICOM file, byte for byte, as `application/dicom`."""
-    data = await _dicom_bytes(index, blobs, public_id)
+    data = await _dicom_bytes(index, storage, public_id)
     return Response(
         data,
         media_type="application/dicom",
@@ -160,7 +163,7 @@ async def get_file(public_id: str, index: IndexDep, blobs: BlobsDep) -> Response
 
 
 @router.get("/instances/{public_id}/tags")
-async def get_tags(public_id: str, request: Request, index: IndexDep, blobs: BlobsDep) -> Response:
+async def get_tags(public_id: str, request: Request, index: IndexDep, storage: StorageDep) -> Response:
     """Answer the dataset as JSON: `full` by default, or `?simplify` / `?short`.
 
     `?whole` reads past the pixel data; `?ignore-length=a,b` lists tags exempt
@@ -173,7 +176,7 @@ async def get_tags(public_id: str, request: Request, index: IndexDep, blobs: Blo
         for name in request.query_params.get("ignore-length", "").split(",")
         if name.strip()
     ]
-    data, is_prefix = await dicom_for_tags(index, blobs, public_id, whole=whole)
+    data, is_prefix = await dicom_for_tags(index, storage, public_id, whole=whole)
     tags = await asyncio.to_thread(
         tags_json, data, fmt, whole=whole, ignore_length=ignored, assume_pixel_data=is_prefix
     )
@@ -182,11 +185,11 @@ async def get_tags(public_id: str, request: Request, index: IndexDep, blobs: Blo
 
 @router.get("/instances/{public_id}/simplified-tags")
 async def get_simplified_tags(
-    public_id: str, request: Request, index: IndexDep, blobs: BlobsDep
+    public_id: str, request: Request, index: IndexDep, storage: StorageDep
 ) -> Response:
     """Answer the dataset as `{keyword: value}` (= `/tags?simplify`)."""
     whole = bool_arg(request, "whole")
-    data, is_prefix = await dicom_for_tags(index, blobs, public_id, whole=whole)
+    data, is_prefix = await dicom_for_tags(index, storage, public_id, whole=whole)
     tags = await asyncio.to_thread(
         tags_json, data, "simplify", whole=whole, assume_pixel_data=is_prefix
     )
@@ -196,7 +199,7 @@ async def get_simplified_tags(
 @router.get("/instances/{public_id}/content")
 @router.get("/instances/{public_id}/content/{path:path}")
 async def get_content(
-    public_id: str, index: IndexDep, blobs: BlobsDep, path: str = ""
+    public_id: str, index: IndexDep, storage: StorageDep, path: str = ""
 ) -> Response:
     """Browse the dataset: a dataset, item or sequence path lists `gggg-eeee` tags or
     item indices (JSON); a leaf answers its raw bytes (`application/octet-stream`).
@@ -204,7 +207,7 @@ async def get_content(
     Unknown tag or index -> 404 *Unknown resource*.
     """
     parts = [part for part in path.split("/") if part]
-    data = await _dicom_bytes(index, blobs, public_id)
+    data = await _dicom_bytes(index, storage, public_id)
     value: Any = await asyncio.to_thread(content_value, data, parts)
     if isinstance(value, bytes):
         return Response(value, media_type="application/octet-stream")
@@ -212,9 +215,9 @@ async def get_content(
 
 
 @router.get("/instances/{public_id}/header")
-async def get_header(public_id: str, index: IndexDep, blobs: BlobsDep) -> Response:
+async def get_header(public_id: str, index: IndexDep, storage: StorageDep) -> Response:
     """Answer the DICOM file meta group (0002,xxxx) in the `full` JSON format."""
-    data = await _dicom_bytes(index, blobs, public_id)
+    data = await _dicom_bytes(index, storage, public_id)
     return OrthancJSONResponse(await asyncio.to_thread(header_json, data))
 
 

@@ -24,6 +24,7 @@ from dicomkeep.common.modalities import (
     load_modalities,
     parse_modality,
 )
+from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.peer_transfer import expand_instances, parse_store_body
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.api.jobs import job_answer
@@ -176,7 +177,7 @@ async def store_straight(name: str, request: Request, settings: SettingsDep, ind
         status = await asyncio.to_thread(send)
     except DicomNetworkError as error:
         raise network_error(error) from error
-    if status != dicom_scu.SUCCESS and status & 0xF000 != 0xB000:
+    if not DimseStatus.is_stored(status):
         raise OrthancError(
             ErrorCode.NETWORK_PROTOCOL,
             f"C-STORE SCU to AET \"{modality.aet}\" has failed with DIMSE status 0x{status:04X}",

@@ -7,7 +7,7 @@ import socket
 from importlib import metadata
 from typing import Any
 
-from dicomkeep.common.dicom import MAIN_DICOM_TAGS
+from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS
 from dicomkeep.common.errors import NoAnswer
 from dicomkeep.common.ids import Level
 from dicomkeep.common.settings import Settings

@@ -1,7 +1,7 @@
 """Read DICOM Part-10 files as Orthanc does on store (ORTHANC_API.md §1, §2.1, §2.3, §3).
 
 `parse_instance` is on the hot path of every store: it validates the whole file
-(see `dicom_reader`), then decodes only the tags the index needs.
+(see `dicom.parsing`), then decodes only the tags the index needs.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dicomkeep.common.dicom_reader import (
+from dicomkeep.common.dicom.parsing import (
     DEFAULT_ENCODINGS,
     MAXIMUM_TAG_LENGTH,
     DicomFile,

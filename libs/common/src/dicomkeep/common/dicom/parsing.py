@@ -6,6 +6,8 @@ does not add up (an element or item running past the end, a missing delimiter):
 that is how a truncated upload is caught even when it is cut inside the pixel
 data, which pydicom would read silently. Values are decoded only on demand.
 Tag names, dictionary VRs and character sets come from pydicom's tables.
+The module is over 400 lines because the reader, its element walk and the
+value decoders share one buffer layout and are easiest to check side by side.
 
 String values follow DCMTK as Orthanc sees them: the value stops at the first NUL,
 trailing spaces are dropped, leading spaces are kept, text VRs are decoded with
@@ -23,9 +25,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from pydicom._dicom_dict import DicomDictionary, RepeatersDictionary
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.datadict import mask_match, private_dictionary_VR
+from pydicom.datadict import get_entry, private_dictionary_VR
 
 PIXEL_DATA = 0x7FE00010
 SPECIFIC_CHARACTER_SET = 0x00080005
@@ -202,7 +203,7 @@ class _Reader:
         return self._implicit_vr(tag, creators), self._u32(self.buf, pos + 4)[0], pos + 8
 
     def _implicit_vr(self, tag: int, creators: dict[int, str]) -> str:
-        entry = DicomDictionary.get(tag)
+        entry = standard_entry(tag)
         if entry is not None:
             vr = entry[0]
         else:
@@ -215,8 +216,7 @@ class _Reader:
                 creator = creators.get(tag & 0xFFFF0000 | tag >> 8 & 0xFF)  # (gggg,00xx)
                 vr = _private_vr(tag, creator) if creator else "UN"
             else:
-                mask = mask_match(tag)
-                vr = RepeatersDictionary[mask][0] if mask else "UN"
+                vr = "UN"
         if len(vr) > 2:
             if vr.startswith("US or SS"):
                 return "SS" if self.pixel_representation == 1 else "US"
@@ -408,13 +408,25 @@ def element_text(
 
 def dictionary_vr(tag: int, creator: str | None = None) -> str:
     """Return the dictionary VR of a tag ("UN" when unknown; private tags need their creator)."""
-    entry = DicomDictionary.get(tag)
+    entry = standard_entry(tag)
     if entry is not None:
-        return str(entry[0])
+        return entry[0]
     if tag >> 16 & 1:
         return _private_vr(tag, creator) if creator else "UN"
-    mask = mask_match(tag)
-    return str(RepeatersDictionary[mask][0]) if mask else "UN"
+    return "UN"
+
+
+@lru_cache(maxsize=8192)
+def standard_entry(tag: int) -> tuple[str, str, str, str, str] | None:
+    """Return the standard dictionary's (VR, VM, name, retired, keyword) for a tag.
+
+    Repeating groups (`50xx,xxxx`, `60xx,...`) are matched; private tags and
+    unknown ones give None. A cached front of `pydicom.datadict.get_entry`.
+    """
+    try:
+        return get_entry(tag)
+    except KeyError:
+        return None
 
 
 def _decode_string(raw: bytes, vr: str, encodings: Sequence[str]) -> str:

@@ -27,7 +27,7 @@ from collections.abc import Collection, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
-from dicomkeep.common.dicom_reader import (
+from dicomkeep.common.dicom.parsing import (
     DEFAULT_ENCODINGS,
     MAXIMUM_TAG_LENGTH,
     PIXEL_DATA,
@@ -36,10 +36,10 @@ from dicomkeep.common.dicom_reader import (
     element_text,
     encodings_of,
     read_dicom,
+    standard_entry,
 )
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
-from pydicom._dicom_dict import DicomDictionary, RepeatersDictionary
-from pydicom.datadict import mask_match, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 
 UNKNOWN_TAG_NAME = "Unknown Tag & Data"
 _HEX_TAG = re.compile(r"([0-9a-fA-F]{4})[,-]?([0-9a-fA-F]{4})")
@@ -64,12 +64,9 @@ def tag_name(tag: int) -> str:
         if 0x10 <= number <= 0xFF and group > 7:
             return "PrivateCreator"
         return UNKNOWN_TAG_NAME
-    entry = DicomDictionary.get(tag)
-    if entry is None:
-        if number == 0:
-            return "GenericGroupLength"
-        mask = mask_match(tag)
-        entry = RepeatersDictionary.get(mask) if mask else None
+    entry = standard_entry(tag)
+    if entry is None and number == 0:
+        return "GenericGroupLength"
     if entry is None or not entry[4]:
         return UNKNOWN_TAG_NAME
     return ("RETIRED_" if "retired" in entry[3].lower() else "") + entry[4]

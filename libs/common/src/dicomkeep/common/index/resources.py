@@ -1,0 +1,234 @@
+"""Reads of the hierarchy: one resource, listings, lookups, find, statistics.
+
+`Resources` holds these methods of the index; each is one read-only
+transaction. Find's SQL is written in find.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.find import Constraint
+from dicomkeep.common.ids import Level
+from dicomkeep.common.index.find import find_ids, find_tags
+from dicomkeep.common.index.hierarchy import (
+    ATTACHMENT_COLUMNS,
+    DESCENDANTS,
+    DICOM,
+    LEVELS,
+    attachment_from_row,
+    find_internal,
+)
+from dicomkeep.common.index.records import Resource, Statistics
+from dicomkeep.common.index.transactions import Transactions
+from dicomkeep.common.ports.database import Tx
+
+
+class Resources(Transactions):
+    """The reads of the hierarchy, as methods of the index."""
+
+    async def get_resource(self, level: Level, public_id: str) -> Resource | None:
+        """Return one resource, or None if unknown at this level."""
+
+        async def body(tx: Tx) -> Resource | None:
+            row = await tx.fetchrow(
+                "SELECT r.internal_id, p.public_id, r.is_protected, "
+                "(SELECT COUNT(*) FROM stability s WHERE s.internal_id = r.internal_id) "
+                "FROM resources r LEFT JOIN resources p ON p.internal_id = r.parent_id "
+                "WHERE r.public_id = $1 AND r.level = $2",
+                public_id,
+                level.depth,
+            )
+            if row is None:
+                return None
+            internal_id = int(row[0])
+            children = [
+                r[0]
+                for r in await tx.fetch(
+                    "SELECT public_id FROM resources WHERE parent_id = $1 ORDER BY internal_id",
+                    internal_id,
+                )
+            ]
+            tags: dict[int, dict[str, str]] = {}
+            for tag_level, name, value in await tx.fetch(
+                "SELECT tag_level, name, value FROM main_tags WHERE internal_id = $1",
+                internal_id,
+            ):
+                tags.setdefault(int(tag_level), {})[name] = value
+            metadata = {
+                int(k): v
+                for k, v in await tx.fetch(
+                    "SELECT key, value FROM metadata WHERE internal_id = $1", internal_id
+                )
+            }
+            labels = [
+                r[0]
+                for r in await tx.fetch(
+                    "SELECT label FROM labels WHERE internal_id = $1 ORDER BY label",
+                    internal_id,
+                )
+            ]
+            dicom = None
+            if level is Level.INSTANCE:
+                att = await tx.fetchrow(
+                    f"SELECT {ATTACHMENT_COLUMNS} FROM attachments "
+                    "WHERE internal_id = $1 AND content_type = $2",
+                    internal_id,
+                    DICOM,
+                )
+                dicom = attachment_from_row(att) if att is not None else None
+            return Resource(
+                level=level,
+                public_id=public_id,
+                parent_id=row[1],
+                children=children,
+                main_tags=dict(sorted(tags.get(level.depth, {}).items())),
+                metadata=metadata,
+                is_protected=bool(row[2]),
+                labels=labels,
+                patient_main_tags=(
+                    dict(sorted(tags.get(Level.PATIENT.depth, {}).items()))
+                    if level is Level.STUDY
+                    else None
+                ),
+                dicom=dicom,
+                is_stable=int(row[3]) == 0,
+            )
+
+        return await self._run(body, readonly=True)
+
+    async def list_resources(
+        self, level: Level, since: int | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Return public IDs in index order, skipping `since`, at most `limit`."""
+
+        async def body(tx: Tx) -> list[str]:
+            sql = "SELECT public_id FROM resources WHERE level = $1 ORDER BY internal_id"
+            args: list[Any] = [level.depth]
+            if limit is not None:
+                sql += " LIMIT $2 OFFSET $3"
+                args += [limit, since or 0]
+            elif since:
+                sql += " LIMIT -1 OFFSET $2" if self.dialect == "sqlite" else " OFFSET $2"
+                args.append(since)
+            return [r[0] for r in await tx.fetch(sql, *args)]
+
+        return await self._run(body, readonly=True)
+
+    async def lookup(self, identifier: str) -> list[tuple[Level, str]]:
+        """Find resources whose PatientID or Study/Series/SOP Instance UID equals this."""
+
+        async def body(tx: Tx) -> list[tuple[Level, str]]:
+            rows = await tx.fetch(
+                "SELECT level, public_id FROM resources WHERE dicom_uid = $1 "
+                "ORDER BY level, internal_id",
+                identifier,
+            )
+            return [(LEVELS[int(r[0])], r[1]) for r in rows]
+
+        return await self._run(body, readonly=True)
+
+    async def descendants(self, level: Level, public_id: str, target: Level) -> list[str]:
+        """Return the IDs of all descendants at `target` level (itself if same level)."""
+
+        async def body(tx: Tx) -> list[str]:
+            internal_id = await find_internal(tx, level, public_id)
+            if internal_id is None:
+                return []
+            rows = await tx.fetch(
+                f"{DESCENDANTS} SELECT r.public_id FROM resources r "
+                "JOIN d ON d.internal_id = r.internal_id WHERE r.level = $2 "
+                "ORDER BY r.internal_id",
+                internal_id,
+                target.depth,
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(body, readonly=True)
+
+    async def find(
+        self, level: Level, constraints: Sequence[Constraint], *, since: int = 0,
+        limit: int | None = None, labels: Sequence[str] = (), labels_constraint: str = "All",
+    ) -> list[str]:
+        """Return the IDs at `level` matching every main-tag constraint, in index order.
+
+        Mirrors Orthanc's lookup: upper-level tags are those of the ancestors (patient
+        tags from the study's copy), lower-level tags hold if one descendant matches.
+        Skips `since` matches, returns at most `limit`. `labels` with `All`/`Any`/`None`.
+        Raises ValueError for a constraint whose `level` is None (read from files).
+        """
+
+        async def body(tx: Tx) -> list[str]:
+            return await find_ids(
+                tx, self.dialect, level, constraints, since=since, limit=limit,
+                labels=labels, labels_constraint=labels_constraint,
+            )
+
+        return await self._run(body, readonly=True)
+
+    async def find_tags(
+        self, level: Level, public_ids: Sequence[str], computed: Collection[str] = ()
+    ) -> dict[str, dict[str, str]]:
+        """Return per known resource its and its ancestors' main tags by keyword, plus
+        the asked computed tags of its level (`find.COMPUTED_TAGS`)."""
+
+        async def body(tx: Tx) -> dict[str, dict[str, str]]:
+            return await find_tags(tx, self.dialect, level, public_ids, computed)
+
+        return await self._run(body, readonly=True)
+
+    async def statistics(
+        self, level: Level | None = None, public_id: str | None = None
+    ) -> Statistics:
+        """Return global statistics, or those of one resource."""
+
+        async def body(tx: Tx) -> Statistics:
+            if level is None or public_id is None:
+                counts = dict(
+                    (int(r[0]), int(r[1]))
+                    for r in await tx.fetch(
+                        "SELECT level, COUNT(*) FROM resources GROUP BY level"
+                    )
+                )
+                sizes = await tx.fetchrow(
+                    "SELECT COALESCE(SUM(compressed_size), 0), "
+                    "COALESCE(SUM(uncompressed_size), 0), "
+                    "COALESCE(SUM(CASE WHEN content_type = 1 THEN compressed_size ELSE 0 END), 0), "
+                    "COALESCE(SUM(CASE WHEN content_type = 1 THEN uncompressed_size ELSE 0 END), 0) "
+                    "FROM attachments"
+                )
+            else:
+                internal_id = await find_internal(tx, level, public_id)
+                if internal_id is None:
+                    raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+                counts = dict(
+                    (int(r[0]), int(r[1]))
+                    for r in await tx.fetch(
+                        f"{DESCENDANTS} SELECT r.level, COUNT(*) FROM resources r "
+                        "JOIN d ON d.internal_id = r.internal_id GROUP BY r.level",
+                        internal_id,
+                    )
+                )
+                sizes = await tx.fetchrow(
+                    f"{DESCENDANTS} SELECT COALESCE(SUM(a.compressed_size), 0), "
+                    "COALESCE(SUM(a.uncompressed_size), 0), "
+                    "COALESCE(SUM(CASE WHEN a.content_type = 1 THEN a.compressed_size ELSE 0 END), 0), "
+                    "COALESCE(SUM(CASE WHEN a.content_type = 1 THEN a.uncompressed_size ELSE 0 END), 0) "
+                    "FROM attachments a JOIN d ON d.internal_id = a.internal_id",
+                    internal_id,
+                )
+            assert sizes is not None
+            return Statistics(
+                count_patients=counts.get(0, 0),
+                count_studies=counts.get(1, 0),
+                count_series=counts.get(2, 0),
+                count_instances=counts.get(3, 0),
+                disk_size=int(sizes[0]),
+                uncompressed_size=int(sizes[1]),
+                dicom_disk_size=int(sizes[2]),
+                dicom_uncompressed_size=int(sizes[3]),
+            )
+
+        return await self._run(body, readonly=True)

@@ -1,0 +1,333 @@
+"""The StorageAccessor: attachments over the BlobStore port, as Orthanc has.
+
+Mirrors Orthanc's `StorageAccessor` (OrthancFramework/Sources/FileStorage): the
+blob store keeps opaque bytes; this layer decides how an attachment is stored
+(Orthanc's "zlib with size" format when StorageCompression is on), computes its
+MD5s, and reads it back whole, as a byte range, or in pieces. Every reader and
+writer of attachment bytes goes through it: the REST file and attachment routes,
+the receivers of C-STORE and POST /instances, the C-MOVE/C-GET senders, the jobs
+that store to a modality or a peer, and C-FIND's file reads. The index row says
+how each blob was stored (`compression`), so toggling StorageCompression keeps
+old attachments readable. Hashing and (de)compression of more than 64 KiB run in
+a thread: the event loop never does the heavy work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from dicomkeep.common.compression import (
+    CHUNK_BYTES,
+    CorruptedBlob,
+    Encoder,
+    Inflater,
+    compress,
+    decompress,
+)
+from dicomkeep.common.events import AttachmentInfo
+from dicomkeep.common.ids import Level
+from dicomkeep.common.orthanc import CompressionType, FileContentType
+from dicomkeep.common.ports.blobs import BlobStore
+
+if TYPE_CHECKING:  # the index domain is needed for its type only
+    from dicomkeep.common.index import Index
+
+__all__ = [
+    "CHUNK_BYTES",
+    "CorruptedBlob",
+    "Encoded",
+    "StorageAccessor",
+    "TooLarge",
+    "encode",
+    "find_attachment",
+    "read_instance_file",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Above this many bytes, hashing and (de)compression leave the event loop.
+OFF_LOOP_BYTES = 64 * 1024
+
+
+class TooLarge(Exception):
+    """A body exceeded the accepted size; `limit` is that size in bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"larger than {limit} bytes")
+        self.limit = limit
+
+
+@dataclass
+class Encoded:
+    """An attachment ready to store: the stored bytes and what describes them."""
+
+    data: bytes | bytearray
+    uncompressed_size: int
+    uncompressed_md5: str
+    compressed_md5: str
+    compression: CompressionType
+
+    def info(self, content_type: int, key: str, *, store_md5: bool) -> AttachmentInfo:
+        """Describe the blob stored under `key` (MD5s empty unless `store_md5`)."""
+        return AttachmentInfo(
+            content_type=content_type,
+            uuid=key,
+            uncompressed_size=self.uncompressed_size,
+            uncompressed_md5=self.uncompressed_md5 if store_md5 else "",
+            compressed_size=len(self.data),
+            compressed_md5=self.compressed_md5 if store_md5 else "",
+            compression=int(self.compression),
+        )
+
+
+async def _off_loop(size: int, work: Callable[..., T], *args: object) -> T:
+    """Run `work(*args)` in a thread when `size` bytes make it heavy, else inline."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
+
+
+def _encode_whole(data: bytes, compressed: bool) -> Encoded:
+    uncompressed_md5 = hashlib.md5(data).hexdigest()
+    if not compressed:
+        return Encoded(data, len(data), uncompressed_md5, uncompressed_md5, CompressionType.NONE)
+    stored = compress(data)
+    return Encoded(
+        stored, len(data), uncompressed_md5, hashlib.md5(stored).hexdigest(),
+        CompressionType.ZLIB_WITH_SIZE,
+    )  # fmt: skip
+
+
+async def encode(
+    chunks: AsyncIterable[bytes], *, compressed: bool, limit: int | None = None
+) -> Encoded:
+    """Consume `chunks` into the bytes to store, hashing (and compressing) on the way.
+
+    The output equals `compression.compress(body)` when `compressed`, else the
+    body. Work on large pieces runs in a thread. Raises TooLarge as soon as more
+    than `limit` bytes arrived (the rest of `chunks` is left unread).
+    """
+    encoder = Encoder(compressed=compressed)
+    batch: list[bytes] = []
+    batched = 0
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if limit is not None and received > limit:
+            raise TooLarge(limit)
+        batch.append(chunk)
+        batched += len(chunk)
+        if batched >= CHUNK_BYTES:
+            await asyncio.to_thread(encoder.feed, b"".join(batch))
+            batch, batched = [], 0
+    if batch:
+        await _off_loop(batched, encoder.feed, b"".join(batch))
+    data, uncompressed_md5, stored_md5 = encoder.finish()
+    kind = CompressionType.ZLIB_WITH_SIZE if compressed else CompressionType.NONE
+    return Encoded(data, encoder.size, uncompressed_md5, stored_md5, kind)
+
+
+class StorageAccessor:
+    """Read and write attachments over one BlobStore (Orthanc's StorageAccessor).
+
+    Stateless above the store: build one per store and share it. `chunk_bytes`
+    bounds the pieces read from the store and produced by inflating.
+    """
+
+    def __init__(self, blobs: BlobStore, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.blobs = blobs
+        self.chunk_bytes = chunk_bytes
+
+    # -- writing ------------------------------------------------------------------------
+    async def write(
+        self, content_type: int, data: bytes, *, compressed: bool, store_md5: bool = True
+    ) -> AttachmentInfo:
+        """Write one attachment under a fresh UUID and describe it.
+
+        With `compressed`, the blob holds Orthanc's "zlib with size" format and the
+        compressed size and MD5 describe the stored bytes.
+        """
+        encoded = await _off_loop(len(data), _encode_whole, data, compressed)
+        return await self.write_encoded(encoded, content_type, store_md5=store_md5)
+
+    async def write_encoded(
+        self, encoded: Encoded, content_type: int, *, store_md5: bool
+    ) -> AttachmentInfo:
+        """Write bytes from `encode` under a fresh UUID and return the attachment's row."""
+        key = str(uuid.uuid4())
+        await self.blobs.put(key, encoded.data)  # no copy on the way
+        return encoded.info(content_type, key, store_md5=store_md5)
+
+    async def write_instance(
+        self, data: bytes, prefix: bytes | None, *, compressed: bool
+    ) -> list[AttachmentInfo]:
+        """Write an instance's attachments: the DICOM file, and with compression the
+        file up to its pixel data (`prefix`), as Orthanc 1.9.1+ does.
+
+        On failure nothing written here is left behind (best effort).
+        """
+        written = [await self.write(FileContentType.DICOM, data, compressed=compressed)]
+        if compressed and prefix is not None:
+            try:
+                written.append(
+                    await self.write(
+                        FileContentType.DICOM_UNTIL_PIXEL_DATA, prefix, compressed=True
+                    )
+                )
+            except BaseException:
+                await self.discard([info.uuid for info in written])
+                raise
+        return written
+
+    async def discard(self, keys: Iterable[str]) -> None:
+        """Delete blobs that nothing refers to; failures are logged (the orphan
+        collector gets them later)."""
+        for key in list(keys):
+            try:
+                await self.blobs.delete(key)
+            except Exception:
+                log.exception("could not remove blob %s", key)
+
+    # -- reading ------------------------------------------------------------------------
+    async def read(self, info: AttachmentInfo, span: tuple[int, int] | None = None) -> bytes:
+        """Return the attachment's original bytes, or bytes [start, end) of them.
+
+        An uncompressed blob is read with one (ranged) store read; a compressed
+        one is read whole and inflated. Raises KeyError when the blob is missing,
+        CorruptedBlob when it does not decode or its compression is unknown.
+        """
+        if info.compression == CompressionType.NONE:
+            return await self.blobs.get(info.uuid, span)
+        if info.compression != CompressionType.ZLIB_WITH_SIZE:
+            raise CorruptedBlob(f"unknown compression type {info.compression}")
+        stored = await self.blobs.get(info.uuid)
+        data = await _off_loop(info.uncompressed_size, decompress, stored)
+        return data if span is None else data[span[0] : span[1]]
+
+    async def read_stored(self, info: AttachmentInfo) -> bytes:
+        """Return the attachment's bytes exactly as stored (`compressed-data`)."""
+        return await self.blobs.get(info.uuid)
+
+    async def iter_stored(self, info: AttachmentInfo) -> AsyncIterator[bytes]:
+        """Yield the blob exactly as stored, in pieces of at most `chunk_bytes` when
+        the store reads byte ranges (else in one piece).
+
+        Raises KeyError when the blob is missing, CorruptedBlob when its length is
+        not the recorded compressed size.
+        """
+        size, chunk = info.compressed_size, self.chunk_bytes
+        if not self.blobs.range_reads or size <= chunk:
+            data = await self.blobs.get(info.uuid)
+            if len(data) != size:
+                raise CorruptedBlob(f"blob {info.uuid} holds {len(data)} bytes, {size} recorded")
+            if data:
+                yield data
+            return
+        for start in range(0, size, chunk):
+            end = min(start + chunk, size)
+            data = await self.blobs.get(info.uuid, (start, end))
+            if len(data) != end - start:
+                raise CorruptedBlob(f"blob {info.uuid} is shorter than {size} bytes")
+            yield data
+        if await self.blobs.get(info.uuid, (size, size + 1)):
+            raise CorruptedBlob(f"blob {info.uuid} is longer than {size} bytes")
+
+    async def iter_uncompressed(self, info: AttachmentInfo) -> AsyncIterator[bytes]:
+        """Yield the attachment's original bytes, inflating piece by piece if compressed.
+
+        Raises KeyError when the blob is missing, CorruptedBlob when it does not
+        decode to the recorded size (or its compression is unknown).
+        """
+        if info.compression == CompressionType.NONE:
+            async for piece in self.iter_stored(info):
+                yield piece
+            return
+        if info.compression != CompressionType.ZLIB_WITH_SIZE:
+            raise CorruptedBlob(f"unknown compression type {info.compression}")
+        inflater = Inflater(self.chunk_bytes)
+        size = info.uncompressed_size
+        async for piece in self.iter_stored(info):
+            out = await _off_loop(size, inflater.step, piece)
+            while True:
+                if out:
+                    yield out
+                if not inflater.has_tail:
+                    break
+                out = await _off_loop(size, inflater.step, b"")
+        inflater.finish()
+        if inflater.produced != size:
+            raise CorruptedBlob(
+                f"blob {info.uuid} inflates to {inflater.produced} bytes, {size} recorded"
+            )
+
+    # -- checking and converting -----------------------------------------------------------
+    async def verify_md5(self, info: AttachmentInfo) -> bool:
+        """Re-read an attachment and tell whether both stored MD5s still match.
+
+        Mirrors Orthanc's verify-md5: False when no MD5 is stored, when the stored
+        bytes differ from the compressed MD5, or when they inflate to other bytes
+        than the uncompressed MD5 says. Raises KeyError when the blob is missing.
+        """
+        if not info.compressed_md5 or not info.uncompressed_md5:
+            return False
+        try:
+            if await self._md5(self.iter_stored(info)) != info.compressed_md5:
+                return False
+            if info.compression == CompressionType.NONE:
+                return True
+            return await self._md5(self.iter_uncompressed(info)) == info.uncompressed_md5
+        except CorruptedBlob:
+            return False
+
+    @staticmethod
+    async def _md5(pieces: AsyncIterator[bytes]) -> str:
+        digest = hashlib.md5()
+        async for piece in pieces:
+            await _off_loop(len(piece), digest.update, piece)
+        return digest.hexdigest()
+
+    async def recompress(
+        self, info: AttachmentInfo, *, compressed: bool, store_md5: bool
+    ) -> AttachmentInfo:
+        """Store the attachment again, with or without zlib, under a fresh UUID.
+
+        The old blob is left alone (the caller swaps the index row, which releases
+        it). Raises KeyError if the blob is missing, CorruptedBlob if its content
+        no longer matches the recorded MD5.
+        """
+        encoded = await encode(self.iter_uncompressed(info), compressed=compressed)
+        if info.uncompressed_md5 and encoded.uncompressed_md5 != info.uncompressed_md5:
+            raise CorruptedBlob(f"blob {info.uuid} no longer matches its MD5")
+        return await self.write_encoded(encoded, info.content_type, store_md5=store_md5)
+
+
+async def find_attachment(
+    index: Index, level: Level, public_id: str, content_type: int
+) -> AttachmentInfo | None:
+    """Return the row of one attachment of a resource; None if either is unknown.
+
+    The one place the readers look an attachment up in the index, so that the
+    index's single-query lookup is a one-line switch here.
+    """
+    found = await index.list_attachments(level, public_id)
+    return next((a for a in found or () if a.content_type == content_type), None)
+
+
+async def read_instance_file(
+    index: Index, storage: StorageAccessor, public_id: str
+) -> bytes | None:
+    """Return an instance's DICOM file: one index lookup, one blob read.
+
+    None when the instance (or its DICOM attachment) is unknown; raises KeyError
+    when the blob is missing from the store, CorruptedBlob when it does not decode.
+    """
+    info = await find_attachment(index, Level.INSTANCE, public_id, FileContentType.DICOM)
+    if info is None:
+        return None
+    return await storage.read(info)
