@@ -4,8 +4,11 @@ Mirrors Orthanc's ResourceModificationJob: each instance is read, modified with
 one shared `Modification` (so the new UIDs agree across instances), optionally
 transcoded, and stored through the ordinary store flow (the `Receiver`, as
 `POST /instances`) with `ModifiedFrom` or `AnonymizedFrom` metadata at each level
-pointing at the original. Orthanc (>= 1.4) logs no Modified*/Anonymized* change:
-the copies produce the usual New* changes, and so do they here.
+pointing at the original. Orthanc 1.12 logs no Modified*/Anonymized* change
+(`ResourceModificationJob::HandleInstance` stores each copy with
+`ServerContext::Store`, which logs only New* changes; the `LogChange` calls were
+removed with Orthanc 1.4's jobs): the copies produce the usual New* changes, and
+so do they here (docs/rest.md).
 """
 
 from __future__ import annotations
@@ -124,13 +127,11 @@ def modify_bytes(data: bytes, modification: Modification, target: UID | None) ->
 async def anonymized_patient_name(index: Index) -> str:
     """Return the next "Anonymized<N>" (Orthanc's name for an anonymized patient).
 
-    The counter is a global property; two concurrent anonymizations may draw
-    the same number (a name, not an identifier: PatientID stays unique).
+    N comes from the `AnonymizationSequence` global property, incremented in one
+    index transaction: concurrent anonymizations, on any gateway replica, each
+    draw their own number (as Orthanc's shared `IncrementGlobalSequence`).
     """
-    current = await index.get_property(ANONYMIZATION_SEQUENCE)
-    following = (int(current) if current and current.isdigit() else 0) + 1
-    await index.set_property(ANONYMIZATION_SEQUENCE, str(following))
-    return f"Anonymized{following}"
+    return f"Anonymized{await index.increment_property(ANONYMIZATION_SEQUENCE)}"
 
 
 Progress = Callable[[int, int], Awaitable[None]]
@@ -227,9 +228,15 @@ def job_payload(
     instances: list[str],
     level: Level | None,
     public_id: str | None,
+    origin: Origin | None = None,
 ) -> dict[str, Any]:
-    """Return what a worker needs to run (and resume) a modification job."""
+    """Return what a worker needs to run (and resume) a modification job, with the
+    origin of the request (the copies' RemoteIP and HttpUsername metadata)."""
     return {
+        "Origin": None if origin is None else {
+            "Protocol": origin.protocol, "RemoteIp": origin.remote_ip,
+            "HttpUsername": origin.http_username,
+        },
         "Body": body,
         "Level": modification.level.value,
         "IsAnonymization": modification.is_anonymization,
@@ -264,6 +271,16 @@ def modification_from_payload(payload: dict[str, Any]) -> tuple[Modification, Mo
         mapping={Level(level): dict(ids) for level, ids in payload.get("Mapping", {}).items()},
     )
     return modification, outcome
+
+
+def origin_from_payload(payload: dict[str, Any]) -> Origin:
+    """Return the origin recorded by `job_payload` (a REST call without one)."""
+    recorded = payload.get("Origin") or {}
+    return Origin(
+        protocol=recorded.get("Protocol", "RestApi"),
+        remote_ip=recorded.get("RemoteIp", ""),
+        http_username=recorded.get("HttpUsername", ""),
+    )
 
 
 def checkpoint_payload(

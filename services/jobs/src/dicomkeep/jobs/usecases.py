@@ -26,13 +26,14 @@ from dicomkeep.common.orthanc import DimseStatus, MetadataType
 from dicomkeep.common.peer_http import HttpOptions
 from dicomkeep.common.peers import find_peer
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.receiving import Origin, Receiver
+from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.resource_modification import JOB_TYPE as MODIFICATION_JOB
 from dicomkeep.common.resource_modification import (
     checkpoint_payload,
     job_content,
     modification_from_payload,
     modify_resources,
+    origin_from_payload,
     parse_options,
 )
 from dicomkeep.common.settings import Settings
@@ -273,7 +274,7 @@ async def run_resource_modification(job: JobRecord, run: JobRun, deps: Deps) -> 
     public_id = resource["ID"] if resource else None
     instances: list[str] = payload["Instances"]
     done = int(payload.get("Done", 0))
-    origin = Origin(protocol="RestApi")
+    origin = origin_from_payload(payload)
 
     def update() -> JobUpdate:
         progress = 100 * done // len(instances) if instances else 100
