@@ -59,6 +59,11 @@ def test_allinone_reset_reads_the_configuration_again(tmp_path: Path) -> None:
         with server.client() as again:
             assert again.get(f"/instances/{instance}").status_code == 200
             assert again.get("/tools/reset").status_code == 405
+            # A configuration that no longer loads: the reset stops the process, status 2.
+            (tmp_path / "dicomkeep.json").write_text('{"HttpPort": "not a port"}', "utf-8")
+            assert again.post("/tools/reset").json() == {}
+        assert process.wait(30) == 2
+        assert "bad configuration" in (tmp_path / "server.log").read_text("utf-8")
 
 
 def test_allinone_shutdown_stops_the_process(tmp_path: Path) -> None:
