@@ -9,7 +9,7 @@ VENV := .venv
 CONFIG ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
-.PHONY: install install-runtime run test test-unit test-integration lint test-deps services cluster cluster-stop bench clean
+.PHONY: install install-runtime run test test-unit test-integration lint test-deps services cluster cluster-stop bench bench-quick clean
 
 PROJECT_FILES := pyproject.toml uv.lock libs/common/pyproject.toml $(wildcard services/*/pyproject.toml)
 # uv installs into $(VENV) (make run VENV=... to put it elsewhere).
@@ -64,11 +64,15 @@ cluster: install-runtime services
 cluster-stop: install-runtime
 	$(VENV)/bin/dicomkeep cluster stop
 
-# Benchmarks (not part of the tests): medians and ratios against baselines run alongside.
+# Benchmarks (not part of the tests): DicomKeep's three modes against Debian's Orthanc in
+# the matching three, side by side; installs Orthanc, its PostgreSQL plugin and DCMTK with
+# apt-get when missing (needs root). Results in bench/results/; see docs/performance.md.
 bench: install test-deps services
-	$(VENV)/bin/python bench/bench_store.py $(BENCH_ARGS)
-	@if command -v Orthanc >/dev/null; then $(VENV)/bin/python bench/bench_store.py --orthanc $(BENCH_ARGS); \
-	else echo "Orthanc not installed (apt-get install orthanc): Orthanc baseline skipped"; fi
+	$(VENV)/bin/python -m bench $(BENCH_ARGS)
+
+# A first look: small store, one run, all-in-one against Orthanc/SQLite (under 3 minutes).
+bench-quick: install test-deps services
+	$(VENV)/bin/python -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache .mypy_cache

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -42,13 +43,29 @@ def dcmtk(tool: str) -> str:
     return found
 
 
-def wait_http(url: str, deadline: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def tls_context(config: dict[str, Any]) -> ssl.SSLContext | bool:
+    """Return how a client verifies the server: its self-signed `SslCertificate` as the
+    only trusted CA when `SslEnabled`, else the default (plain HTTP)."""
+    if not config.get("SslEnabled"):
+        return True
+    return ssl.create_default_context(cafile=config["SslCertificate"])
+
+
+def scheme(config: dict[str, Any]) -> str:
+    """Return `https` when the configuration enables TLS on the REST API, else `http`."""
+    return "https" if config.get("SslEnabled") else "http"
+
+
+def wait_http(
+    url: str, deadline: float, process: subprocess.Popen[bytes] | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
     """Poll `url` until it answers 200, or fail at the deadline."""
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode}")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -79,7 +96,7 @@ class Server:
         # drop them sooner on this side so a request never races that close.
         return httpx.Client(
             base_url=self.urls[replica % len(self.urls)], timeout=30.0,
-            limits=httpx.Limits(keepalive_expiry=0.5),
+            limits=httpx.Limits(keepalive_expiry=0.5), verify=tls_context(self.config),
         )
 
 
@@ -107,13 +124,13 @@ def allinone_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[
     process = subprocess.Popen(
         [DICOMKEEP, "--verbose", "serve", str(path)], stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{http_port}"
+    url = f"{scheme(config)}://127.0.0.1:{http_port}"
     running = Server(
         urls=[url], dicom_port=dicom_port, aet="DICOMKEEP",
         storage_dir=tmp / "storage", config=config, processes=[process],
     )
     try:
-        wait_http(f"{url}/system", time.monotonic() + 60, process)
+        wait_http(f"{url}/system", time.monotonic() + 60, process, tls_context(config))
         yield running
     finally:
         # restart_member may have replaced the process: stop the one running now.
@@ -246,7 +263,7 @@ def _cluster(
                 if attempt == 2:
                     raise
         yield Server(
-            urls=[f"http://127.0.0.1:{p}" for p in state.http_ports],
+            urls=[f"{scheme(config)}://127.0.0.1:{p}" for p in state.http_ports],
             dicom_port=dicom_port, aet="DICOMKEEP", storage_dir=None, config=config,
             mode="distributed", state_dir=state_dir, s3_endpoint=state.s3_endpoint,
         )

@@ -315,6 +315,10 @@ def test_query_and_retrieve_from_dicomkeep_itself(
         assert other.get(f"/queries/{query_id}/modality").json() == "self"
         content = other.get(f"/queries/{query_id}/answers/0/content?simplify").json()
         assert content["StudyInstanceUID"] == study[0].study_uid
+        # Orthanc's template of return keys at study level (issue 11, item 10).
+        accession = str(dcmread(BytesIO(study[0].data)).AccessionNumber)
+        assert content["AccessionNumber"] == accession
+        assert content["PatientID"] == study[0].patient_id
         full = other.get(f"/queries/{query_id}/answers/0/content").json()
         assert full["0020,000d"]["Value"] == study[0].study_uid
         retrieved = other.post(f"/queries/{query_id}/retrieve", json={"TargetAet": "STORESCP"})
@@ -328,7 +332,10 @@ def test_query_and_retrieve_from_dicomkeep_itself(
                   "TargetAet": "STORESCP", "Asynchronous": True},
         ).json()
         wait_until(lambda: other.get(f"/jobs/{move['ID']}").json()["State"] == "Success", 60, "move job")
-        assert other.get(f"/jobs/{move['ID']}").json()["Type"] == "DicomMoveScu"
+        moved = other.get(f"/jobs/{move['ID']}").json()
+        assert moved["Type"] == "DicomMoveScu"
+        # Orthanc's Content.Query: identifiers keyed by tag (issue 11, item 12).
+        assert moved["Content"]["Query"] == [{"0008,0052": "STUDY", "0020,000d": study[0].study_uid}]
         assert received(target, 3) == {item.sop_uid for item in study}
         # A failing C-MOVE (unknown target) fails the job: 500 for a synchronous call.
         failed = client.post("/queries/" + query_id + "/answers/0/retrieve", content=b"NOWHERE")
@@ -336,3 +343,30 @@ def test_query_and_retrieve_from_dicomkeep_itself(
         assert client.delete(f"/queries/{query_id}").status_code == 200
         assert other.get(f"/queries/{query_id}/answers").status_code == 404
         assert client.delete("/modalities/self").status_code == 200
+
+
+def test_move_study_by_accession_number_with_empty_or_absent_study_uid(
+    clean: Server, target: StoreScpProcess, tmp_path: Path
+) -> None:
+    """Orthanc moves the studies of a non-empty AccessionNumber; an empty StudyInstanceUID
+    is a universal match, not a failure (issue 11, item 11)."""
+    study = generate_study(series=1, instances_per_series=2, seed=41)
+    store(clean, study, tmp_path)
+    accession = str(dcmread(BytesIO(study[0].data)).AccessionNumber)
+    for keys in (
+        ["QueryRetrieveLevel=STUDY", f"AccessionNumber={accession}", "StudyInstanceUID="],
+        ["QueryRetrieveLevel=STUDY", f"AccessionNumber={accession}"],
+        ["QueryRetrieveLevel=STUDY", f"AccessionNumber={accession}", "StudyInstanceUID=", "PatientID="],
+    ):
+        target.clear()
+        result = movescu(clean, *keys)
+        assert result.returncode == 0, result.stderr
+        assert received(target, 2) == {item.sop_uid for item in study}, keys
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.AccessionNumber = accession
+    identifier.StudyInstanceUID = ""
+    target.clear()
+    statuses = pynetdicom_move(clean, identifier)
+    assert statuses[-1].Status == 0x0000
+    assert statuses[-1].NumberOfCompletedSuboperations == 2

@@ -11,8 +11,11 @@ import pytest
 from dicomkeep.common.dicom.instance import ParsedInstance, dicom_prefix, parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
+from pydicom import dcmread
 from pydicom.data import get_charset_files, get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     JPEG2000,
     CTImageStorage,
@@ -157,11 +160,34 @@ def test_random_bytes(size: int) -> None:
     assert error.details == f"Cannot parse an invalid DICOM file (size: {size} bytes)"
 
 
+def test_unparsable_dataset_without_file_meta_is_refused() -> None:
+    # Orthanc 1.10.1 refuses it too (measured): 400 "Cannot parse an invalid DICOM file"
+    assert refused(sample("no_meta.dcm")).code is ErrorCode.BAD_FILE_FORMAT
+
+
 @pytest.mark.parametrize(
-    "name", ["no_meta.dcm", "ExplVR_LitEndNoMeta.dcm", "ExplVR_BigEndNoMeta.dcm"]
+    ("name", "syntax"),
+    [
+        ("ExplVR_LitEndNoMeta.dcm", "1.2.840.10008.1.2.1"),
+        ("ExplVR_BigEndNoMeta.dcm", "1.2.840.10008.1.2.2"),
+    ],
 )
-def test_dataset_without_file_meta_is_refused(name: str) -> None:
-    assert refused(sample(name)).code is ErrorCode.BAD_FILE_FORMAT
+def test_dataset_without_file_meta_is_accepted(name: str, syntax: str) -> None:
+    # As Orthanc 1.10.1 (measured): the syntax is guessed from the data set
+    parsed = parse_instance(sample(name))
+    assert parsed.transfer_syntax == syntax
+    assert parsed.ids[3] == "e4fc48da-1d3f3fba-107ec509-16996dd4-01ccabd1"
+
+
+def test_implicit_dataset_without_file_meta_is_accepted() -> None:
+    dataset = dcmread(get_testdata_file("MR_small_implicit.dcm"))
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, dataset)
+    parsed = parse_instance(buffer.getvalue())
+    assert parsed.transfer_syntax == "1.2.840.10008.1.2"
+    assert parsed.sop_uid == dataset.SOPInstanceUID
+    assert parsed.pixel_data_offset is not None
 
 
 def test_meta_without_preamble_is_accepted() -> None:

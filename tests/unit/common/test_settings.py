@@ -440,6 +440,10 @@ def test_variable_values_are_type_checked() -> None:
         ({"HttpPort": 70000}, "HttpPort"),
         ({"MaximumStorageSize": -1}, "MaximumStorageSize"),
         ({"DicomKeep": {"Mode": "cluster"}}, "DicomKeep.Mode"),
+        ({"DefaultEncoding": "Klingon"}, "DefaultEncoding"),
+        ({"DicomTlsEnabled": True}, '"DicomTlsEnabled" is true but "DicomTlsCertificate" is not set'),
+        ({"DicomTlsCiphersAccepted": ["RC4"]}, "DicomTlsCiphersAccepted"),
+        ({"DicomTlsMinimumProtocolVersion": 1}, "SSLv3"),
         (
             {"CheckRevisions": True, "StoreMD5ForAttachments": False},
             '"CheckRevisions" is true but "StoreMD5ForAttachments" is false',

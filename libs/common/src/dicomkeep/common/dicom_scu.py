@@ -71,6 +71,8 @@ class Peer:
     port: int
     local_aet: str
     timeout: float
+    #: The modality's `Manufacturer`: "GE" asks for return keys with `*`, not empty.
+    manufacturer: str = "Generic"
 
 
 @dataclass(frozen=True)
@@ -215,12 +217,35 @@ def _models(level: str) -> tuple[UID, UID]:
     return StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove
 
 
+#: The return keys Orthanc's C-FIND SCU adds at each level when absent
+#: (DicomControlUserConnection::Find): the identifiers of the level and those above.
+FIND_TEMPLATE = {
+    "PATIENT": ("PatientID",),
+    "STUDY": ("AccessionNumber", "StudyInstanceUID", "PatientID"),
+    "SERIES": ("SeriesInstanceUID", "AccessionNumber", "StudyInstanceUID", "PatientID"),
+    "IMAGE": ("SOPInstanceUID", "SeriesInstanceUID", "AccessionNumber", "StudyInstanceUID", "PatientID"),
+}
+
+
+def add_find_template(identifier: Dataset, manufacturer: str = "Generic") -> None:
+    """Ask for the level's template keys absent from `identifier` (universal match: empty,
+    or `*` for a GE modality, as Orthanc)."""
+    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    universal = "*" if manufacturer == "GE" else ""
+    for keyword in FIND_TEMPLATE.get(level, ()):
+        if keyword not in identifier:
+            setattr(identifier, keyword, universal)
+
+
 def find(peer: Peer, identifier: Dataset) -> list[Dataset]:
-    """Send a C-FIND at the identifier's QueryRetrieveLevel; return every answer.
+    """Send a C-FIND at the identifier's QueryRetrieveLevel, with Orthanc's template of
+    return keys for that level (FIND_TEMPLATE); return every answer.
 
     Raises DicomNetworkError when the association fails, the peer stops answering
     or the final status is a failure.
     """
+    identifier = copy.deepcopy(identifier)
+    add_find_template(identifier, peer.manufacturer)
     model, _ = _models(str(identifier.get("QueryRetrieveLevel", "STUDY")))
     assoc = _associate(peer, [build_context(model)])
     answers: list[Dataset] = []

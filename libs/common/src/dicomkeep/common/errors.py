@@ -21,6 +21,7 @@ class ErrorCode(Enum):
     INEXISTENT_ITEM = (7, "Accessing an inexistent item", 404)
     BAD_REQUEST = (8, "Bad request", 400)
     NETWORK_PROTOCOL = (9, "Error in the network protocol", 500)
+    CANNOT_WRITE_FILE = (14, "Cannot write to file", 500)
     BAD_FILE_FORMAT = (15, "Bad file format", 400)
     TIMEOUT = (16, "Timeout", 500)
     UNKNOWN_RESOURCE = (17, "Unknown resource", 404)

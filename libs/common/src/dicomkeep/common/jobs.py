@@ -17,6 +17,7 @@ from dicomkeep.common.events import JOBS_QUEUE, SCHEMA_VERSION, RunJob
 from dicomkeep.common.index import JobRecord, JobStore
 from dicomkeep.common.modalities import Modality
 from dicomkeep.common.ports.bus import Bus
+from pydicom.datadict import tag_for_keyword
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,15 @@ def store_job(
     return content, payload
 
 
+def tag_keyed(query: dict[str, str]) -> dict[str, str]:
+    """Return an identifier with `gggg,eeee` keys (Orthanc's DicomToJsonFormat_Short)."""
+    keyed: dict[str, str] = {}
+    for key, value in query.items():
+        tag = tag_for_keyword(key)
+        keyed[f"{tag >> 16:04x},{tag & 0xFFFF:04x}" if tag is not None else key.lower()] = value
+    return keyed
+
+
 def move_job(
     modality: Modality,
     level: str,
@@ -125,7 +135,8 @@ def move_job(
 
     `queries` are identifiers by keyword (`{"StudyInstanceUID": "1.2.3"}`) at
     `level` (`PATIENT`, `STUDY`, `SERIES`, `IMAGE`). Content as Orthanc's
-    DicomMoveScuJob: `Query` lists the identifiers sent (with QueryRetrieveLevel).
+    DicomMoveScuJob: `Query` lists the identifiers sent (with QueryRetrieveLevel),
+    keyed by tag (`{"0008,0052": "STUDY", "0020,000d": "1.2.3"}`).
     """
     sent = [{"QueryRetrieveLevel": level, **query} for query in queries]
     content: dict[str, Any] = {
@@ -133,7 +144,7 @@ def move_job(
         "LocalAet": local_aet,
         "RemoteAet": modality.aet,
         "TargetAet": target_aet,
-        "Query": sent,
+        "Query": [tag_keyed(query) for query in sent],
     }
     payload = modality_payload(modality, local_aet, timeout)
     payload.update({"Queries": sent, "TargetAet": target_aet})

@@ -13,12 +13,13 @@ import logging
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any, Protocol
+from typing import Protocol
 
-from dicomkeep.common.ops import AsgiServer, OpsServer, adapter_checks
+from dicomkeep.common.ops import OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.gateway import main as gateway
+from dicomkeep.gateway.http_server import HttpServer
 from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
@@ -37,13 +38,6 @@ class Service(Protocol):
 def http_host(settings: Settings) -> str:
     """Listen on every interface only when remote access is allowed (as Orthanc)."""
     return "0.0.0.0" if settings.remote_access_allowed else "127.0.0.1"
-
-
-class HttpServer(AsgiServer):
-    """The REST API's uvicorn inside the caller's event loop."""
-
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        super().__init__(app, host, port, timeout_keep_alive=1)
 
 
 class AllInOne:
@@ -91,9 +85,11 @@ class AllInOne:
                 stability.build(settings, index=adapters.index, clock=adapters.clock, bus=adapters.bus),
                 jobs.build(settings, index=adapters.index, blobs=adapters.blobs, bus=adapters.bus),
                 api,
-                HttpServer(api.app, http_host(settings), settings.http_port),
                 ingest.build(settings, blobs=adapters.blobs, bus=adapters.bus, index=adapters.index),
             ]
+            if settings.http_server_enabled:  # Orthanc's HttpServerEnabled: DICOM only if false
+                http = HttpServer(api.app, settings, http_host(settings), settings.http_port)
+                services.insert(services.index(api) + 1, http)
             for service in services:
                 await _started(stack, service)
             self._stack = stack.pop_all()

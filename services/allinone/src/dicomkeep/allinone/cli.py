@@ -23,6 +23,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dicomkeep.common.option_support import check_options
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
 
 COMMANDS = ("serve", "run", "cluster", "upload", "job")
@@ -199,7 +200,7 @@ def _fail(message: str, *, code: int = 1) -> NoReturn:
 
 def _load(path: str | None) -> Settings:
     try:
-        return load_settings(Path(path) if path else None)
+        return check_options(load_settings(Path(path) if path else None))
     except ConfigError as error:
         sys.stderr.write(f"dicomkeep: bad configuration: {error}\n")
         raise SystemExit(2) from error
@@ -373,9 +374,13 @@ def _bind_message(option: str, port: int, error: OSError) -> str:
 
 
 def _run(coroutine: Callable[[], Coroutine[Any, Any, None]]) -> int:
-    """Run the server until signalled; a port taken meanwhile is one line, status 1."""
+    """Run the server until signalled; a port taken meanwhile is one line, status 1; a
+    configuration found unusable at start (e.g. `SslCertificate`) one line, status 2."""
     try:
         asyncio.run(coroutine())
+    except ConfigError as error:
+        sys.stderr.write(f"dicomkeep: bad configuration: {error}\n")
+        return 2
     except OSError as error:
         if error.errno not in (errno.EADDRINUSE, errno.EACCES):
             raise

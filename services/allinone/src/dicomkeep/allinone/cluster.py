@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from dicomkeep.common.option_support import check_options
 from dicomkeep.common.settings import Settings, load_settings
 
 STATE_FILE = "cluster.json"
@@ -144,7 +145,7 @@ def start(
     base_env = os.environ if environ is None else environ
     overrides = {"ORTHANC__DICOM_KEEP__MODE": "distributed"}
     env = {**base_env, **overrides}
-    settings: Settings = load_settings(config, environ=env)
+    settings: Settings = check_options(load_settings(config, environ=env), warn=lambda _: None)
     overrides.update(_blob_overrides(settings, state_dir))
     env.update(overrides)
     state = ClusterState(dicom_port=settings.dicom_port, env=overrides)

@@ -6,10 +6,11 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
-from dicomkeep.allinone.app import HttpServer, Service, http_host
-from dicomkeep.common.ops import ADAPTERS, OpsServer, adapter_checks
+from dicomkeep.allinone.app import Service, http_host
+from dicomkeep.common.ops import ADAPTERS, Check, OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway import main as gateway
+from dicomkeep.gateway.http_server import HttpServer
 from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
@@ -52,10 +53,13 @@ def build_service(
     (`NEEDS`); the ops server starts first, so probes answer during a slow start.
     """
     parts: list[Service] = []
+    extra_checks: dict[str, Check] = {}
     if name == "gateway":
         core: Any = gateway.build(settings, control=control)
         port = http_port if http_port is not None else settings.http_port
-        parts = [core, HttpServer(core.app, http_host(settings), port)]
+        http = HttpServer(core.app, settings, http_host(settings), port)
+        parts = [core, http]
+        extra_checks["http"] = http.listening  # ready once the REST API listens
     elif name == "ingest":
         core = ingest.build(settings)
     elif name == "indexer":
@@ -73,7 +77,8 @@ def build_service(
     if port:
         needs = [need for need in core.NEEDS if need in ADAPTERS]
         ops = OpsServer(
-            port, lambda: adapter_checks(core.adapters, needs), host=settings.dicomkeep.ops_host
+            port, lambda: {**adapter_checks(core.adapters, needs), **extra_checks},
+            host=settings.dicomkeep.ops_host,
         )
         parts.insert(0, ops)
     return Chain(*parts)

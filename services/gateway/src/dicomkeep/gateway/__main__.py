@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 
+from dicomkeep.common.option_support import check_options
 from dicomkeep.common.settings import load_settings
 from dicomkeep.gateway.main import run
 
@@ -17,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", nargs="?", help="Orthanc-style JSON file or folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = load_settings(args.config)
+    settings = check_options(load_settings(args.config))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(settings, lambda: load_settings(args.config)))
 

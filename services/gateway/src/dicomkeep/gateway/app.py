@@ -14,6 +14,7 @@ follows ORTHANC_API.md §0 and §16:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
 from dicomkeep.common.settings import Settings
@@ -31,17 +32,22 @@ from dicomkeep.gateway.api import (
     peers,
     queries,
     resources,
+    scp_options,
     system,
     tools,
 )
 from dicomkeep.gateway.context import GatewayContext
+from dicomkeep.gateway.http_options import ConnectionCloseMiddleware, RequestTimeoutMiddleware
+from dicomkeep.gateway.paths import PathMiddleware
 from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
+from dicomkeep.gateway.revisions import AnsweredError
 from dicomkeep.gateway.security import SecurityMiddleware
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 from starlette.routing import Match
 
@@ -78,7 +84,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
         jobs.router, modalities.router, queries.router, modify.router, tools.router,
-        images.router, labels.router,
+        images.router, labels.router, scp_options.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
@@ -89,7 +95,14 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     app.add_exception_handler(HTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal_error)
+    if effective.http_request_timeout > 0:
+        app.add_middleware(RequestTimeoutMiddleware, seconds=effective.http_request_timeout)
+    if effective.http_compression_enabled:
+        app.add_middleware(GZipMiddleware)
+    if not effective.keep_alive:
+        app.add_middleware(ConnectionCloseMiddleware)
     app.add_middleware(SecurityMiddleware, settings=effective)
+    app.add_middleware(PathMiddleware)  # outermost: every layer sees the clean path
     return app
 
 
@@ -99,19 +112,24 @@ def attach_context(app: FastAPI, ctx: GatewayContext | None) -> None:
 
 
 def render_error(
-    request: Request, code: ErrorCode, status: int, details: str | None = None
+    request: Request,
+    code: ErrorCode,
+    status: int,
+    details: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     """Return Orthanc's error answer for a request: the JSON body, or none if
     `HttpDescribeErrors` is false."""
     if not getattr(request.app.state, "describe_errors", True):
-        return empty(status)
+        return empty(status, headers=headers)
     body = error_body(code, status, request.method, request.url.path, details)
-    return OrthancJSONResponse(body, status_code=status)
+    return OrthancJSONResponse(body, status_code=status, headers=headers)
 
 
 async def _orthanc_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OrthancError)
-    return render_error(request, exc.code, exc.http_status, exc.details)
+    headers = exc.headers if isinstance(exc, AnsweredError) else None
+    return render_error(request, exc.code, exc.http_status, exc.details, headers)
 
 
 async def _no_answer(request: Request, exc: Exception) -> Response:

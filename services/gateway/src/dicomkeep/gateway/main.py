@@ -11,10 +11,9 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
-import uvicorn
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
@@ -23,6 +22,7 @@ from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.gateway.app import attach_context, create_app
 from dicomkeep.gateway.context import GatewayContext
+from dicomkeep.gateway.http_server import HttpServer
 from dicomkeep.gateway.process_control import ProcessControl
 from fastapi import FastAPI
 
@@ -109,14 +109,6 @@ def http_host(settings: Settings) -> str:
     return "0.0.0.0" if settings.remote_access_allowed else "127.0.0.1"
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the caller's loop owns the signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 async def serve(
     service: GatewayService,
     host: str | None = None,
@@ -127,28 +119,22 @@ async def serve(
     """Serve `service.app` with uvicorn in the running loop until cancelled.
 
     Host defaults to `http_host(settings)`, port to `HttpPort`; a bound `sock`
-    overrides both. Cancelling the caller's task shuts the server down gracefully
+    overrides both. The server follows the HTTP options (`http_server.py`: TLS,
+    keep-alive). Cancelling the caller's task shuts the server down gracefully
     (open connections finish) before the cancellation propagates. Raises OSError
-    when the address cannot be bound.
+    when the address cannot be bound, ConfigError for an unusable certificate.
     """
     settings = service.settings
-    config = uvicorn.Config(
-        service.app,
-        host=host or http_host(settings),
-        port=settings.http_port if port is None else port,
-        log_level="warning",
-        lifespan="off",
-        access_log=False,
-        timeout_keep_alive=max(settings.keep_alive_timeout, 1),
-    )
-    server = _Server(config)
+    host = host or http_host(settings)
+    port = settings.http_port if port is None else port
+    server = HttpServer(service.app, settings, host, port)
     if sock is None:
-        sock = socket.create_server((config.host, config.port), family=_family(config.host))
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+        sock = socket.create_server((host, port), family=_family(host))
+    task = asyncio.ensure_future(server.server.serve(sockets=[sock]))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        server.should_exit = True
+        server.server.should_exit = True
         await task
         raise
     finally:

@@ -73,7 +73,10 @@ def peer_for(settings: Settings, modality: Modality, body: dict[str, Any]) -> Pe
     the modality's, then DicomAet and DicomScuTimeout."""
     local = field(body, "LocalAet", str, "") or modality.local_aet or settings.dicom_aet
     timeout = field(body, "Timeout", int, 0) or modality.timeout or settings.dicom_scu_timeout
-    return Peer(modality.aet, modality.host, modality.port, local, float(timeout or 10))
+    return Peer(
+        modality.aet, modality.host, modality.port, local, float(timeout or 10),
+        manufacturer=modality.manufacturer,
+    )
 
 
 def move_identifiers(body: dict[str, Any]) -> tuple[str, list[dict[str, str]]]:

@@ -36,8 +36,17 @@ def plain(text: str, *, headers: Mapping[str, str] | None = None) -> Response:
 
 
 def empty(status: int = 200, *, headers: Mapping[str, str] | None = None) -> Response:
-    """Return an answer with an empty body (`Content-Length: 0`) and no content type."""
-    return Response(status_code=status, headers=dict(headers or {}))
+    """Return an answer with an empty body (`Content-Length: 0`).
+
+    A 200 carries `Content-Type: text/plain`, as Orthanc's `AnswerBuffer("",
+    MimeType_PlainText)` (PUT/DELETE of modalities, peers, protection, /changes...):
+    pyorthanc reads the type of every successful answer. Errors, 304 and other
+    empty answers have no content type, as in Orthanc.
+    """
+    all_headers = dict(headers or {})
+    if status == 200:
+        all_headers.setdefault("Content-Type", PLAIN_MEDIA_TYPE)
+    return Response(status_code=status, headers=all_headers)
 
 
 def error_body(

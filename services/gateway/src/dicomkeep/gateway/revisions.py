@@ -9,6 +9,7 @@ CheckRevisions says.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.index import Expected
@@ -55,15 +56,29 @@ def expected_revision(request: Request) -> Expected | None:
     return None if value is None else parse_etag(IF_MATCH, value)
 
 
+class AnsweredError(OrthancError):
+    """An OrthancError whose answer also carries headers (e.g. the current ETag)."""
+
+    def __init__(self, error: OrthancError, headers: Mapping[str, str]) -> None:
+        super().__init__(error.code, error.details, http_status=error.http_status)
+        self.headers = dict(headers)
+
+
 def is_not_modified(request: Request, revision: int, md5: str) -> bool:
     """Tell whether If-None-Match names exactly this revision and MD5 (-> 304).
 
-    A malformed header raises 400, as in Orthanc; absent -> False.
+    Absent -> False. A malformed header raises 400 *Parameter out of range* whose
+    answer still carries the current `ETag`, as Orthanc 1.10.1 answers (it sets the
+    header before parsing the condition).
     """
     value = request.headers.get(IF_NONE_MATCH)
     if value is None:
         return False
-    return parse_etag(IF_NONE_MATCH, value) == Expected(revision=revision, md5=md5)
+    try:
+        condition = parse_etag(IF_NONE_MATCH, value)
+    except OrthancError as exc:
+        raise AnsweredError(exc, {"ETag": etag(revision, md5)}) from exc
+    return condition == Expected(revision=revision, md5=md5)
 
 
 def require_if_match(expected: Expected | None, *, check_revisions: bool) -> None:

@@ -74,11 +74,7 @@ def basic_username(authorization: str | None, users: dict[str, str]) -> str | No
 
 
 class SecurityMiddleware:
-    """ASGI middleware: the loopback check, then HTTP Basic authentication.
-
-    Also drops a trailing slash from the path (`/patients/` = `/patients`), as
-    Orthanc ignores empty URI components.
-    """
+    """ASGI middleware: the loopback check, then HTTP Basic authentication."""
 
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
@@ -108,13 +104,6 @@ class SecurityMiddleware:
                 return
             username = found
         scope.setdefault("state", {})["http_username"] = username
-        path: str = scope["path"]
-        if len(path) > 1 and path.endswith("/"):
-            scope = dict(scope)
-            scope["path"] = path.rstrip("/") or "/"
-            raw = scope.get("raw_path")
-            if isinstance(raw, bytes):
-                scope["raw_path"] = raw.rstrip(b"/") or b"/"
         await self.app(scope, receive, send)
 
 

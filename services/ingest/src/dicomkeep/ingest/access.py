@@ -7,13 +7,23 @@ have `Allow<Cmd>` (default true). With several modalities of that AET, the reque
 is allowed if one whose host matches allows it, or if all of them allow it.
 The modalities are those of the configuration, overridden by the ones set or
 deleted through REST (kept in the index, `JobStore.modality_overrides`).
+
+`AccessControl` is the one check every DIMSE service of the SCP uses (C-ECHO,
+C-STORE, C-FIND, C-MOVE, C-GET), and the association-level checks (called AET,
+unknown callers) of `negotiation.py`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 from dicomkeep.common.index import Index
 from dicomkeep.common.modalities import Modality, configured_modalities, load_modalities
 from dicomkeep.common.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Commands and the option allowing them from unknown AETs.
 ALWAYS_ALLOW = {
@@ -37,6 +47,23 @@ async def effective_modalities(settings: Settings, index: Index | None) -> list[
     return list((await load_modalities(settings, index.jobs)).values())
 
 
+def same_aet(settings: Settings, left: str, right: str) -> bool:
+    """Compare two AE titles as StrictAetComparison says (case-insensitive by default)."""
+    if settings.strict_aet_comparison:
+        return left == right
+    return left.upper() == right.upper()
+
+
+def is_known(settings: Settings, modalities: list[Modality], remote_aet: str, remote_ip: str) -> bool:
+    """Tell whether the caller is a known modality (and from its Host with
+    DicomCheckModalityHost): Orthanc's IsKnownAETitle."""
+    check_host = settings.dicom_check_modality_host
+    return any(
+        same_aet(settings, m.aet, remote_aet) and (not check_host or m.host == remote_ip)
+        for m in modalities
+    )
+
+
 def is_allowed(
     settings: Settings,
     modalities: list[Modality],
@@ -47,12 +74,7 @@ def is_allowed(
     """Tell whether `command` (`Find`, `Move`, ...) from this AET and IP is served."""
     if getattr(settings, ALWAYS_ALLOW[command]):
         return True
-    strict = settings.strict_aet_comparison
-
-    def same(aet: str) -> bool:
-        return aet == remote_aet if strict else aet.upper() == remote_aet.upper()
-
-    matches = [m for m in modalities if same(m.aet)]
+    matches = [m for m in modalities if same_aet(settings, m.aet, remote_aet)]
     check_host = settings.dicom_check_modality_host
     if len(matches) == 1:
         only = matches[0]
@@ -62,3 +84,53 @@ def is_allowed(
     if any(m.host == remote_ip and m.allows(f"Allow{command}") for m in matches):
         return True
     return all(m.allows(f"Allow{command}") for m in matches)
+
+
+class AccessControl:
+    """The access check of every DIMSE service, run in pynetdicom's association threads.
+
+    Mirrors Orthanc: a request that is not allowed is not served and its
+    association is aborted (Orthanc's dispatcher answers DIMSE_BADCOMMANDTYPE and
+    drops the association). Modalities are read from the configuration and the
+    index at each request, so a `PUT /modalities/{id}` on any gateway applies at once.
+    """
+
+    def __init__(
+        self, settings: Settings, index: Index | None, loop: asyncio.AbstractEventLoop,
+        *, timeout: float = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.loop = loop
+        self.timeout = timeout
+
+    def modalities(self) -> list[Modality]:
+        """Return the effective modalities (read on the service's loop)."""
+        future = asyncio.run_coroutine_threadsafe(
+            effective_modalities(self.settings, self.index), self.loop
+        )
+        return future.result(self.timeout)
+
+    def allows(self, assoc: Any, command: str) -> bool:
+        """Tell whether `command` from this association's caller is served; a refusal is
+        logged and aborts the association. A failure to read the modalities refuses."""
+        if getattr(self.settings, ALWAYS_ALLOW[command]):
+            return True
+        aet, ip = str(assoc.requestor.ae_title).strip(), str(assoc.requestor.address)
+        try:
+            allowed = is_allowed(self.settings, self.modalities(), command, aet, ip)
+        except Exception:
+            log.exception("DICOM access check failed command=%s aet=%s", command, aet)
+            allowed = False
+        if not allowed:
+            log.warning("C-%s refused aet=%s ip=%s: not allowed", command.upper(), aet, ip)
+            assoc.abort()
+        return allowed
+
+    def allows_connection(self, remote_aet: str, remote_ip: str) -> bool:
+        """Tell whether an association from this caller is accepted at all: yes when some
+        `DicomAlwaysAllow*` is on, else only from a known modality (Orthanc's
+        IsAllowedConnection)."""
+        if any(getattr(self.settings, option) for option in ALWAYS_ALLOW.values()):
+            return True
+        return is_known(self.settings, self.modalities(), remote_aet, remote_ip)

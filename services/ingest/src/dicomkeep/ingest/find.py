@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, TypeVar
 
+from dicomkeep.common import scp_options
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.find import (
     QUERY_RETRIEVE_LEVEL,
@@ -40,7 +41,7 @@ from dicomkeep.common.search import (
     tag_values,
 )
 from dicomkeep.common.settings import Settings
-from dicomkeep.ingest.access import effective_modalities, is_allowed
+from dicomkeep.ingest.access import AccessControl
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataelem import DataElement, RawDataElement
@@ -180,13 +181,15 @@ def parse_identifier(identifier: Dataset, *, case_sensitive_pn: bool) -> FindReq
     """Parse a C-FIND identifier: its level, the keys to return and the constraints.
 
     Raises OrthancError BAD_REQUEST without QueryRetrieveLevel, PARAMETER_OUT_OF_RANGE
-    for an unknown level or a misplaced wildcard. Group lengths are ignored.
+    for an unknown level or a misplaced wildcard. Group lengths are ignored and
+    never answered, as Orthanc (which removes them from C-FIND answers); so are
+    file meta elements (group 0002), which never belong in a DIMSE data set.
     """
     encodings = _encodings(identifier)
     keys = [
         _key(identifier, int(tag), encodings)
         for tag in sorted(identifier.keys())
-        if int(tag) & 0xFFFF != 0 and int(tag) != SPECIFIC_CHARACTER_SET
+        if int(tag) & 0xFFFF != 0 and int(tag) >> 16 != 0x0002 and int(tag) != SPECIFIC_CHARACTER_SET
     ]
     level_key = next((k for k in keys if k.tag == QUERY_RETRIEVE_LEVEL), None)
     if level_key is None or not level_key.value.strip():
@@ -232,12 +235,14 @@ class FindScp:
         blobs: BlobStore,
         loop: asyncio.AbstractEventLoop,
         *,
+        access: AccessControl,
         timeout: float = 120.0,
     ) -> None:
         self.settings = settings
         self.index = index
         self.blobs = blobs
         self.loop = loop
+        self.access = access
         self.timeout = timeout
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -251,16 +256,7 @@ class FindScp:
         """
         assoc = event.assoc
         remote_aet = str(assoc.requestor.ae_title).strip()
-        remote_ip = str(assoc.requestor.address)
-        try:
-            modalities = self._run(effective_modalities(self.settings, self.index))
-            allowed = is_allowed(self.settings, modalities, "Find", remote_aet, remote_ip)
-        except Exception:
-            log.exception("C-FIND access check failed aet=%s", remote_aet)
-            return iter([(DimseStatus.UNABLE_TO_PROCESS, None)])
-        if not allowed:
-            log.warning("C-FIND refused aet=%s ip=%s: not allowed", remote_aet, remote_ip)
-            assoc.abort()
+        if not self.access.allows(assoc, "Find"):
             return iter(())
         try:
             identifier = event.identifier
@@ -284,6 +280,7 @@ class FindScp:
             request.level, 0, settings.limit_find_results, settings.limit_find_instances
         )
         try:
+            options = self._run(scp_options.current(settings, self.index))
             outcome = self._run(
                 find_resources(
                     self.index, self.blobs, request.level, request.constraints,
@@ -313,7 +310,9 @@ class FindScp:
                 if event.is_cancelled:
                     yield DimseStatus.CANCEL, None
                     return
-                yield DimseStatus.PENDING, self._answer(request, values[public_id], sequences.get(public_id, {}))
+                yield DimseStatus.PENDING, self._answer(
+                    request, values[public_id], sequences.get(public_id, {}), options.default_encoding
+                )
         if not outcome.complete:
             yield DimseStatus.CANCEL, None
 
@@ -333,12 +332,17 @@ class FindScp:
         return values, sequences
 
     def _answer(
-        self, request: FindRequest, values: dict[int, str], sequences: dict[int, DataElement]
+        self,
+        request: FindRequest,
+        values: dict[int, str],
+        sequences: dict[int, DataElement],
+        default_encoding: str,
     ) -> Dataset:
         """Build one answer: every requested key (its value or empty), RetrieveAETitle,
-        QueryRetrieveLevel echoed, SpecificCharacterSet per DefaultEncoding."""
+        QueryRetrieveLevel echoed, SpecificCharacterSet per DefaultEncoding (the
+        configuration's, or the one of `PUT /tools/default-encoding`)."""
         answer = Dataset()
-        answer.add_new(SPECIFIC_CHARACTER_SET, "CS", character_set(self.settings.default_encoding))
+        answer.add_new(SPECIFIC_CHARACTER_SET, "CS", character_set(default_encoding))
         answer.add_new(RETRIEVE_AE_TITLE, "AE", self.settings.dicom_aet)
         for key in request.keys:
             if key.tag == RETRIEVE_AE_TITLE:

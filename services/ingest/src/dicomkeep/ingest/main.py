@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import AsyncExitStack
 
 from dicomkeep.common.index import Index
@@ -11,10 +12,15 @@ from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
+from dicomkeep.ingest.access import AccessControl
 from dicomkeep.ingest.find import FindScp
 from dicomkeep.ingest.move import RetrieveScp, add_retrieve_contexts
+from dicomkeep.ingest.negotiation import Negotiation
 from dicomkeep.ingest.scp import StoreScp
+from dicomkeep.ingest.tls import server_context
 from pynetdicom import evt
+
+log = logging.getLogger(__name__)
 
 
 class IngestService:
@@ -53,11 +59,18 @@ class IngestService:
         return self.adapters.bus
 
     async def start(self) -> None:
-        """Open what was not given and start listening (C-FIND reads the index)."""
+        """Open what was not given and start listening (C-FIND reads the index).
+
+        With DicomServerEnabled false the adapters are still opened (readiness
+        checks hold) but nothing listens."""
         async with AsyncExitStack() as stack:
             self.adapters = await open_adapters(
                 stack, self.settings, self.adapters, needs=self.NEEDS
             )
+            if not self.settings.dicom_server_enabled:
+                log.info("DICOM server disabled (DicomServerEnabled false): not listening")
+                self._stack = stack.pop_all()
+                return
             scp = self._make_scp(asyncio.get_running_loop())
             await asyncio.to_thread(scp.start, self.host, self.settings.dicom_port)
             self.scp = scp
@@ -70,28 +83,34 @@ class IngestService:
 
     def _make_scp(self, loop: asyncio.AbstractEventLoop) -> StoreScp:
         settings = self.settings
-        find_scp = FindScp(settings, self.index, self.blobs, loop)
-        retrieve_scp = RetrieveScp(settings, self.index, self.blobs, self.bus, loop)
+        access = AccessControl(settings, self.index, loop)
+        find_scp = FindScp(settings, self.index, self.blobs, loop, access=access)
+        retrieve_scp = RetrieveScp(settings, self.index, self.blobs, self.bus, loop, access=access)
         receiver = Receiver(
             self.blobs,
             bus_submitter(self.bus, settings.dicomkeep.store_timeout),
             compression=settings.storage_compression,
             overwrite=settings.overwrite_instances,
         )
+        negotiation = Negotiation(settings, access, loop, [])
         scp = StoreScp(
             receiver,
             loop,
             ae_title=settings.dicom_aet,
             timeout=float(settings.dicom_scp_timeout),
             store_timeout=settings.dicomkeep.store_timeout + 5,
-            require_called_aet=settings.dicom_check_called_aet,
+            access=access,
+            threads=settings.dicom_threads_count,
+            ssl_context=server_context(settings),
             extra_handlers=[
+                (evt.EVT_REQUESTED, negotiation.handle_requested),
                 (evt.EVT_C_FIND, find_scp.handle_find),
                 (evt.EVT_C_MOVE, retrieve_scp.handle_move),
                 (evt.EVT_C_GET, retrieve_scp.handle_get),
             ],
         )
         add_retrieve_contexts(scp.ae)
+        negotiation.supported = list(scp.ae.supported_contexts)
         return scp
 
 

@@ -41,7 +41,7 @@ from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.storage import StorageAccessor, read_instance_file
-from dicomkeep.ingest.access import effective_modalities, is_allowed
+from dicomkeep.ingest.access import AccessControl
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context
@@ -138,6 +138,7 @@ class RetrieveScp:
         bus: Bus,
         loop: asyncio.AbstractEventLoop,
         *,
+        access: AccessControl,
         timeout: float = 60.0,
     ) -> None:
         self.settings = settings
@@ -146,20 +147,14 @@ class RetrieveScp:
         self.storage = StorageAccessor(blobs)
         self.bus = bus
         self.loop = loop
+        self.access = access
         self.timeout = timeout
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(self.timeout)
 
     def _allowed(self, event: Any, command: str) -> bool:
-        requestor = event.assoc.requestor
-        aet, ip = str(requestor.ae_title).strip(), str(requestor.address)
-        modalities = self._run(effective_modalities(self.settings, self.index))
-        if is_allowed(self.settings, modalities, command, aet, ip):
-            return True
-        log.warning("C-%s refused aet=%s ip=%s: not allowed", command.upper(), aet, ip)
-        event.assoc.abort()
-        return False
+        return self.access.allows(event.assoc, command)
 
     async def _resolve(self, identifier: Dataset) -> Retrieval:
         level, keyword, values = identifier_targets(identifier)

@@ -1,5 +1,10 @@
 """The DICOM edge: a pynetdicom AE answering C-ECHO and C-STORE.
 
+Every DIMSE service checks its caller with the one `AccessControl` (access.py);
+associations are vetted and their contexts chosen by `Negotiation`
+(negotiation.py). The listener's backlog is LISTEN_BACKLOG; an association idle
+for DicomScpTimeout seconds is aborted.
+
 pynetdicom runs each association in its own thread; handlers reach the
 service's event loop with `run_coroutine_threadsafe(...).result(timeout)`, so
 the C-STORE response leaves only after the indexer committed (ARCHITECTURE.md
@@ -11,21 +16,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import socketserver
+import ssl
+import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.receiving import Origin, Receiver
+from dicomkeep.ingest.access import AccessControl
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
+from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
+#: Pending connections the kernel queues while every association thread is busy
+#: (Python's socketserver default is 5: a burst of senders got refused).
+LISTEN_BACKLOG = 128
 
 #: Orthanc answers a full storage with 0xA700 and an unparsable dataset with 0xC000.
 _STATUS_OF_ERROR = {
@@ -42,8 +56,71 @@ def set_nodelay(event: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def make_ae(ae_title: str, *, timeout: float, require_called_aet: bool) -> AE:
-    """Build an AE accepting every storage SOP class in every transfer syntax."""
+#: A-ASSOCIATE-RJ (rejected transient, service provider, temporary congestion).
+TEMPORARY_CONGESTION = (0x02, 0x03, 0x01)
+
+
+class AssociationSlots:
+    """DicomThreadsCount: how many associations are served at once.
+
+    Mirrors Orthanc's pool of DICOM worker threads: an association beyond the
+    count waits (its A-ASSOCIATE-RQ unanswered) until one ends; one that waits
+    longer than DicomScpTimeout is rejected as temporary congestion. A slot is
+    taken when the A-ASSOCIATE-RQ arrives and freed when the connection closes.
+    """
+
+    def __init__(self, count: int, wait: float) -> None:
+        self._slots = threading.BoundedSemaphore(count)
+        self._wait = wait
+        self._lock = threading.Lock()
+        # Associations holding a slot, and those whose connection closed first (the
+        # peer may give up while its association waits for a slot).
+        self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def take(self, event: Any) -> None:
+        """EVT_REQUESTED handler: wait for a slot, or reject the association."""
+        assoc = event.assoc
+        if not self._slots.acquire(timeout=self._wait):
+            log.warning("DICOM association rejected: every slot busy (DicomThreadsCount)")
+            assoc.acse.send_reject(*TEMPORARY_CONGESTION)
+            assoc.kill()
+            return
+        with self._lock:
+            gone = assoc in self._closed
+            if not gone:
+                self._holders.add(assoc)
+        if gone:  # the peer left while waiting: nothing to negotiate
+            self._slots.release()
+            assoc.is_aborted = True  # pynetdicom then skips the negotiation
+            assoc.kill()
+
+    def free(self, event: Any) -> None:
+        """EVT_CONN_CLOSE handler: give the association's slot back (if it had one)."""
+        with self._lock:
+            held = event.assoc in self._holders
+            if held:
+                self._holders.discard(event.assoc)
+            else:
+                self._closed.add(event.assoc)
+        if held:
+            self._slots.release()
+
+
+class _Listener(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a sensible listen backlog."""
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket (started by us, not by `AE.start_server`)."""
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
+def make_ae(ae_title: str, *, timeout: float) -> AE:
+    """Build an AE accepting every storage SOP class in every transfer syntax
+    (narrowed per association by `Negotiation`)."""
     ae = AE(ae_title=ae_title)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
@@ -51,7 +128,6 @@ def make_ae(ae_title: str, *, timeout: float, require_called_aet: bool) -> AE:
     # C-FIND (ingest/find.py): identifiers in the uncompressed transfer syntaxes.
     ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-    ae.require_called_aet = require_called_aet
     ae.maximum_associations = 64
     ae.maximum_pdu_size = 0  # no limit on what we accept
     ae.dimse_timeout = timeout
@@ -71,26 +147,43 @@ class StoreScp:
         ae_title: str,
         timeout: float = 30.0,
         store_timeout: float = 60.0,
-        require_called_aet: bool = False,
+        access: AccessControl,
+        threads: int = 4,
+        ssl_context: ssl.SSLContext | None = None,
         extra_handlers: list[tuple[Any, Callable[..., Any]]] | None = None,
     ) -> None:
         self.receiver = receiver
         self.loop = loop
         self.store_timeout = store_timeout
-        self.ae = make_ae(ae_title, timeout=timeout, require_called_aet=require_called_aet)
+        self.access = access
+        self.slots = AssociationSlots(threads, timeout)
+        self.ssl_context = ssl_context
+        self.ae = make_ae(ae_title, timeout=timeout)
         self._extra = extra_handlers or []
         self._server: Any = None
 
     def start(self, host: str, port: int) -> None:
         """Listen on (host, port) in background threads."""
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_nodelay),
-            (evt.EVT_C_ECHO, lambda event: DimseStatus.SUCCESS),
+            # First of the EVT_REQUESTED handlers: the others run once a slot is held.
+            (evt.EVT_REQUESTED, self.slots.take),
+            (evt.EVT_CONN_CLOSE, self.slots.free),
+            (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
             *self._extra,
         ]
-        self._server = self.ae.start_server((host, port), block=False, evt_handlers=handlers)
-        log.info("DICOM server listening aet=%s port=%d", self.ae.ae_title, port)
+        server = self.ae.make_server(
+            (host, port), evt_handlers=handlers, server_class=_Listener,
+            ssl_context=self.ssl_context,
+        )
+        thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
+        thread.start()
+        self._server = server
+        log.info(
+            "DICOM server listening aet=%s port=%d tls=%s",
+            self.ae.ae_title, port, self.ssl_context is not None,
+        )
 
     def stop(self) -> None:
         """Stop listening and close the associations."""
@@ -98,14 +191,23 @@ class StoreScp:
             self._server.shutdown()
             self._server = None
 
+    def handle_echo(self, event: Any) -> int:
+        """Answer a C-ECHO when the caller may echo (else the association is aborted)."""
+        if not self.access.allows(event.assoc, "Echo"):
+            return DimseStatus.PROCESSING_FAILURE
+        return DimseStatus.SUCCESS
+
     def handle_store(self, event: Any) -> int:
         """Store one instance; answer only after the indexer committed it."""
         assoc = event.assoc
+        if not self.access.allows(assoc, "Store"):
+            return DimseStatus.PROCESSING_FAILURE
         origin = Origin(
             protocol="DicomProtocol",
             remote_ip=str(assoc.requestor.address),
             remote_aet=str(assoc.requestor.ae_title).strip(),
-            called_aet=str(assoc.acceptor.ae_title).strip(),
+            # The called AE title of this association, whatever our own AET (Orthanc's CalledAET).
+            called_aet=str(assoc.requestor.primitive.called_ae_title).strip(),
         )
         try:
             data = event.encoded_dataset(include_meta=True)

@@ -297,9 +297,11 @@ def _private_vr(tag: int, creator: str) -> str:
 def read_dicom(data: bytes) -> DicomFile:
     """Validate the structure of a Part-10 file and index its elements (values not decoded).
 
-    Accepts the 128-byte preamble + `DICM`, or a file starting directly with the
-    (0002,xxxx) meta group; a bare dataset without file meta is refused, as are
-    truncated or malformed files. Raises `OrthancError(BAD_FILE_FORMAT)` with
+    Accepts the 128-byte preamble + `DICM`, a file starting directly with the
+    (0002,xxxx) meta group, or (as Orthanc, through DCMTK) a bare data set without
+    file meta, whose transfer syntax is then guessed (implicit or explicit VR, little
+    or big endian) and whose first element must be of an even group from 0004 on.
+    Truncated or malformed files are refused. Raises `OrthancError(BAD_FILE_FORMAT)` with
     Orthanc's details (`Received an empty DICOM file`, `Cannot parse an invalid
     DICOM file (size: N bytes)`).
     """
@@ -319,6 +321,13 @@ def _read(data: bytes) -> DicomFile:
         pos = 132
     elif data[:2] == b"\x02\x00":
         pos = 0
+    elif _is_bare_dataset(data):
+        syntax = _guess_syntax(data, 0)
+        little = syntax != EXPLICIT_BIG_ENDIAN
+        reader = _Reader(data, little=little, implicit=syntax == IMPLICIT_LITTLE_ENDIAN)
+        dataset = reader.dataset(0, len(data))[0]
+        offset = next((e.offset for e in dataset if e.tag == PIXEL_DATA), None)
+        return DicomFile(data, [], dataset, data, little, syntax, offset)
     else:
         raise _Malformed("not a DICOM Part-10 file")
     meta, pos = _Reader(data, little=True, implicit=False).dataset(pos, len(data), meta=True)
@@ -341,6 +350,16 @@ def _read(data: bytes) -> DicomFile:
     dataset = reader.dataset(pos, len(data))[0]
     offset = next((e.offset for e in dataset if e.tag == PIXEL_DATA), None)
     return DicomFile(data, meta, dataset, data, little, syntax, offset)
+
+
+def _is_bare_dataset(data: bytes) -> bool:
+    """Tell whether the data may be a data set without file meta: its first tag's group
+    (read in either byte order) is even and from 0004 on, as a data set's first
+    element is (usually 0008); anything else is not DICOM."""
+    if len(data) < 8:
+        return False
+    little, big = int.from_bytes(data[:2], "little"), int.from_bytes(data[:2], "big")
+    return any(group >= 0x0004 and group % 2 == 0 for group in (little, big))
 
 
 def _guess_syntax(data: bytes, pos: int) -> str:

@@ -66,13 +66,19 @@ async def delete_subtree(
 ) -> list[tuple[Level, str]]:
     """Delete a resource and its descendants; queue their blobs and Deleted changes.
 
-    Returns the deleted (level, public_id), top first. Mirrors Orthanc: files
-    are removed after the commit (by the storage service).
+    Returns the deleted (level, public_id), top first. Their rows in the changes
+    log go too, as Orthanc's Changes table cascades on delete (the Deleted events
+    still reach the bus). Mirrors Orthanc: files are removed after the commit (by
+    the storage service).
     """
     rows = await tx.fetch(
         f"{DESCENDANTS} SELECT r.level, r.public_id, r.internal_id FROM resources r "
         "JOIN d ON d.internal_id = r.internal_id ORDER BY r.level",
         internal_id,
+    )
+    await tx.executemany(
+        "DELETE FROM changes WHERE public_id = $1 AND resource_type = $2",
+        [(r[1], LEVELS[int(r[0])].value) for r in rows],
     )
     await tx.execute(
         f"{DESCENDANTS} INSERT INTO pending_blobs(uuid, since) "
@@ -97,7 +103,8 @@ async def prune_ancestors(
 ) -> RemainingAncestor | None:
     """Delete ancestors left without children; return the nearest survivor.
 
-    Since Orthanc 1.12.1 the survivor's LastUpdate becomes now.
+    Since Orthanc 1.12.1 the LastUpdate of the survivor and of its ancestors
+    becomes now, as a store sets it on every parent.
     """
     current = parent_internal
     current_level = level.parent
@@ -111,12 +118,22 @@ async def prune_ancestors(
         if row is None:
             return None
         if int(row[2]) > 0:
-            await set_core_metadata(tx, int(current), LAST_UPDATE, now_stamp())
+            await touch_ancestors(tx, int(current))
             return RemainingAncestor(level=current_level, public_id=row[0])
         deleted.extend(await delete_subtree(tx, int(current), pending))
         current = row[1]
         current_level = current_level.parent
     return None
+
+
+async def touch_ancestors(tx: Tx, internal_id: int) -> None:
+    """Set LastUpdate to now on a surviving resource and each of its ancestors."""
+    now = now_stamp()
+    current: int | None = internal_id
+    while current is not None:
+        await set_core_metadata(tx, current, LAST_UPDATE, now)
+        parent = await tx.fetchval("SELECT parent_id FROM resources WHERE internal_id = $1", current)
+        current = None if parent is None else int(parent)
 
 
 async def set_core_metadata(tx: Tx, internal_id: int, key: int, value: str) -> None:

@@ -118,13 +118,15 @@ class Resources(Transactions):
         return await self._run(body, readonly=True)
 
     async def lookup(self, identifier: str) -> list[tuple[Level, str]]:
-        """Find resources whose PatientID or Study/Series/SOP Instance UID equals this."""
+        """Find resources whose PatientID or Study/Series/SOP Instance UID equals this,
+        ignoring case and surrounding spaces (Orthanc compares normalized identifiers)."""
 
         async def body(tx: Tx) -> list[tuple[Level, str]]:
             rows = await tx.fetch(
-                "SELECT level, public_id FROM resources WHERE dicom_uid = $1 "
+                "SELECT level, public_id FROM resources WHERE UPPER(dicom_uid) = $1 "
                 "ORDER BY level, internal_id",
-                identifier,
+                # ASCII only, as SQLite's UPPER (and DICOM identifiers)
+                identifier.strip().translate(_ASCII_UPPER),
             )
             return [(LEVELS[int(r[0])], r[1]) for r in rows]
 
@@ -232,3 +234,6 @@ class Resources(Transactions):
             )
 
         return await self._run(body, readonly=True)
+
+
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from dicomkeep.common.settings.base import MODEL_CONFIG as _MODEL_CONFIG
 from dicomkeep.common.settings.base import Count, Port, Positive
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class DicomOptions(BaseModel):
@@ -68,3 +68,44 @@ class DicomOptions(BaseModel):
     """Character set assumed without SpecificCharacterSet. Default "Latin1"."""
     dicom_scu_preferred_transfer_syntax: str = "1.2.840.10008.1.2.1"
     """Transcoding target of our SCU. Default "1.2.840.10008.1.2.1"."""
+
+    # -- DICOM TLS on the SCP (Orthanc 1.9+; ingest/tls.py) --
+    dicom_tls_enabled: bool = False
+    """DICOM TLS on the SCP (Orthanc 1.9+). Default false."""
+    dicom_tls_certificate: str = ""
+    """PEM certificate of the SCP (required with DicomTlsEnabled). Default ""."""
+    dicom_tls_private_key: str = ""
+    """PEM private key of that certificate (required with DicomTlsEnabled). Default ""."""
+    dicom_tls_trusted_certificates: str = ""
+    """PEM bundle of the certificates trusted for callers (required with
+    DicomTlsEnabled). Default ""."""
+    dicom_tls_remote_certificate_required: bool = True
+    """Callers must present a trusted certificate. Default true."""
+    dicom_tls_minimum_protocol_version: Annotated[int, Field(ge=0, le=5)] = 0
+    """Minimum TLS version: 0 = TLS 1.2 (the default), 2 = TLS 1.0, 3 = TLS 1.1,
+    4 = TLS 1.2, 5 = TLS 1.3; 1 (SSLv3) is refused. Default 0."""
+    dicom_tls_ciphers_accepted: list[str] = []
+    """Cipher suites; only [] (the TLS library's secure defaults) is accepted. Default []."""
+
+    @field_validator("default_encoding")
+    @classmethod
+    def _default_encoding(cls, value: str) -> str:
+        from dicomkeep.common.scp_options import parse_encoding  # it imports the settings
+
+        try:
+            return parse_encoding(value)
+        except Exception:
+            raise ValueError(f"unknown encoding {value!r} (Orthanc's names: Latin1, Utf8, ...)") from None
+
+    @model_validator(mode="after")
+    def _dicom_tls(self) -> DicomOptions:
+        if self.dicom_tls_ciphers_accepted:
+            raise ValueError('"DicomTlsCiphersAccepted" is not supported: leave it empty')
+        if self.dicom_tls_minimum_protocol_version == 1:
+            raise ValueError('"DicomTlsMinimumProtocolVersion" 1 (SSLv3) is not supported')
+        if self.dicom_tls_enabled:
+            for name in ("certificate", "private_key", "trusted_certificates"):
+                if not getattr(self, f"dicom_tls_{name}"):
+                    option = "DicomTls" + "".join(p.capitalize() for p in name.split("_"))
+                    raise ValueError(f'"DicomTlsEnabled" is true but "{option}" is not set')
+        return self

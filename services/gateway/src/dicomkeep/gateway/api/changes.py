@@ -1,4 +1,5 @@
-"""The changes log: `GET /changes`, `DELETE /changes` (ORTHANC_API.md §6)."""
+"""The changes log: `GET /changes`, `DELETE /changes` (ORTHANC_API.md §6), and the
+exports log `GET /exports`, `DELETE /exports`."""
 
 from __future__ import annotations
 
@@ -60,4 +61,21 @@ async def get_changes(request: Request, index: IndexDep) -> Response:
 async def delete_changes(index: IndexDep) -> Response:
     """Empty the changes log (Seq is not reset); 200 with an empty body."""
     await index.clear_changes()
+    return empty()
+
+
+@router.get("/exports")
+async def get_exports() -> Response:
+    """Answer the exports log: always empty, `{"Done": true, "Exports": [], "Last": 0}`.
+
+    Orthanc answers this whenever `LogExportedResources` is false (its default);
+    DicomKeep refuses `LogExportedResources: true` at start (`option_support`), so
+    this is the whole truth. `since`, `limit` and `last` change nothing.
+    """
+    return OrthancJSONResponse({"Done": True, "Exports": [], "Last": 0})
+
+
+@router.delete("/exports")
+async def delete_exports() -> Response:
+    """Clear the (empty) exports log: 200, empty text/plain, as Orthanc."""
     return empty()

@@ -173,3 +173,22 @@ async def tools_find(
                 values.get(item["ID"], {}), body.requested_tags, body.fmt
             )
     return OrthancJSONResponse(expanded)
+
+
+@router.post("/tools/count-resources")
+async def count_resources(
+    request: Request, index: IndexDep, blobs: BlobsDep, settings: SettingsDep
+) -> Response:
+    """Answer `{"Count": n}`: how many resources `/tools/find` would match (1.12.5).
+
+    The body is a `/tools/find` body, validated the same way (same 400 answers).
+    `Since` and `Limit` of the body apply; `LimitFindResults` and
+    `LimitFindInstances` do not, since nothing is listed.
+    """
+    body = parse_find_body(await request.body())
+    outcome = await find_resources(
+        index, blobs, body.level, body.constraints, since=body.since, limit=body.limit,
+        storage_access=settings.storage_access_on_find,
+        labels=body.labels, labels_constraint=body.labels_constraint,
+    )
+    return OrthancJSONResponse({"Count": len(outcome.ids)})

@@ -9,6 +9,7 @@ import logging
 import posixpath
 import zipfile
 import zlib
+from pathlib import Path
 from typing import Any
 
 from dicomkeep.common.dicom.orthanc_json import content_value, header_json, tags_json
@@ -18,8 +19,8 @@ from dicomkeep.common.index import Index
 from dicomkeep.common.receiving import Origin, Received, Receiver
 from dicomkeep.common.storage import StorageAccessor, read_instance_file
 from dicomkeep.gateway.args import bool_arg, tag_format
-from dicomkeep.gateway.deps import IndexDep, ReceiverDep, StorageDep, UsernameDep
-from dicomkeep.gateway.responses import OrthancJSONResponse
+from dicomkeep.gateway.deps import IndexDep, ReceiverDep, SettingsDep, StorageDep, UsernameDep
+from dicomkeep.gateway.responses import OrthancJSONResponse, empty
 from dicomkeep.gateway.tag_source import dicom_for_tags
 from dicomkeep.gateway.views import integer_or_none
 from fastapi import APIRouter, Request
@@ -229,3 +230,28 @@ async def get_frames(public_id: str, index: IndexDep) -> Response:
         raise unknown_resource()
     count = integer_or_none(resource.main_tags.get("NumberOfFrames"))
     return OrthancJSONResponse(list(range(count if count and count > 0 else 1)))
+
+
+@router.post("/instances/{public_id}/export")
+async def export_file(
+    public_id: str, request: Request, index: IndexDep, storage: StorageDep, settings: SettingsDep
+) -> Response:
+    """Write the instance's DICOM file to the server's file system at the path of the body.
+
+    Mirrors Orthanc: 403 with an empty body unless `RestApiWriteToFileSystemEnabled`;
+    then `{}` once written. Unknown instance -> 404; a path that cannot be written
+    -> 500 *Cannot write to file*.
+    """
+    if not settings.rest_api_write_to_file_system_enabled:
+        log.error(
+            "The URI /instances/../export is disallowed for security reasons, this feature "
+            "can be enabled by setting RestApiWriteToFileSystemEnabled"
+        )
+        return empty(403)
+    target = (await request.body()).decode("utf-8", errors="replace").strip()
+    data = await _dicom_bytes(index, storage, public_id)
+    try:
+        await asyncio.to_thread(Path(target).write_bytes, data)
+    except OSError as error:
+        raise OrthancError(ErrorCode.CANNOT_WRITE_FILE, f"{target}: {error.strerror}") from error
+    return OrthancJSONResponse({})

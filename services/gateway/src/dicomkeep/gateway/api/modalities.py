@@ -32,6 +32,7 @@ from dicomkeep.gateway.api.queries import run_query
 from dicomkeep.gateway.args import bool_arg
 from dicomkeep.gateway.deps import ContextDep, IndexDep, SettingsDep
 from dicomkeep.gateway.modality_bodies import (
+    bad_body,
     field,
     json_body,
     json_object,
@@ -115,8 +116,17 @@ async def echo(name: str, request: Request, settings: SettingsDep, index: IndexD
 
 @router.post("/tools/dicom-echo")
 async def dicom_echo(request: Request, settings: SettingsDep) -> Response:
-    """C-ECHO an unregistered modality given in object form -> `{}`; failure -> 500."""
-    body = json_object(await request.body())
+    """C-ECHO an unregistered modality -> `{}`; failure -> 500.
+
+    The body is a modality as `DicomModalities` takes it: the object form (with
+    `Timeout` and `CheckFind` too) or the array form `["AET", "host", port]`
+    (with an optional 4th element, the manufacturer), as Orthanc accepts both.
+    """
+    body = json_body(await request.body(), allow_empty=False)
+    if isinstance(body, list):
+        return await _echo(settings, parse_modality(body), {})
+    if not isinstance(body, dict):
+        raise bad_body("Must provide a JSON object or array")
     modality = parse_modality({k: v for k, v in body.items() if k not in ("CheckFind",)})
     return await _echo(settings, modality, body)
 

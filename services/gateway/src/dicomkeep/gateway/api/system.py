@@ -1,8 +1,10 @@
-"""System routes: `/system`, `/statistics`, `/tools/lookup|now|now-local|generate-uid`."""
+"""System routes: `/system`, `/statistics`, `/tools/lookup|now|now-local|generate-uid`,
+`/tools/execute-script`."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 from importlib import metadata
 from typing import Any
@@ -13,7 +15,7 @@ from dicomkeep.common.ids import Level
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.timestamps import now_local_stamp, now_stamp
 from dicomkeep.gateway.deps import IndexDep, SettingsDep
-from dicomkeep.gateway.responses import OrthancJSONResponse, plain
+from dicomkeep.gateway.responses import OrthancJSONResponse, empty, plain
 from dicomkeep.gateway.security import is_http_server_secure
 from dicomkeep.gateway.views import format_tag, reference
 from fastapi import APIRouter, Request
@@ -21,6 +23,7 @@ from pydicom.uid import generate_uid
 from starlette.responses import Response
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 #: The Orthanc release whose REST behaviour DicomKeep follows.
 ORTHANC_VERSION = "1.12.4"
@@ -136,3 +139,14 @@ async def tools_generate_uid(request: Request) -> Response:
     if request.query_params.get("level") not in _GENERATED_LEVELS:
         raise NoAnswer()
     return plain(generate_uid())
+
+
+@router.post("/tools/execute-script")
+async def execute_script() -> Response:
+    """Answer 403 with an empty body: DicomKeep runs no Lua.
+
+    This is exactly Orthanc's answer with `ExecuteLuaEnabled` false (its default);
+    `ExecuteLuaEnabled: true` is refused at start.
+    """
+    log.error("The URI /tools/execute-script is disallowed: DicomKeep does not run Lua scripts")
+    return empty(403)
