@@ -104,6 +104,11 @@ def run_pair(pair: tuple[str, str], data: dict[str, Any], args: argparse.Namespa
             stack.callback(worker.close)
             worker.call(op="wait", url=target.endpoint["url"], timeout=targets.START_TIMEOUT)
             workers[target.name] = worker
+        def fail(runs_of_target: dict[str, Any], text: str) -> None:
+            runs_of_target["errors"].append(text)
+            record["errors"].append(text)
+            progress(f"FAILED {text}")
+
         stored = 0
         for scale in sorted(args.scale):
             progress(f"preloading {scale - stored} instances into both")
@@ -113,6 +118,7 @@ def run_pair(pair: tuple[str, str], data: dict[str, Any], args: argparse.Namespa
                                           params={"batch": chunk})
             stored = scale
             params = {**data, "instance_ids": [], "requests": args.requests}
+
             record["scales"][str(scale)] = runs = {}
             for name in args.scenarios:
                 scenario = BY_NAME[name]
@@ -125,20 +131,21 @@ def run_pair(pair: tuple[str, str], data: dict[str, Any], args: argparse.Namespa
                         worker = workers[target.name]
                         ids = worker.call(op="ids", url=target.endpoint["url"], count=200)
                         before = target.processes.sample()
+                        value = None
                         try:
                             value = worker.call(scenario=name, target=target.endpoint,
                                                 params={**params, "instance_ids": ids})
                         except RuntimeError as error:
-                            runs[name][target.name]["errors"].append(str(error))
-                            record["errors"].append(f"{target.name} {name}: {error}")
-                            progress(f"{scale} {name} {repeat + 1}/{args.repeat} {target.name}: "
-                                     f"FAILED {error}")
-                            continue
-                        finally:
-                            if scenario.ingest:
-                                spent = cpu_delta(before, target.processes.sample())
+                            fail(runs[name][target.name], f"{target.name} {name}: {error}")
+                        if scenario.ingest:
+                            spent = cpu_delta(before, target.processes.sample())
+                            try:
                                 worker.call(op="delete_study", url=target.endpoint["url"],
                                             study_uid=data["batch_study"])
+                            except RuntimeError as error:
+                                fail(runs[name][target.name], f"{target.name} delete: {error}")
+                        if value is None:
+                            continue
                         runs[name][target.name]["values"].append(value)
                         if scenario.ingest:
                             runs[name][target.name]["cpu"].append(spent)

@@ -104,7 +104,14 @@ def test_quick_dry_run_generates_the_data_and_plans(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # a dry run writes no results
 
 
-def test_unknown_mode_is_refused() -> None:
-    done = subprocess.run([sys.executable, "-m", "bench", "--modes", "nope", "--dry-run"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "unknown mode(s) ['nope']" in done.stderr
+def test_unknown_mode_and_scenario_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.cli import parse
+
+    for argv, message in ((["--modes", "nope"], "unknown mode(s) ['nope']"),
+                          (["--scenarios", "cstore-dcmtk-1,x"], "unknown scenario(s) ['x']")):
+        with pytest.raises(SystemExit) as exit_info:
+            parse(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    args = parse(["--quick"])
+    assert (args.scale, args.repeat, args.pairs) == ([200], 1, [("allinone", "sqlite")])
+    assert len(parse([]).pairs) == 3
