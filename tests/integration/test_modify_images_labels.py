@@ -199,6 +199,8 @@ def test_modification_changes_and_metadata(clean: Server) -> None:
         [copy] = series["Instances"]
         assert client.get(f"/instances/{copy}/metadata/ModifiedFrom").text == instance_id
         assert client.get(f"/instances/{instance_id}").status_code == 404
+        # As Orthanc: the study, whose ID the copy shares, records no ModifiedFrom.
+        assert "ModifiedFrom" not in client.get(f"/studies/{study_id}").json()
         changes = client.get(f"/changes?since={last}").json()["Changes"]
         kinds = {(c["ChangeType"], c["ID"]) for c in changes}
         assert ("NewInstance", copy) in kinds and ("NewSeries", answer["ID"]) in kinds

@@ -65,6 +65,9 @@ async def test_study_modify_stores_a_copy_with_modified_from(gateway: Gateway) -
     assert instance["ModifiedFrom"] == stored["ID"]
     series = (await gateway.client.get(f"/series/{instance['ParentSeries']}")).json()
     assert series["ModifiedFrom"] == stored["ParentSeries"]
+    # As Orthanc's ResourceModificationJob: only levels whose ID changed get it.
+    patient = (await gateway.client.get(f"/patients/{stored['ParentPatient']}")).json()
+    assert "ModifiedFrom" not in patient
 
 
 async def test_anonymize_study_names_the_patient_anonymized(gateway: Gateway) -> None:

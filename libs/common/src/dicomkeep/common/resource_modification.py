@@ -3,8 +3,9 @@
 Mirrors Orthanc's ResourceModificationJob: each instance is read, modified with
 one shared `Modification` (so the new UIDs agree across instances), optionally
 transcoded, and stored through the ordinary store flow (the `Receiver`, as
-`POST /instances`) with `ModifiedFrom` or `AnonymizedFrom` metadata at each level
-pointing at the original. Orthanc 1.12 logs no Modified*/Anonymized* change
+`POST /instances`) with `ModifiedFrom` or `AnonymizedFrom` metadata
+pointing at the original (the instance always, a parent when its ID changed).
+Orthanc 1.12 logs no Modified*/Anonymized* change
 (`ResourceModificationJob::HandleInstance` stores each copy with
 `ServerContext::Store`, which logs only New* changes; the `LogChange` calls were
 removed with Orthanc 1.4's jobs): the copies produce the usual New* changes, and
@@ -19,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicomkeep.common.dicom.instance import parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
@@ -124,6 +126,14 @@ def modify_bytes(data: bytes, modification: Modification, target: UID | None) ->
     return dataset_bytes(ds)
 
 
+def _modified_copy(
+    data: bytes, modification: Modification, target: UID | None
+) -> tuple[bytes, tuple[str, str, str, str]]:
+    """Return the modified file and its (patient, study, series, instance) IDs."""
+    modified = modify_bytes(data, modification, target)
+    return modified, parse_instance(modified).ids
+
+
 async def anonymized_patient_name(index: Index) -> str:
     """Return the next "Anonymized<N>" (Orthanc's name for an anonymized patient).
 
@@ -165,8 +175,16 @@ async def modify_resources(
     for position, instance_id in enumerate(instances):
         try:
             data, originals = await read_instance(index, blobs, instance_id)
-            modified = await asyncio.to_thread(modify_bytes, data, modification, options.transcode)
-            metadata = {level: {key: original} for level, original in zip(Level, originals, strict=True) if original}
+            modified, ids = await asyncio.to_thread(
+                _modified_copy, data, modification, options.transcode
+            )
+            # As Orthanc's ResourceModificationJob::HandleInstance: the instance always
+            # records its original; a parent only when the copy's ID differs.
+            metadata = {
+                level: {key: original}
+                for level, original, new in zip(Level, originals, ids, strict=True)
+                if original and (level is Level.INSTANCE or new != original)
+            }
             received = await receiver.receive(modified, origin, metadata=metadata)
         except OrthancError:
             if not options.permissive:
