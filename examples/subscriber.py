@@ -14,10 +14,14 @@ What it does (docs/events.md):
    list Deleted and job events: those come only from the queue;
 3. consumes the queue: handles each event, saves the state, then acks. A crash
    between handling and ack means the event comes again: events are
-   deduplicated by their `Seq` (the recent Seqs handled are in the state file).
+   deduplicated by their AMQP `message_id` (stable per change; the recent ones
+   are in the state file), and by `Seq` against what the catch-up handled.
 
 Each change is written to stdout as one JSON line:
-`{"change": <the GET /changes entry>, "routing_key": ..., "headers": {...}, "source": "queue" | "changes"}`.
+`{"change": <the GET /changes entry>, "routing_key": ..., "headers": {...},
+"envelope": {"message_id": ..., "timestamp": ..., "type": ..., "app_id": ...,
+"content_type": ...}, "source": "queue" | "changes"}` (an empty envelope for
+what came from `/changes`).
 `--max-messages N` and `--timeout S` stop it (exit 0); otherwise Ctrl-C.
 Needs aio-pika (`pip install aio-pika`); the REST calls use the standard library.
 """
@@ -47,27 +51,33 @@ PAGE = 100
 
 
 class State:
-    """The last Seq handled and the recent Seqs handled, kept in a JSON file."""
+    """The last Seq handled and the recent keys handled, kept in a JSON file.
+
+    A key is a message's `message_id` (the broker's deduplication key), or
+    `seq:<Seq>` for every change handled (so that a change seen through the
+    catch-up is not handled again when it also arrives from the queue).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.last = 0
-        self.seen: list[int] = []
+        self.seen: list[str] = []
         if path.exists():
             raw = json.loads(path.read_text(encoding="utf-8"))
             self.last = int(raw.get("last", 0))
-            self.seen = [int(seq) for seq in raw.get("seen", [])]
+            self.seen = [str(key) for key in raw.get("seen", [])]
         self._seen_set = set(self.seen)
 
-    def is_duplicate(self, seq: int) -> bool:
-        """True when this Seq was handled already (a redelivery or a catch-up overlap)."""
-        return seq in self._seen_set
+    def is_duplicate(self, keys: Sequence[str]) -> bool:
+        """True when any key was handled already (a redelivery or a catch-up overlap)."""
+        return any(key in self._seen_set for key in keys)
 
-    def handled(self, seq: int) -> None:
-        """Record a handled Seq and save the file (atomically: write, then rename)."""
+    def handled(self, seq: int, keys: Sequence[str]) -> None:
+        """Record a handled change and save the file (atomically: write, then rename)."""
         self.last = max(self.last, seq)
-        self.seen.append(seq)
-        self._seen_set.add(seq)
+        for key in keys:
+            self.seen.append(key)
+            self._seen_set.add(key)
         if len(self.seen) > SEEN_WINDOW:
             dropped = self.seen[: len(self.seen) - SEEN_WINDOW]
             self.seen = self.seen[len(dropped) :]
@@ -104,16 +114,25 @@ class Subscriber:
         self.count = 0
         self.done = asyncio.Event()
 
-    def emit(self, change: dict[str, Any], headers: dict[str, str], source: str) -> None:
-        """Handle one change (here: print it), once per Seq."""
+    def emit(
+        self, change: dict[str, Any], headers: dict[str, str], envelope: dict[str, Any],
+        source: str,
+    ) -> None:
+        """Handle one change (here: print it), once per message_id and Seq."""
         seq = int(change["Seq"])
-        if self.state.is_duplicate(seq):
+        keys = [f"seq:{seq}"]
+        if envelope.get("message_id"):
+            keys.append(str(envelope["message_id"]))
+        if self.state.is_duplicate(keys):
+            sys.stderr.write(f"duplicate ignored seq={seq} "
+                             f"message_id={envelope.get('message_id', '')}\n")
+            sys.stderr.flush()
             return
         routing_key = f"{change['ResourceType']}.{change['ChangeType']}"
         line = {"change": change, "routing_key": routing_key, "headers": headers,
-                "source": source}
+                "envelope": envelope, "source": source}
         print(json.dumps(line, sort_keys=True), flush=True)
-        self.state.handled(seq)
+        self.state.handled(seq, keys)
         self.count += 1
         if self.args.max_messages and self.count >= self.args.max_messages:
             self.done.set()
@@ -142,7 +161,7 @@ class Subscriber:
         for change in changes:
             key = f"{change['ResourceType']}.{change['ChangeType']}"
             if any(topic_matches(pattern, key) for pattern in self.bindings):
-                self.emit(change, {}, "changes")
+                self.emit(change, {}, {}, "changes")
             if self.done.is_set():
                 return
 
@@ -153,7 +172,14 @@ class Subscriber:
         change = json.loads(message.body)
         headers = {k: v.decode() if isinstance(v, bytes) else str(v)
                    for k, v in message.headers.items()}
-        self.emit(change, headers, "queue")
+        envelope = {
+            "message_id": message.message_id,
+            "timestamp": message.timestamp.isoformat() if message.timestamp else None,
+            "type": message.type,
+            "app_id": message.app_id,
+            "content_type": message.content_type,
+        }
+        self.emit(change, headers, envelope, "queue")
         await message.ack()  # only after the change was handled and the state saved
 
     async def run(self) -> None:

@@ -59,6 +59,7 @@ class Event:
     routing_key: str
     body: dict[str, Any]
     headers: dict[str, str]
+    properties: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seq(self) -> int:
@@ -92,7 +93,14 @@ class Recorder:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         headers = {k: v.decode() if isinstance(v, bytes) else str(v)
                    for k, v in message.headers.items()}
-        self.events.append(Event(message.routing_key or "", json.loads(message.body), headers))
+        properties = {
+            "message_id": message.message_id, "timestamp": message.timestamp,
+            "type": message.type, "app_id": message.app_id,
+            "content_type": message.content_type,
+        }
+        self.events.append(
+            Event(message.routing_key or "", json.loads(message.body), headers, properties)
+        )
         await message.ack()
 
     def of(self, change_type: str) -> list[Event]:
@@ -137,6 +145,7 @@ def assert_once_per_seq_in_order(events: list[Event]) -> None:
         if event.seq in first:
             assert event.body == first[event.seq].body
             assert event.routing_key == first[event.seq].routing_key
+            assert event.properties == first[event.seq].properties
         else:
             first[event.seq] = event
             order.append(event.seq)
@@ -186,23 +195,39 @@ async def test_store_publishes_changes_equal_to_the_changes_log(cluster: Server)
         for event in events:
             assert event.body == logged[event.seq]
             assert event.routing_key == f"{event.body['ResourceType']}.{event.body['ChangeType']}"
-            assert event.headers["Seq"] == str(event.seq)
-            assert event.headers["x-dicomkeep-type"] == "Change"
-            assert event.headers["x-dicomkeep-schema"] == "1"
+            assert_envelope(event)
 
-        # Filtering headers: the DICOM UIDs down to the resource's level, and Modality.
-        by_sop = {item.sop_uid: item for item in study}
-        for event in recorder.of("NewInstance"):
-            if event.seq <= before:
-                continue
-            item = by_sop[event.headers["SOPInstanceUID"]]
-            assert [event.headers[h] for h in UID_HEADERS] == [
-                item.patient_id, item.study_uid, item.series_uid, item.sop_uid
-            ]
-            assert event.headers["Modality"] == "MR"
+        # No patient data in the headers: the change type, level, resource id, and
+        # the parents' Orthanc IDs for the events of a store.
+        patient_values = {
+            value for item in study
+            for value in (item.patient_id, item.study_uid, item.series_uid, item.sop_uid)
+        }
+        for event in events:
+            assert not set(event.headers.values()) & patient_values
+            assert not set(event.headers) & set(UID_HEADERS)
         (new_study,) = [e for e in events if e.body["ChangeType"] == "NewStudy"]
-        assert new_study.headers["StudyInstanceUID"] == sample.study_uid
-        assert "SeriesInstanceUID" not in new_study.headers
+        assert new_study.headers["ParentPatient"] == patient_id
+        assert "ParentStudy" not in new_study.headers
+        new_instance = next(e for e in events if e.body["ChangeType"] == "NewInstance")
+        assert new_instance.headers["ParentStudy"] == study_id
+
+
+def assert_envelope(event: Event) -> None:
+    """The AMQP properties of docs/events.md, and the headers that identify the change."""
+    body, properties = event.body, event.properties
+    assert properties["app_id"] == "dicomkeep"
+    assert properties["content_type"] == "application/json"
+    assert properties["type"] == body["ChangeType"]
+    assert properties["message_id"].endswith(f":{body['Seq']}")
+    stamp = properties["timestamp"]
+    assert stamp.strftime("%Y%m%dT%H%M%S") == body["Date"]
+    assert event.headers["Seq"] == str(body["Seq"])
+    assert event.headers["x-dicomkeep-type"] == "Change"
+    assert event.headers["x-dicomkeep-schema"] == "1"
+    assert event.headers["ChangeType"] == body["ChangeType"]
+    assert event.headers["ResourceType"] == body["ResourceType"]
+    assert event.headers["ID"] == body["ID"]
 
 
 async def test_delete_publishes_deleted_events_not_logged(cluster: Server) -> None:
@@ -234,6 +259,7 @@ async def test_delete_publishes_deleted_events_not_logged(cluster: Server) -> No
             assert event.body["ChangeType"] == "Deleted"
             assert event.body["Path"] == resource_path(Level(level), event.body["ID"])
             assert event.seq > before
+            assert_envelope(event)
         # GET /changes keeps Orthanc's logged set: no Deleted entry, no Deleted Seq.
         logged = await changes_since(client, before)
         assert all(c["ChangeType"] != "Deleted" for c in logged)
@@ -275,9 +301,11 @@ def test_example_subscriber(cluster: Server, tmp_path: Path) -> None:
         assert process.returncode == 0, log.read_text()
         live = printed(output)
         assert [line["source"] for line in live] == ["queue", "queue"]
-        assert [line["headers"]["SOPInstanceUID"] for line in live] == [
-            item.sop_uid for item in study[:2]
+        assert [line["change"]["ID"] for line in live] == [
+            hierarchy_ids(i.patient_id, i.study_uid, i.series_uid, i.sop_uid)[3]
+            for i in study[:2]
         ]
+        assert all(line["envelope"]["type"] == "NewInstance" for line in live)
         assert all(line["routing_key"] == "Instance.NewInstance" for line in live)
         assert json.loads(state.read_text())["last"] == live[-1]["change"]["Seq"]
 
@@ -293,3 +321,67 @@ def test_example_subscriber(cluster: Server, tmp_path: Path) -> None:
             c for c in client.get(f"/changes?since={since}&limit=1000").json()["Changes"]
             if c["Seq"] == again["change"]["Seq"]
         )
+
+
+def test_example_subscriber_envelope_and_duplicates(cluster: Server, tmp_path: Path) -> None:
+    """NewInstance and StableStudy arrive with the full envelope; a redelivered copy
+    (same message_id) is ignored."""
+    state, log = tmp_path / "state.json", tmp_path / "subscriber.log"
+    queue = f"example-{uuid.uuid4().hex[:8]}"
+    (item,) = generate_study(series=1, instances_per_series=1, seed=304)
+    _, study_id, _, instance_id = hierarchy_ids(
+        item.patient_id, item.study_uid, item.series_uid, item.sop_uid
+    )
+    with httpx.Client(base_url=cluster.urls[0], timeout=30) as client, log.open("w") as errors:
+        since = client.get("/changes?last").json()["Last"]
+        process = subprocess.Popen(
+            [sys.executable, str(SUBSCRIBER), "Instance.NewInstance", "Study.StableStudy",
+             "--amqp-url", amqp_url(cluster), "--rest-url", cluster.urls[0],
+             "--queue", queue, "--state", str(state), "--since", str(since),
+             "--max-messages", "2", "--timeout", "60"],
+            stdout=subprocess.PIPE, stderr=errors, text=True,
+        )
+        wait_until(lambda: "listening" in log.read_text(), 30, "the subscriber to listen")
+        assert client.post("/instances", content=item.data).status_code == 200
+        assert process.stdout is not None
+        first = json.loads(process.stdout.readline())
+        # The broker delivers the same message again (as after a lost ack).
+        asyncio.run(_redeliver(amqp_url(cluster), queue, first))
+        wait_until(lambda: "duplicate ignored" in log.read_text(), 30, "the duplicate")
+        rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, log.read_text()
+    lines = [first, *printed(rest)]
+    assert [(line["change"]["ChangeType"], line["change"]["ID"]) for line in lines] == [
+        ("NewInstance", instance_id), ("StableStudy", study_id)
+    ]
+    for line in lines:
+        envelope, change = line["envelope"], line["change"]
+        assert envelope["app_id"] == "dicomkeep"
+        assert envelope["content_type"] == "application/json"
+        assert envelope["type"] == change["ChangeType"]
+        assert envelope["message_id"].endswith(f":{change['Seq']}")
+        assert envelope["timestamp"].startswith(
+            f"{change['Date'][:4]}-{change['Date'][4:6]}-{change['Date'][6:8]}"
+        )
+    assert f"message_id={first['envelope']['message_id']}" in log.read_text()
+
+
+async def _redeliver(url: str, queue: str, line: dict[str, Any]) -> None:
+    """Put a copy of a delivered change back on the subscriber's queue."""
+    from datetime import datetime
+
+    connection = await aio_pika.connect_robust(url)
+    try:
+        channel = await connection.channel()
+        envelope = line["envelope"]
+        await channel.default_exchange.publish(
+            aio_pika.Message(
+                json.dumps(line["change"]).encode(), headers=line["headers"],
+                message_id=envelope["message_id"], type=envelope["type"],
+                app_id=envelope["app_id"], content_type=envelope["content_type"],
+                timestamp=datetime.fromisoformat(envelope["timestamp"]),
+            ),
+            routing_key=queue,
+        )
+    finally:
+        await connection.close()

@@ -111,7 +111,7 @@ def test_http_server_disabled_serves_dicom_only(tmp_path: Path) -> None:
                 echo = [dcmtk("echoscu"), "-aec", "DICOMKEEP", "127.0.0.1", str(dicom_port)]
                 return subprocess.run(echo, capture_output=True, timeout=20).returncode == 0
 
-            wait_until(echoes, timeout=60, what="the DICOM server")
+            wait_until(echoes, timeout=180, what="the DICOM server")  # a loaded machine
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"http://127.0.0.1:{http_port}/system", timeout=5)
         finally:

@@ -235,15 +235,18 @@ async def test_reads_a_file_in_orthancs_layout_and_format(tmp_path: Path) -> Non
 
 
 class OneLookupIndex:
-    """An index that answers `list_attachments` and counts the calls."""
+    """An index that answers `attachment` (one query) and counts the calls."""
 
     def __init__(self, attachments: dict[str, list[AttachmentInfo]]) -> None:
         self.attachments = attachments
         self.calls = 0
 
-    async def list_attachments(self, level: Level, public_id: str) -> list[AttachmentInfo] | None:
+    async def attachment(
+        self, level: Level, public_id: str, content_type: int
+    ) -> AttachmentInfo | None:
         self.calls += 1
-        return self.attachments.get(public_id)
+        found = self.attachments.get(public_id) or []
+        return next((a for a in found if a.content_type == content_type), None)
 
 
 async def test_read_instance_file_costs_one_lookup_and_one_read() -> None:

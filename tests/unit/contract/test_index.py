@@ -203,11 +203,22 @@ async def test_outbox_round_trip(index: Index) -> None:
     await index.store_instance(make_command())
     events = await index.outbox_batch(100)
     assert [e.change.seq for e in events] == [1, 2, 3, 4]
-    assert events[0].headers["SOPInstanceUID"] == "1.2.3.4.5"
-    assert events[0].headers["Modality"] == "CT"
-    assert "SOPInstanceUID" not in events[3].headers
+    # No patient data in the outbox: the parents' Orthanc IDs, the store's trace
+    # context when traced.
+    command = make_command()
+    assert events[0].headers == {
+        "ParentPatient": command.patient_id, "ParentStudy": command.study_id,
+        "ParentSeries": command.series_id,
+    }
+    assert events[3].headers == {}  # NewPatient
+    traced = make_command(sop="1.2.3.4.6").model_copy(update={
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    })
+    await index.store_instance(traced)
+    last = (await index.outbox_batch(100))[-1]
+    assert last.headers["traceparent"] == traced.traceparent
     await index.outbox_done([1, 2])
-    assert [e.change.seq for e in await index.outbox_batch(100)] == [3, 4]
+    assert [e.change.seq for e in await index.outbox_batch(100)] == [3, 4, 5]
 
 
 async def test_protection_and_properties(index: Index) -> None:

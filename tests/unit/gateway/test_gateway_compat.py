@@ -121,12 +121,12 @@ async def test_changes_of_deleted_resources_are_removed(gateway: Gateway) -> Non
 async def test_deleting_a_child_updates_the_parents_last_update(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dicomkeep.common.index import core
+    from dicomkeep.common.index import hierarchy
 
     first = await gateway.upload(dicom_file("CT_small.dcm"))
     second = await gateway.upload(variant(SOPInstanceUID="1.2.3.4.5.6.7"))
     assert second["ParentSeries"] == first["ParentSeries"]
-    monkeypatch.setattr(core, "now_stamp", lambda: "20300101T000000")
+    monkeypatch.setattr(hierarchy, "now_stamp", lambda: "20300101T000000")
     assert (await gateway.client.delete(f"/instances/{second['ID']}")).status_code == 200
     for level, key in (("series", "ParentSeries"), ("studies", "ParentStudy"),
                        ("patients", "ParentPatient")):  # fmt: skip

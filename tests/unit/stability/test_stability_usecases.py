@@ -156,3 +156,18 @@ async def test_service_start_enforces_limits_rebuilds_and_emits(tmp_path: Path) 
             await bus.close()
     finally:
         await unlimited.close()
+
+
+def test_parents_from_headers_old_and_new() -> None:
+    from dicomkeep.common.ids import orthanc_id
+    from dicomkeep.stability.usecases import parents_of
+
+    new = {"ParentSeries": "s", "ParentStudy": "t", "ParentPatient": "p"}
+    assert parents_of(new) == [(Level.SERIES, "s"), (Level.STUDY, "t"), (Level.PATIENT, "p")]
+    # Published before the upgrade: the DICOM identifiers give the same IDs.
+    old = {"PatientID": "P1", "StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3"}
+    assert parents_of(old) == [
+        (Level.SERIES, orthanc_id("P1", "1.2", "1.2.3")),
+        (Level.STUDY, orthanc_id("P1", "1.2")),
+        (Level.PATIENT, orthanc_id("P1")),
+    ]

@@ -7,6 +7,7 @@ A change serialises with Orthanc's keys (`Seq`, `ChangeType`, `ResourceType`, `I
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -21,6 +22,8 @@ STORE_QUEUE = "dicomkeep.store-instance"
 JOBS_QUEUE = "dicomkeep.jobs"
 #: The schema version of every message, sent in the `x-dicomkeep-schema` header.
 SCHEMA_VERSION = "1"
+#: The AMQP `app_id` of every message DicomKeep publishes.
+APP_ID = "dicomkeep"
 
 
 class ChangeType(str, Enum):
@@ -109,6 +112,31 @@ def routing_key(resource_type: str, change_type: ChangeType | str) -> str:
     """Return the routing key on `dicomkeep.changes` for a change."""
     value = change_type.value if isinstance(change_type, ChangeType) else change_type
     return f"{resource_type}.{value}"
+
+
+class Envelope(BaseModel):
+    """AMQP properties of a published event (docs/events.md, "Envelope").
+
+    `message_id` is stable per change (the same change re-published after a crash
+    keeps it), so that subscribers deduplicate with standard tooling; `timestamp`
+    is the commit time; `type` the ChangeType.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message_id: str
+    timestamp: datetime
+    type: str
+
+    @classmethod
+    def of_change(cls, change: Change, database_id: str) -> Envelope:
+        """Return the envelope of a change: `message_id` is `<database id>:<Seq>`."""
+        stamp = datetime.strptime(change.date, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+        return cls(
+            message_id=f"{database_id}:{change.seq}",
+            timestamp=stamp,
+            type=change.change_type.value,
+        )
 
 
 class OutboxEvent(BaseModel):

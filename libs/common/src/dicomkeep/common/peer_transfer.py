@@ -29,6 +29,7 @@ from dicomkeep.common.peer_http import HttpOptions, PeerClient
 from dicomkeep.common.peers import Peer, bad_format
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.storage import StorageAccessor, read_instance_file
+from dicomkeep.common.telemetry import tracer
 
 #: The job type (`Type` of `GET /jobs/{id}`), as Orthanc names it.
 JOB_TYPE = "OrthancPeerStore"
@@ -191,6 +192,29 @@ async def _read_instance(index: Index, blobs: BlobStore, instance_id: str) -> by
 
 
 async def transfer(
+    index: Index,
+    blobs: BlobStore,
+    peer: Peer,
+    options: HttpOptions,
+    payload: dict[str, Any],
+    *,
+    checkpoint: Checkpoint | None = None,
+    client_factory: ClientFactory = PeerClient,
+) -> TransferOutcome:
+    """Send every instance of the payload not delivered yet, in one `peer transfer`
+    span (each HTTP request is a child span when tracing is on); see `_transfer`."""
+    with tracer().start_as_current_span(
+        "peer transfer", attributes={"dicomkeep.peer": peer.name}
+    ) as span:
+        result = await _transfer(
+            index, blobs, peer, options, payload,
+            checkpoint=checkpoint, client_factory=client_factory,
+        )
+        span.set_attribute("dicomkeep.error", result.error is not None)
+        return result
+
+
+async def _transfer(
     index: Index,
     blobs: BlobStore,
     peer: Peer,

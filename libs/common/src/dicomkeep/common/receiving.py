@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from dicomkeep.common.dicom.instance import ParsedInstance, dicom_prefix, parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError
@@ -23,11 +24,17 @@ from dicomkeep.common.events import (
     StoreStatus,
 )
 from dicomkeep.common.ids import Level
-from dicomkeep.common.metrics import INSTANCES_RECEIVED, RECEIVE_SECONDS
-from dicomkeep.common.orthanc import MetadataType
+from dicomkeep.common.metrics import (
+    INSTANCES_RECEIVED,
+    ORTHANC_METRICS,
+    RECEIVE_SECONDS,
+    RECEIVED_BYTES,
+)
+from dicomkeep.common.orthanc import FileContentType, MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus, BusTimeout
 from dicomkeep.common.storage import StorageAccessor
+from dicomkeep.common.telemetry import SpanKind, tracer
 from dicomkeep.common.timestamps import now_stamp
 
 log = logging.getLogger(__name__)
@@ -114,15 +121,30 @@ def bus_submitter(bus: Bus, timeout: float) -> Submit:
     """Return a Submit that sends StoreInstance commands to the indexer over the bus."""
 
     async def submit(command: StoreInstance) -> StoreReply:
-        body = await bus.request(
-            STORE_QUEUE,
-            command.model_dump_json().encode(),
-            {"x-dicomkeep-type": "StoreInstance"},
-            timeout,
-        )
-        return StoreReply.model_validate_json(body)
+        with tracer().start_as_current_span(
+            "StoreInstance",
+            kind=SpanKind.CLIENT,
+            attributes={"dicomkeep.instance_id": command.instance_id},
+        ) as span:
+            body = await bus.request(
+                STORE_QUEUE,
+                command.model_dump_json().encode(),
+                {"x-dicomkeep-type": "StoreInstance"},
+                timeout,
+            )
+            reply = StoreReply.model_validate_json(body)
+            span.set_attribute("dicomkeep.store_status", reply.status.value)
+            return reply
 
     return submit
+
+
+def _blob_span(content_type: int, size: int) -> Any:
+    """The span of one blob write (attachment `content_type`, `size` bytes)."""
+    return tracer().start_as_current_span(
+        "blob write",
+        attributes={"dicomkeep.attachment.content_type": content_type, "dicomkeep.size": size},
+    )
 
 
 class Receiver:
@@ -160,7 +182,14 @@ class Receiver:
         started = time.perf_counter()
         parsed = await asyncio.to_thread(parse_instance, data)
         prefix = dicom_prefix(data, parsed) if self.compression else None
-        attachments = await self.storage.write_instance(data, prefix, compressed=self.compression)
+        writing = time.perf_counter()
+        with _blob_span(FileContentType.DICOM, len(data)):
+            attachments = await self.storage.write_instance(
+                data, prefix, compressed=self.compression
+            )
+        ORTHANC_METRICS.set_max(
+            "orthanc_storage_create_duration_ms", (time.perf_counter() - writing) * 1000
+        )
         try:
             command = build_command(
                 parsed, attachments, origin, overwrite=self.overwrite, extra_metadata=metadata
@@ -174,8 +203,11 @@ class Receiver:
             # these blobs. (A cancelled request is left to the orphan collector.)
             await self._discard(attachments)
             raise
-        RECEIVE_SECONDS.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        RECEIVE_SECONDS.observe(elapsed)
         INSTANCES_RECEIVED.labels(origin.protocol, reply.status.value).inc()
+        RECEIVED_BYTES.labels(origin.protocol).inc(len(data))
+        ORTHANC_METRICS.set_max("orthanc_store_dicom_duration_ms", elapsed * 1000)
         if reply.status is StoreStatus.FAILURE:
             await self._discard(attachments)
             code = ErrorCode[reply.error_code] if reply.error_code else ErrorCode.INTERNAL_ERROR

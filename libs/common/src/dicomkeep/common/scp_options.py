@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from dicomkeep.common.encodings import parse_encoding
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.index import Index
 from dicomkeep.common.settings import Settings
@@ -27,16 +28,6 @@ from pydicom.uid import UID_dictionary
 KNOWN_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
     uid for uid, entry in UID_dictionary.items() if entry[1] == "Transfer Syntax"
 )
-
-#: Orthanc's `Encoding` names (EnumerationToString), keyed by their upper case.
-ENCODINGS = {
-    name.upper(): name
-    for name in (
-        "Ascii", "Utf8", "Latin1", "Latin2", "Latin3", "Latin4", "Latin5", "Cyrillic",
-        "Windows1251", "Arabic", "Greek", "Hebrew", "Thai", "Japanese", "Chinese",
-        "Korean", "JapaneseKanji", "SimplifiedChinese",
-    )
-}
 
 _PROPERTY = {
     "accepted_transfer_syntaxes": "DicomKeep.AcceptedTransferSyntaxes",
@@ -69,14 +60,6 @@ def sorted_syntaxes(syntaxes: Iterable[str]) -> list[str]:
     """Return `syntaxes` in the order of KNOWN_TRANSFER_SYNTAXES (the REST answers' order)."""
     chosen = set(syntaxes)
     return [ts for ts in KNOWN_TRANSFER_SYNTAXES if ts in chosen]
-
-
-def parse_encoding(text: str) -> str:
-    """Return Orthanc's name of an encoding (case-insensitive); 400 ParameterOutOfRange if unknown."""
-    name = ENCODINGS.get(text.strip().upper())
-    if name is None:
-        raise OrthancError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"Unknown encoding: {text.strip()}")
-    return name
 
 
 def parse_boolean(text: str) -> bool:

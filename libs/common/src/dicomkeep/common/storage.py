@@ -312,11 +312,10 @@ async def find_attachment(
 ) -> AttachmentInfo | None:
     """Return the row of one attachment of a resource; None if either is unknown.
 
-    The one place the readers look an attachment up in the index, so that the
-    index's single-query lookup is a one-line switch here.
+    The one place the readers look an attachment up in the index: one query
+    (`Index.attachment`), so a reader costs one index lookup and one blob read.
     """
-    found = await index.list_attachments(level, public_id)
-    return next((a for a in found or () if a.content_type == content_type), None)
+    return await index.attachment(level, public_id, content_type)
 
 
 async def read_instance_file(

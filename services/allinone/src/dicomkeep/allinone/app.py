@@ -17,6 +17,7 @@ from typing import Protocol
 
 from dicomkeep.common.ops import OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import setup_tracing
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.gateway import main as gateway
 from dicomkeep.gateway.http_server import HttpServer
@@ -60,6 +61,7 @@ class AllInOne:
         (or here, if a start fails).
         """
         settings = self.settings
+        setup_tracing("dicomkeep")
         async with AsyncExitStack() as stack:
             if settings.dicomkeep.ops_port:
                 # First, so that probes answer (not ready) while the rest starts.

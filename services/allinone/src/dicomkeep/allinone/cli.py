@@ -23,8 +23,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NoReturn
 
+from dicomkeep.common.logs import configure_logging, set_deidentify, set_log_format
 from dicomkeep.common.option_support import check_options
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
+from dicomkeep.common.telemetry import TelemetryConfigError, requested_exporters
 
 COMMANDS = ("serve", "run", "cluster", "upload", "job")
 SERVICES = ("gateway", "ingest", "indexer", "storage", "stability", "jobs")
@@ -101,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, **kwargs)  # type: ignore[arg-type]
         _orthanc_options(sub, top=False)
+        _add_log_format(sub, top=False)
         return sub
 
     serve = command("serve", help="run every service in one process")
@@ -117,6 +120,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--timeout", type=float, default=180.0,
                          help="seconds to wait for every member (default 180)")
     _client_commands(command)
+    _add_log_format(parser, top=True)
     return parser
 
 
@@ -138,15 +142,32 @@ def _client_commands(command: Any) -> None:
                          help="HTTP password (default: the DICOMKEEP_PASSWORD variable)")
 
 
-def _configure_logging(verbose: bool, trace: bool) -> None:
-    level = logging.DEBUG if trace else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
+def _add_log_format(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """`--log-format text|json` (overrides `DicomKeep.LogFormat`), before or after
+    the command as Orthanc's options."""
+    parser.add_argument(
+        "--log-format", choices=("text", "json"),
+        default=None if top else argparse.SUPPRESS,
+        help="log lines as text (default) or JSON objects (DicomKeep.LogFormat)",
     )
-    logging.getLogger("dicomkeep").setLevel(min(level, logging.INFO))
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if trace else logging.WARNING)
+
+
+def _configure_logging(verbose: bool, trace: bool, log_format: str | None = None) -> None:
+    level = "trace" if trace else "verbose" if verbose else "default"
+    configure_logging(level, "json" if log_format == "json" else "text")
+
+
+def _apply_log_settings(args: argparse.Namespace, settings: Settings) -> None:
+    """Once the configuration is read: its LogFormat (unless `--log-format` was
+    given) and DeidentifyLogs."""
+    if args.log_format is None and settings.dicomkeep.log_format == "json":
+        set_log_format("json")
+    set_deidentify(settings.deidentify_logs)
+    try:
+        requested_exporters()
+    except TelemetryConfigError as error:
+        sys.stderr.write(f"dicomkeep: bad configuration: {error}\n")
+        raise SystemExit(2) from error
 
 
 def _apply_orthanc_options(args: argparse.Namespace) -> None:
@@ -242,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _write_openapi(args.openapi)
     if args.cheatsheet:
         _fail("--cheatsheet is not supported: --openapi=FILE writes every route", code=2)
-    _configure_logging(args.verbose, args.trace)
+    _configure_logging(args.verbose, args.trace, args.log_format)
     _apply_orthanc_options(args)
     if args.command == "cluster":
         return _cluster(args.action, args.configuration, Path(args.state_dir), args.timeout)
@@ -253,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configuration = getattr(args, "configuration", None)
         settings = _load(configuration)
+        _apply_log_settings(args, settings)
         _check_ports(_serve_ports(settings))
         # /tools/reset builds the services again: from the configuration read again.
         loaded = _Reloading(settings, configuration)
@@ -262,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from dicomkeep.allinone.single import build_service
 
     settings = _load(args.configuration)
+    _apply_log_settings(args, settings)
     _check_ports(_service_ports(settings, args.service, args.http_port, args.ops_port))
     loaded = _Reloading(settings, args.configuration)
     return _run(lambda: run_until_signalled(lambda control: build_service(

@@ -9,6 +9,7 @@ from typing import Any
 from dicomkeep.allinone.app import Service, http_host
 from dicomkeep.common.ops import ADAPTERS, Check, OpsServer, adapter_checks
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import setup_tracing
 from dicomkeep.gateway import main as gateway
 from dicomkeep.gateway.http_server import HttpServer
 from dicomkeep.gateway.process_control import ProcessControl
@@ -52,6 +53,7 @@ def build_service(
     With an ops port, its `/readyz` checks each adapter the service needs
     (`NEEDS`); the ops server starts first, so probes answer during a slow start.
     """
+    setup_tracing(f"dicomkeep-{name}")
     parts: list[Service] = []
     extra_checks: dict[str, Check] = {}
     if name == "gateway":

@@ -17,7 +17,9 @@ import logging
 from collections.abc import Mapping
 
 from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
+from dicomkeep.common.metrics import ORTHANC_METRICS
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import instrument_app
 from dicomkeep.gateway.api import (
     attachments,
     changes,
@@ -29,6 +31,7 @@ from dicomkeep.gateway.api import (
     metadata,
     modalities,
     modify,
+    monitoring,
     peers,
     queries,
     resources,
@@ -84,7 +87,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
         resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
         jobs.router, modalities.router, queries.router, modify.router, tools.router,
-        images.router, labels.router, scp_options.router,
+        images.router, labels.router, scp_options.router, monitoring.router,
     )  # fmt: skip
     for router in routers:
         app.include_router(router)
@@ -102,6 +105,9 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     if not effective.keep_alive:
         app.add_middleware(ConnectionCloseMiddleware)
     app.add_middleware(SecurityMiddleware, settings=effective)
+    app.add_middleware(monitoring.RequestMetrics)
+    ORTHANC_METRICS.enabled = effective.metrics_enabled
+    instrument_app(app)
     app.add_middleware(PathMiddleware)  # outermost: every layer sees the clean path
     return app
 

@@ -13,7 +13,7 @@ from dicomkeep.common.index import Index
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, cancel, open_adapters
-from dicomkeep.indexer.usecases import relay_outbox, store
+from dicomkeep.indexer.usecases import database_identity, relay_outbox, store
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class IndexerService:
         self._wake = asyncio.Event()
         self._stack = AsyncExitStack()
         self.is_relay_leader = False
+        self._database_id: str | None = None
 
     @property
     def index(self) -> Index:
@@ -99,8 +100,11 @@ class IndexerService:
                     continue
                 if not was_leader:
                     log.info("outbox relay leadership taken")
+                    self._database_id = await database_identity(self.index)
                 buses = [self.bus] if self.adapters.public_bus is None else [self.bus, self.adapters.public_bus]
-                published = await relay_outbox(self.index, buses)
+                published = await relay_outbox(
+                    self.index, buses, database_id=self._database_id
+                )
                 if published == 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):

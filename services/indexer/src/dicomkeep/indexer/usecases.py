@@ -4,63 +4,147 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 
-from dicomkeep.common.events import CHANGES_EXCHANGE, SCHEMA_VERSION, OutboxEvent, StoreInstance
+from dicomkeep.common.events import (
+    CHANGES_EXCHANGE,
+    SCHEMA_VERSION,
+    Envelope,
+    OutboxEvent,
+    StoreInstance,
+)
 from dicomkeep.common.index import Index
-from dicomkeep.common.metrics import CHANGES_PUBLISHED, STORE_TRANSACTIONS
+from dicomkeep.common.metrics import (
+    CHANGES_PUBLISHED,
+    OUTBOX_LAG,
+    OUTBOX_LAST_PUBLISHED,
+    STORE_TRANSACTIONS,
+)
 from dicomkeep.common.ports.bus import Bus
+from dicomkeep.common.telemetry import SpanKind, current_traceparent, span_from, tracer
 
 log = logging.getLogger(__name__)
+
+#: The parents' Orthanc IDs that events of a store carry (no patient data).
+PARENT_HEADERS = ("ParentPatient", "ParentStudy", "ParentSeries")
+
+#: The global property naming this database in every event's `message_id`.
+DATABASE_ID_PROPERTY = "DicomKeepDatabaseId"
 
 
 async def store(index: Index, body: bytes) -> bytes:
     """Run the store transaction for one encoded StoreInstance; return the StoreReply.
 
     A failure inside the transaction is answered (status Failure, with its Orthanc
-    error code) rather than raised, so the sender gets a definite answer.
+    error code) rather than raised, so the sender gets a definite answer. With
+    tracing on, the transaction is one span, and the changes it appends remember
+    it (their publication continues the trace).
     """
     command = StoreInstance.model_validate_json(body)
-    reply = await index.store_instance(command)
+    with tracer().start_as_current_span(
+        "store transaction", attributes={"dicomkeep.instance_id": command.instance_id}
+    ) as span:
+        traceparent = current_traceparent()
+        if traceparent is not None:
+            command = command.model_copy(update={"traceparent": traceparent})
+        reply = await index.store_instance(command)
+        span.set_attribute("dicomkeep.store_status", reply.status.value)
+        if reply.seq is not None:
+            span.set_attribute("dicomkeep.seq", reply.seq)
     STORE_TRANSACTIONS.labels(reply.status.value).inc()
     log.debug("stored instance=%s status=%s seq=%s", reply.instance_id, reply.status, reply.seq)
     return reply.model_dump_json().encode()
 
 
+async def database_identity(index: Index) -> str:
+    """Return this database's identity (created once), the prefix of `message_id`s."""
+    found = await index.get_property(DATABASE_ID_PROPERTY)
+    if found:
+        return found
+    await index.set_property(DATABASE_ID_PROPERTY, uuid.uuid4().hex)
+    return await index.get_property(DATABASE_ID_PROPERTY) or ""
+
+
 async def relay_outbox(
-    index: Index, buses: Sequence[Bus], *, batch: int = 500, window: int = 64
+    index: Index,
+    buses: Sequence[Bus],
+    *,
+    batch: int = 500,
+    window: int = 64,
+    database_id: str | None = None,
 ) -> int:
     """Publish the oldest committed events on `dicomkeep.changes`, in Seq order.
 
     Returns how many were published. Publishes go out in windows whose confirms
     are awaited together (one confirm at a time caps RabbitMQ at ~150/s); within
     a window they are issued in Seq order on one channel. An event leaves the
-    outbox only after the broker confirmed it: a crash in between republishes it
-    (consumers deduplicate by Seq). Every bus gets every event (the all-in-one
-    mode may mirror its in-process bus to RabbitMQ for external subscribers).
+    outbox only after the broker confirmed it: a crash in between republishes it,
+    with the same `message_id` (`<database_id>:<Seq>`; looked up when not given),
+    for consumers to deduplicate. Every bus gets every event (the all-in-one mode
+    may mirror its in-process bus to RabbitMQ for external subscribers).
     """
     events = await index.outbox_batch(batch)
+    OUTBOX_LAG.set(_age(events[0].change.date) if events else 0.0)
+    if not events:
+        return 0
+    if database_id is None:
+        database_id = await database_identity(index)
     published = 0
     for start in range(0, len(events), window):
         chunk = events[start : start + window]
-        await asyncio.gather(*(_publish(bus, event) for event in chunk for bus in buses))
+        await asyncio.gather(
+            *(_publish(bus, event, database_id) for event in chunk for bus in buses)
+        )
         await index.outbox_done([event.change.seq for event in chunk])
         CHANGES_PUBLISHED.inc(len(chunk))
+        OUTBOX_LAST_PUBLISHED.set(chunk[-1].change.seq)
         published += len(chunk)
     return published
 
 
-async def _publish(bus: Bus, event: OutboxEvent) -> None:
+def _age(date: str) -> float:
+    """Seconds since a change's `Date` (UTC, `YYYYMMDDTHHMMSS`)."""
+    committed = datetime.strptime(date, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    return max(0.0, (datetime.now(UTC) - committed).total_seconds())
+
+
+async def _publish(bus: Bus, event: OutboxEvent, database_id: str) -> None:
+    """Publish one change: the body, its envelope, and headers with no patient data.
+
+    The headers carry the change type, level and resource id (and, for the events
+    of a store, its parents' Orthanc IDs, which the stability service uses); the trace
+    context of the transaction that committed the change is the parent of the
+    publication span.
+    """
     change = event.change
     headers: Mapping[str, str] = {
-        **event.headers,
         "x-dicomkeep-type": "Change",
         "x-dicomkeep-schema": SCHEMA_VERSION,
         "Seq": str(change.seq),
+        "ChangeType": change.change_type.value,
+        "ResourceType": change.resource_type,
+        "ID": change.id,
+        **{name: value for name, value in event.headers.items() if name in PARENT_HEADERS},
     }
-    await bus.publish(
-        CHANGES_EXCHANGE,
-        change.routing_key,
-        change.model_dump_json(by_alias=True).encode(),
-        headers,
-    )
+    with span_from(
+        event.headers.get("traceparent"),
+        "publish change",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.destination.name": CHANGES_EXCHANGE,
+            "messaging.rabbitmq.destination.routing_key": change.routing_key,
+            "messaging.operation.type": "send",
+            "dicomkeep.seq": change.seq,
+            "dicomkeep.change_type": change.change_type.value,
+            "dicomkeep.resource_id": change.id,
+        },
+    ):
+        await bus.publish(
+            CHANGES_EXCHANGE,
+            change.routing_key,
+            change.model_dump_json(by_alias=True).encode(),
+            headers,
+            envelope=Envelope.of_change(change, database_id),
+        )

@@ -31,6 +31,7 @@ from dicomkeep.common.find import (
 )
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
+from dicomkeep.common.logs import patient_text
 from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.search import (
@@ -41,6 +42,7 @@ from dicomkeep.common.search import (
     tag_values,
 )
 from dicomkeep.common.settings import Settings
+from dicomkeep.common.telemetry import traced
 from dicomkeep.ingest.access import AccessControl
 from pydicom import dcmread
 from pydicom.charset import convert_encodings, decode_bytes
@@ -268,9 +270,13 @@ class FindScp:
                 identifier, case_sensitive_pn=self.settings.case_sensitive_pn
             )
         except (OrthancError, ValueError, KeyError, TypeError) as error:
-            log.warning("C-FIND aet=%s: bad identifier: %s", remote_aet, error)
+            log.warning("C-FIND aet=%s: bad identifier: %s", remote_aet, patient_text(error))
             return iter([(DimseStatus.UNABLE_TO_PROCESS, None)])
-        return self._answers(event, request, remote_aet)
+        return traced(
+            self._answers(event, request, remote_aet), "C-FIND",
+            attributes={"dicom.calling_ae_title": remote_aet,
+                        "dicom.query_level": str(request.level.value)},
+        )
 
     def _answers(
         self, event: Any, request: FindRequest, remote_aet: str

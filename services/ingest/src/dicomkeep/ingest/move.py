@@ -35,12 +35,14 @@ from dicomkeep.common.find import Constraint, Kind
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, store_job, submit
+from dicomkeep.common.logs import patient_text
 from dicomkeep.common.modalities import Modality, by_aet, load_modalities
 from dicomkeep.common.orthanc import DimseStatus, MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.storage import StorageAccessor, read_instance_file
+from dicomkeep.common.telemetry import traced
 from dicomkeep.ingest.access import AccessControl
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -191,7 +193,10 @@ class RetrieveScp:
         try:
             retrieval = self._run(self._resolve(event.identifier))
         except Exception as error:
-            log.warning("C-%s aet=%s: bad identifier: %s", what, event.assoc.requestor.ae_title, error)
+            log.warning(
+                "C-%s aet=%s: bad identifier: %s",
+                what, event.assoc.requestor.ae_title, patient_text(error),
+            )
             return None
         if not retrieval.instances:
             log.warning("C-%s aet=%s: nothing matched", what, event.assoc.requestor.ae_title)
@@ -235,7 +240,12 @@ class RetrieveScp:
             "C-MOVE to %s: %d instances (synchronous)", destination.aet, len(retrieval.instances)
         )
         options = self._options(destination, store_contexts(retrieval.pairs))
-        return self._move(event, destination, options, retrieval)
+        return traced(
+            self._move(event, destination, options, retrieval), "C-MOVE",
+            attributes={"dicom.move_destination": destination.aet,
+                        "dicomkeep.instances": len(retrieval.instances)},
+            each="C-MOVE sub-operation", each_from=2,
+        )
 
     @staticmethod
     def _options(destination: Modality, contexts: list[Any]) -> dict[str, Any]:
@@ -281,7 +291,11 @@ class RetrieveScp:
         retrieval = self._retrieval(event, "GET")
         if retrieval is None:
             return iter([1, (DimseStatus.UNABLE_TO_PROCESS, None)])
-        return self._get(event, retrieval)
+        return traced(
+            self._get(event, retrieval), "C-GET",
+            attributes={"dicomkeep.instances": len(retrieval.instances)},
+            each="C-GET sub-operation", each_from=1,
+        )
 
     def _get(self, event: Any, retrieval: Retrieval) -> Iterator[Any]:
         yield len(retrieval.instances)

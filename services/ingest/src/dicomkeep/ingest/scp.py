@@ -24,8 +24,10 @@ from collections.abc import Callable
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
+from dicomkeep.common.logs import patient_text
 from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.receiving import Origin, Receiver
+from dicomkeep.common.telemetry import SpanKind, current_span, tracer
 from dicomkeep.ingest.access import AccessControl
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -198,7 +200,24 @@ class StoreScp:
         return DimseStatus.SUCCESS
 
     def handle_store(self, event: Any) -> int:
-        """Store one instance; answer only after the indexer committed it."""
+        """Store one instance; answer only after the indexer committed it.
+
+        One trace per instance starts here (its context reaches the event loop
+        with the coroutine, then the indexer through the bus)."""
+        with tracer().start_as_current_span(
+            "C-STORE",
+            kind=SpanKind.SERVER,
+            attributes={
+                "network.peer.address": str(event.assoc.requestor.address),
+                "dicom.calling_ae_title": str(event.assoc.requestor.ae_title).strip(),
+                "dicom.called_ae_title": str(event.assoc.acceptor.ae_title).strip(),
+            },
+        ) as span:
+            status = self._store(event)
+            span.set_attribute("dicom.status", status)
+            return status
+
+    def _store(self, event: Any) -> int:
         assoc = event.assoc
         if not self.access.allows(assoc, "Store"):
             return DimseStatus.PROCESSING_FAILURE
@@ -219,11 +238,14 @@ class StoreScp:
             status = _STATUS_OF_ERROR.get(error.code, DimseStatus.PROCESSING_FAILURE)
             log.warning(
                 "C-STORE refused aet=%s status=0x%04X reason=%s",
-                origin.remote_aet, status, error.details or error.code.message,
+                origin.remote_aet, status, patient_text(error.details or error.code.message),
             )
             return status
         except Exception:
             log.exception("C-STORE failed aet=%s", origin.remote_aet)
             return DimseStatus.PROCESSING_FAILURE
         log.debug("C-STORE instance=%s status=%s", received.parsed.ids[3], received.reply.status)
+        trace_span = current_span()
+        trace_span.set_attribute("dicomkeep.instance_id", received.parsed.ids[3])
+        trace_span.set_attribute("dicomkeep.store_status", received.reply.status.value)
         return DimseStatus.SUCCESS

@@ -16,10 +16,13 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 
 from dicomkeep.common.errors import ErrorCode
 from dicomkeep.common.index import JobOutcome, JobRecord, JobStore, JobUpdate, LeaseLost
+from dicomkeep.common.metrics import JOB_SECONDS, JOBS_FINISHED, JOBS_RUNNING
+from dicomkeep.common.telemetry import tracer
 from dicomkeep.jobs.usecases import Deps, Executor, JobRun, execute, failure
 
 log = logging.getLogger(__name__)
@@ -105,8 +108,16 @@ class JobWorkers:
         )
         run = JobRun(job)
         beat = asyncio.create_task(self._heartbeat(job, run), name=f"job-heartbeat-{job.id}")
+        started = time.monotonic()
+        JOBS_RUNNING.inc()
         try:
-            outcome = await self._execute(job, run, self.deps)
+            with tracer().start_as_current_span(
+                f"job {job.type}",
+                attributes={"dicomkeep.job_id": job.id, "dicomkeep.job_type": job.type,
+                            "dicomkeep.job_attempt": job.attempts},
+            ) as span:
+                outcome = await self._execute(job, run, self.deps)
+                span.set_attribute("dicomkeep.job_state", str(outcome.state.value))
         except asyncio.CancelledError:
             beat.cancel()
             with contextlib.suppress(Exception):
@@ -118,9 +129,12 @@ class JobWorkers:
             update = run.update or JobUpdate(job.progress, job.content, job.payload)
             outcome = failure(update, ErrorCode.INTERNAL_ERROR, str(error))
         finally:
+            JOBS_RUNNING.dec()
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+        JOB_SECONDS.observe(time.monotonic() - started)
+        JOBS_FINISHED.labels(outcome.state.value).inc()
         return await self._finish(job, run, outcome)
 
     async def _finish(self, job: JobRecord, run: JobRun, outcome: JobOutcome) -> JobRecord | None:

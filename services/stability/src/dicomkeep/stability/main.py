@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import CHANGES_EXCHANGE
 from dicomkeep.common.index import Index
+from dicomkeep.common.metrics import STABILITY_BACKLOG
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.ports.clock import StabilityClock
 from dicomkeep.common.settings import Settings
@@ -98,6 +99,7 @@ class StabilityService:
         while True:
             try:
                 await emit_due(self.index, self.clock, now=time.time(), stable_age=stable_age)
+                STABILITY_BACKLOG.set(await self.clock.count())
             except Exception:
                 log.exception("stability monitor failed; retrying")
             if time.monotonic() >= next_reconcile:

@@ -29,14 +29,23 @@ BATCH = 500
 
 
 def parents_of(headers: Mapping[str, str]) -> list[tuple[Level, str]]:
-    """Return (series, study, patient) public IDs from a NewInstance's UID headers."""
-    patient = headers.get("PatientID", "")
-    study = headers["StudyInstanceUID"]
-    series = headers["SeriesInstanceUID"]
+    """Return (series, study, patient) public IDs from a NewInstance's `Parent*` headers.
+
+    Events published before the headers lost their DICOM identifiers (a rolling
+    upgrade) carry `PatientID`/`StudyInstanceUID`/`SeriesInstanceUID` instead.
+    """
+    if "ParentSeries" not in headers:
+        patient = headers.get("PatientID", "")
+        study, series = headers["StudyInstanceUID"], headers["SeriesInstanceUID"]
+        return [
+            (Level.SERIES, orthanc_id(patient, study, series)),
+            (Level.STUDY, orthanc_id(patient, study)),
+            (Level.PATIENT, orthanc_id(patient)),
+        ]
     return [
-        (Level.SERIES, orthanc_id(patient, study, series)),
-        (Level.STUDY, orthanc_id(patient, study)),
-        (Level.PATIENT, orthanc_id(patient)),
+        (Level.SERIES, headers["ParentSeries"]),
+        (Level.STUDY, headers["ParentStudy"]),
+        (Level.PATIENT, headers["ParentPatient"]),
     ]
 
 

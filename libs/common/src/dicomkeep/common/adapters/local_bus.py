@@ -5,6 +5,10 @@ the same contract suite: topic exchanges (`*` one word, `#` zero or more), named
 queues whose consumers compete round-robin with at most `prefetch` handlers in
 flight each, redelivery when a handler raises (then a logged dead letter), and
 request/reply over a named queue. Nothing survives the process.
+
+The W3C trace context travels in the headers as on RabbitMQ: each publish and
+request is a producer span injected into the headers, each handler runs in a
+consumer span whose parent is extracted from them (telemetry.py).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from dicomkeep.common.adapters.bus_errors import BusError, describe
-from dicomkeep.common.events import SCHEMA_VERSION
+from dicomkeep.common.events import SCHEMA_VERSION, Envelope
 from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
+from dicomkeep.common.telemetry import LOCAL_MESSAGING_SYSTEM, consumer_span, producer_span
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +174,26 @@ class LocalBus:
         self._bindings.clear()
 
     async def publish(
-        self, exchange: str, routing_key: str, body: bytes, headers: Mapping[str, str]
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        envelope: Envelope | None = None,
     ) -> None:
         """Put the message on every queue bound with a matching pattern; never waits.
 
         Exchange `""` is the default exchange: it routes to the queue named
         `routing_key`. A message that matches no binding is dropped, as on RabbitMQ.
+        In-process consumers see headers only: the `envelope` (AMQP properties on
+        RabbitMQ) adds nothing they would read.
         """
         self._check_open()
         stamped = _stamp(headers)
-        for queue_name in self._route(exchange, routing_key):
-            self._queues[queue_name].messages.put_nowait(_Delivery(body, dict(stamped)))
+        with producer_span(LOCAL_MESSAGING_SYSTEM, exchange, routing_key, stamped):
+            for queue_name in self._route(exchange, routing_key):
+                self._queues[queue_name].messages.put_nowait(_Delivery(body, dict(stamped)))
 
     async def consume(
         self,
@@ -214,7 +228,9 @@ class LocalBus:
         self._check_open()
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._requests.add(reply)
-        self._queue(queue).messages.put_nowait(_Delivery(body, _stamp(headers), reply))
+        stamped = _stamp(headers)
+        with producer_span(LOCAL_MESSAGING_SYSTEM, "", queue, stamped):
+            self._queue(queue).messages.put_nowait(_Delivery(body, stamped, reply))
         try:
             async with asyncio.timeout(timeout):
                 return await reply
@@ -229,7 +245,8 @@ class LocalBus:
 
         async def work(delivery: _Delivery) -> None:
             try:
-                answer = await handler(delivery.body, delivery.headers)
+                with consumer_span(LOCAL_MESSAGING_SYSTEM, queue, delivery.headers):
+                    answer = await handler(delivery.body, delivery.headers)
             except Exception as exc:
                 log.warning("bus responder failed queue=%s error=%s", queue, describe(exc))
                 if delivery.reply is not None and not delivery.reply.done():
@@ -302,7 +319,8 @@ class LocalBus:
                     headers = delivery.headers
                     if redelivery:
                         headers = {**delivery.headers, "x-delivery-count": str(redelivery)}
-                    await handler(delivery.body, headers)
+                    with consumer_span(LOCAL_MESSAGING_SYSTEM, queue, headers):
+                        await handler(delivery.body, headers)
         except Exception as exc:
             log.error(
                 "bus dead letter queue=%s deliveries=%d error=%s",

@@ -25,9 +25,12 @@ Topology:
   empty body and the header `x-dicomkeep-error`, which the requester raises as
   BusError.
 
-Every message is persistent, `content_type="application/json"`, carries the header
-`x-dicomkeep-schema` and the caller's headers (W3C `traceparent`/`tracestate`
-included) as AMQP string headers. Publishing uses publisher confirms. The connection
+Every message is persistent, `content_type="application/json"`, `app_id="dicomkeep"`,
+carries the header `x-dicomkeep-schema` and the caller's headers as AMQP string
+headers; a publish given an `Envelope` also sets `message_id`, `timestamp` and
+`type`. With tracing on, aio-pika's OpenTelemetry instrumentation (telemetry.py)
+writes the W3C `traceparent`/`tracestate` of a producer span into the headers of
+every message and runs each handler in a consumer span continuing it. Publishing uses publisher confirms. The connection
 is robust (`connect_robust`): after a broker restart it reconnects, re-declares the
 queues and bindings and resumes the consumers.
 """
@@ -54,7 +57,7 @@ from aio_pika.abc import (
     ConsumerTag,
 )
 from dicomkeep.common.adapters.bus_errors import BusError, describe
-from dicomkeep.common.events import CHANGES_EXCHANGE, SCHEMA_VERSION
+from dicomkeep.common.events import APP_ID, CHANGES_EXCHANGE, SCHEMA_VERSION, Envelope
 from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
 
@@ -197,7 +200,13 @@ class RabbitBus:
         self._channel = None
 
     async def publish(
-        self, exchange: str, routing_key: str, body: bytes, headers: Mapping[str, str]
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        envelope: Envelope | None = None,
     ) -> None:
         """Publish a persistent message; returns once the broker confirmed it.
 
@@ -207,7 +216,7 @@ class RabbitBus:
         if the broker nacks it. A message no queue is bound for is dropped by the
         broker (and confirmed), as AMQP specifies.
         """
-        await self._publish(exchange, routing_key, _message(body, headers))
+        await self._publish(exchange, routing_key, _message(body, headers, envelope=envelope))
 
     async def consume(
         self,
@@ -399,6 +408,7 @@ def _message(
     *,
     correlation_id: str | None = None,
     reply_to: str | None = None,
+    envelope: Envelope | None = None,
 ) -> aio_pika.Message:
     amqp_headers: dict[str, Any] = {str(key): str(value) for key, value in headers.items()}
     amqp_headers.setdefault(SCHEMA_HEADER, SCHEMA_VERSION)
@@ -406,6 +416,10 @@ def _message(
         body,
         headers=amqp_headers,
         content_type=CONTENT_TYPE,
+        app_id=APP_ID,
+        message_id=envelope.message_id if envelope is not None else None,
+        timestamp=envelope.timestamp if envelope is not None else None,
+        type=envelope.type if envelope is not None else None,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         correlation_id=correlation_id,
         reply_to=reply_to,

@@ -22,9 +22,8 @@ from dicomkeep.common.index.hierarchy import (
 from dicomkeep.common.index.records import Expected, MetadataValue
 from dicomkeep.common.index.recycling import Recycler
 from dicomkeep.common.index.transactions import Transactions
+from dicomkeep.common.orthanc import FIRST_USER_CONTENT_TYPE
 from dicomkeep.common.ports.database import Tx
-
-FIRST_USER_CONTENT_TYPE = 1024
 
 
 class Annotations(Transactions):

@@ -19,11 +19,12 @@ from typing import Any
 
 from dicomkeep.common.find import COMPUTED_TAGS, Constraint, Kind, glob_pattern, regex_pattern
 from dicomkeep.common.ids import Level
+from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.ports.database import Tx
 
 #: Ids per `IN (...)` list: far below SQLite's and PostgreSQL's parameter limits.
 CHUNK = 500
-SOP_CLASS_UID = 10
+SOP_CLASS_UID = MetadataType.SOP_CLASS_UID
 LABELS_CONSTRAINTS = ("All", "Any", "None")
 
 

@@ -15,15 +15,16 @@ from typing import Any
 from dicomkeep.common.events import AttachmentInfo, ChangeType, RemainingAncestor
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index.changes import PendingChanges
+from dicomkeep.common.orthanc import FileContentType, MetadataType
 from dicomkeep.common.ports.database import Tx
 from dicomkeep.common.timestamps import now_stamp
 
 #: Levels by depth (the `level` column): 0 patient ... 3 instance.
 LEVELS = [Level.PATIENT, Level.STUDY, Level.SERIES, Level.INSTANCE]
 #: Orthanc's metadata LastUpdate, written on patients, studies and series.
-LAST_UPDATE = 7
+LAST_UPDATE = MetadataType.LAST_UPDATE
 #: Orthanc's content type of the DICOM file.
-DICOM = 1
+DICOM = FileContentType.DICOM
 
 #: A recursive CTE `d(internal_id)`: the resource `$1` and all its descendants.
 DESCENDANTS = """WITH RECURSIVE d(internal_id) AS (

@@ -28,13 +28,14 @@ from dicomkeep.common.index.records import DeleteOutcome
 from dicomkeep.common.index.recycling import Recycler
 from dicomkeep.common.index.stability import touch_unstable
 from dicomkeep.common.index.transactions import Transactions
+from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.ports.database import RetryableError, Tx
 from dicomkeep.common.series_status import SeriesStatus, series_status
 from dicomkeep.common.timestamps import now_stamp
 
-INDEX_IN_SERIES = 1
-RECEPTION_DATE = 2
-EXPECTED_INSTANCES = 4
+INDEX_IN_SERIES = MetadataType.INDEX_IN_SERIES
+RECEPTION_DATE = MetadataType.RECEPTION_DATE
+EXPECTED_INSTANCES = MetadataType.EXPECTED_NUMBER_OF_INSTANCES
 
 
 class StoreTransaction:
@@ -209,22 +210,18 @@ class StoreTransaction:
         return series_status(expected, [r[0] for r in rows])
 
     def _change(self, change_type: ChangeType, level: Level) -> None:
-        """Queue a change with its filtering headers: the DICOM UIDs down to its
-        level, and the Modality below patient level."""
+        """Queue a change with its outbox headers: the Orthanc IDs of its parents
+        (`ParentSeries`, `ParentStudy`, `ParentPatient`, as in Orthanc's JSON) and the
+        W3C trace context of the store, which the publication continues. No patient
+        data (DICOM identifiers) goes there."""
         command = self.command
-        uids = [
-            ("PatientID", command.patient_uid),
-            ("StudyInstanceUID", command.study_uid),
-            ("SeriesInstanceUID", command.series_uid),
-            ("SOPInstanceUID", command.sop_uid),
-        ]
-        headers = dict(uids[: level.depth + 1])
-        modality = command.main_tags.get(Level.SERIES, {}).get("Modality")
-        if modality is not None and level is not Level.PATIENT:
-            headers["Modality"] = modality
         public_ids = (
             command.patient_id, command.study_id, command.series_id, command.instance_id
         )
+        names = ("ParentPatient", "ParentStudy", "ParentSeries")
+        headers = {names[depth]: public_ids[depth] for depth in range(level.depth)}
+        if command.traceparent:
+            headers["traceparent"] = command.traceparent
         self.pending.add(change_type, level, public_ids[level.depth], headers)
 
 

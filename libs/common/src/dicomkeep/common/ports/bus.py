@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from dicomkeep.common.events import Envelope
+
 __all__ = ["Bus", "BusError", "BusTimeout", "Consumer", "Responder"]
 
 #: A consumer: gets the body and headers; raising makes the message be redelivered
@@ -41,9 +43,20 @@ class Bus(Protocol):
         """Stop consumers and disconnect."""
 
     async def publish(
-        self, exchange: str, routing_key: str, body: bytes, headers: Mapping[str, str]
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        envelope: Envelope | None = None,
     ) -> None:
-        """Publish durably; returns once the broker has confirmed the message."""
+        """Publish durably; returns once the broker has confirmed the message.
+
+        `envelope` gives the message's AMQP properties (`message_id`, `timestamp`,
+        `type`); every message has `app_id` "dicomkeep" and `content_type`
+        "application/json".
+        """
 
     async def consume(
         self,

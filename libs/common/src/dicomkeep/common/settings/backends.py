@@ -151,3 +151,7 @@ class DicomKeepSettings(BaseModel):
     """Seconds to wait for a store to complete. Default 30."""
     orphan_grace_period: Annotated[float, Field(ge=0)] = 600.0
     """Seconds before an unreferenced blob is collected. Default 600."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines as "text" (`time LEVEL logger message`) or "json" (one JSON object
+    per line, with the trace and span ids). `--log-format` overrides it.
+    Default "text"."""

@@ -86,6 +86,13 @@ class CoreOptions(BaseModel):
     log_exported_resources: bool = False
     """Log exported resources in /exports. Default false."""
 
+    # -- monitoring and logs --
+    metrics_enabled: bool = True
+    """Collect the metrics of /tools/metrics-prometheus (PUT /tools/metrics changes
+    it at run time). Default true."""
+    deidentify_logs: bool = True
+    """Keep patient data (names, DICOM identifiers) out of the logs. Default true."""
+
     # -- search (§11.4, §13) --
     storage_access_on_find: Literal["Always", "Answers", "Never"] = "Always"
     """Reading of files during find: "Always", "Answers" or "Never". Default "Always"."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from dicomkeep.common.encodings import parse_encoding
 from dicomkeep.common.settings.base import MODEL_CONFIG as _MODEL_CONFIG
 from dicomkeep.common.settings.base import Count, Port, Positive
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -90,8 +91,6 @@ class DicomOptions(BaseModel):
     @field_validator("default_encoding")
     @classmethod
     def _default_encoding(cls, value: str) -> str:
-        from dicomkeep.common.scp_options import parse_encoding  # it imports the settings
-
         try:
             return parse_encoding(value)
         except Exception:

@@ -16,6 +16,7 @@ from dicomkeep.common.dicom.orthanc_json import content_value, header_json, tags
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
+from dicomkeep.common.logs import patient_text
 from dicomkeep.common.receiving import Origin, Received, Receiver
 from dicomkeep.common.storage import StorageAccessor, read_instance_file
 from dicomkeep.gateway.args import bool_arg, tag_format
@@ -107,7 +108,9 @@ async def _store_zip(body: bytes, receiver: Receiver, origin: Origin) -> list[di
             except OrthancError as error:
                 if not _skipped_member(data, error):
                     raise
-                log.warning("skipping ZIP member %s: not a DICOM instance", info.filename)
+                log.warning(
+                    "skipping ZIP member %s: not a DICOM instance", patient_text(info.filename)
+                )
                 continue
             answers.append(store_answer(received))
     return answers
