@@ -130,10 +130,11 @@ def test_empty_or_absent_patient_id_hashes_as_empty_string(patient_id: str | Non
 
 
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
-def test_absent_uid_is_an_inexistent_tag(keyword: str) -> None:
+def test_absent_uid_is_a_bad_file_format(keyword: str) -> None:
+    # Orthanc 1.12 answers 400 (1.10.1 answered 404 *Inexistent tag*).
     error = refused(make_dicom(**{keyword: None}))
-    assert error.code is ErrorCode.INEXISTENT_TAG
-    assert error.http_status == 404
+    assert error.code is ErrorCode.BAD_FILE_FORMAT
+    assert error.http_status == 400
 
 
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])

@@ -47,10 +47,11 @@ async def test_empty_upload_is_a_400(gateway: Gateway) -> None:
     assert body["OrthancError"] == "Bad file format"
 
 
-async def test_absent_uid_is_inexistent_tag(gateway: Gateway) -> None:
+async def test_absent_uid_is_a_bad_file_format(gateway: Gateway) -> None:
+    # Orthanc 1.12 answers 400 (1.10.1 answered 404 *Inexistent tag*).
     response = await gateway.client.post("/instances", content=variant(remove=("SOPInstanceUID",)))
-    assert response.status_code == 404
-    assert response.json()["OrthancStatus"] == 21
+    assert response.status_code == 400
+    assert response.json()["OrthancStatus"] == 15
     assert (await gateway.client.get("/instances")).json() == []
 
 

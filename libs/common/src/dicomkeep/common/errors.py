@@ -129,3 +129,71 @@ class Forbidden(Exception):
 def unknown_resource(details: str | None = None) -> OrthancError:
     """Return the 404 *Unknown resource* error."""
     return OrthancError(ErrorCode.UNKNOWN_RESOURCE, details)
+
+
+#: SQLite result codes (by name, `sqlite3.Error.sqlite_errorname`) that say the
+#: database cannot be reached right now: locked, unreadable, read-only, I/O error.
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN",
+                       "SQLITE_READONLY", "SQLITE_PROTOCOL", "SQLITE_NOTADB")
+#: PostgreSQL SQLSTATE prefixes of the same kind: connection exceptions (08),
+#: insufficient resources (53), operator intervention (57P: shutdown, cannot
+#: connect now), invalid catalog (3D000: database dropped), invalid authorization
+#: (28: role revoked or password changed), insufficient privilege (42501) and
+#: "database is not accepting connections" (55000).
+_SQLSTATE_UNAVAILABLE = ("08", "53", "57P", "3D000", "28", "42501", "55000")
+#: Driver packages whose every exception means "the broker or clock is unreachable"
+#: (the gateway and the services only talk to them through the bus and the clock).
+_BROKER_MODULES = ("aiormq", "aio_pika", "pamqp", "redis")
+
+
+def unavailability(exc: BaseException) -> OrthancError | None:
+    """Return the 503 *database unavailable* error if `exc` says that the database,
+    the broker or the clock cannot be reached right now; None for any other error.
+
+    Mirrors Orthanc, which maps its database plugins' connection failures to
+    `ErrorCode_DatabaseUnavailable` (HTTP 503: the client should retry later).
+    The exception, its causes and the members of exception groups are examined
+    by type and driver error code only, so that no driver is imported here:
+    `OSError` (refused or reset connections), `TimeoutError`, sqlite3 errors
+    with a locked/I/O/cannot-open code, asyncpg errors with a connection-class
+    SQLSTATE or none (interface errors: pool closed, connection lost), and any
+    error of the AMQP or Redis client packages.
+    """
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        reason = _unavailable_reason(current)
+        if reason is not None:
+            return OrthancError(ErrorCode.DATABASE_UNAVAILABLE, reason)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                pending.append(linked)
+    return None
+
+
+def _unavailable_reason(exc: BaseException) -> str | None:
+    if isinstance(exc, OrthancError):
+        return None
+    module = type(exc).__module__ or ""
+    package = module.split(".", 1)[0]
+    if package in _BROKER_MODULES:
+        return f"The message broker or the stability clock is unreachable ({type(exc).__name__})"
+    if package == "asyncpg":
+        state = str(getattr(exc, "sqlstate", "") or "")
+        if not state or state.startswith(_SQLSTATE_UNAVAILABLE):
+            return f"The database is unreachable ({type(exc).__name__})"
+        return None
+    if package == "sqlite3":
+        name = str(getattr(exc, "sqlite_errorname", "") or "")
+        if name.startswith(_SQLITE_UNAVAILABLE):
+            return f"The database is unavailable ({name})"
+        return None
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return f"A backend is unreachable ({type(exc).__name__})"
+    return None

@@ -22,7 +22,9 @@ from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"[A-Za-z0-9_-]+")
+#: Longest modality or peer name accepted (an Orthanc name is a short identifier).
+MAX_NAME_LENGTH = 256
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
 MANUFACTURERS = ("Generic", "GenericNoWildcardInDates", "GenericNoUniversalWildcard", "Vitrea", "GE")
 #: The permission flags of the object form, each true by default.
 PERMISSIONS = (
@@ -68,10 +70,12 @@ def _bad(details: str) -> OrthancError:
 
 
 def check_name(name: str) -> None:
-    """Raise 400 unless a modality name uses only `[A-Za-z0-9_-]`."""
+    """Raise 400 unless a modality name uses only `[A-Za-z0-9_-]`, at most
+    MAX_NAME_LENGTH characters."""
     if not _NAME.fullmatch(name):
         raise OrthancError(
-            ErrorCode.BAD_REQUEST, f"Invalid modality name (only [A-Za-z0-9_-]): {name}"
+            ErrorCode.BAD_REQUEST, f"Invalid modality name (only [A-Za-z0-9_-], at most {MAX_NAME_LENGTH}): "
+            f"{name[:80]}"
         )
 
 

@@ -26,7 +26,9 @@ from typing import Any
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.index import PeerStore
 
-_NAME = re.compile(r"[A-Za-z0-9_-]+")
+#: Longest modality or peer name accepted (an Orthanc name is a short identifier).
+MAX_NAME_LENGTH = 256
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
 #: Keys of the object form with a meaning; any other key is a user property.
 _KNOWN_KEYS = frozenset(
     {
@@ -121,11 +123,12 @@ class Peer:
 
 
 def check_name(name: str) -> None:
-    """Raise 400 *Bad file format* unless `name` is made of `[A-Za-z0-9_-]` only."""
+    """Raise 400 *Bad file format* unless `name` is made of `[A-Za-z0-9_-]` only,
+    at most MAX_NAME_LENGTH characters."""
     if not _NAME.fullmatch(name):
         raise bad_format(
             "Only alphanumeric, dash characters and underscores are allowed in the names "
-            f"of modalities/peers, but found: {name}"
+            f"of modalities/peers (at most {MAX_NAME_LENGTH}), but found: {name[:80]}"
         )
 
 

@@ -7,8 +7,9 @@ follows ORTHANC_API.md §0 and §16:
 - `NoAnswer` -> empty 404 (400 for POST, or its own status); `Forbidden` -> empty 403;
 - unknown route -> empty 404; known route, wrong method -> empty 405 with
   `Allow: GET,POST,DELETE,PUT` (the path's methods, Orthanc's order);
-- invalid request parameters -> 400 *Bad request*; any other exception -> 500
-  *Internal error*.
+- invalid request parameters -> 400 *Bad request*; an unreachable database,
+  broker or clock -> 503 *database unavailable* (`availability.py`); any other
+  exception -> 500 *Internal error*.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError
+from dicomkeep.common.errors import ErrorCode, Forbidden, NoAnswer, OrthancError, unavailability
 from dicomkeep.common.metrics import ORTHANC_METRICS
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.telemetry import instrument_app
@@ -39,6 +40,7 @@ from dicomkeep.gateway.api import (
     system,
     tools,
 )
+from dicomkeep.gateway.availability import UnavailableMiddleware
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.http_options import ConnectionCloseMiddleware, RequestTimeoutMiddleware
 from dicomkeep.gateway.paths import PathMiddleware
@@ -105,6 +107,8 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     if not effective.keep_alive:
         app.add_middleware(ConnectionCloseMiddleware)
     app.add_middleware(SecurityMiddleware, settings=effective)
+    # Outside the security layer: also covers its own index lookups.
+    app.add_middleware(UnavailableMiddleware)
     app.add_middleware(monitoring.RequestMetrics)
     ORTHANC_METRICS.enabled = effective.metrics_enabled
     instrument_app(app)
@@ -165,6 +169,11 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Reached only by what UnavailableMiddleware did not see (errors raised while
+    # an answer was already being sent are not rendered at all).
+    unavailable = unavailability(exc)
+    if unavailable is not None:
+        return render_error(request, unavailable.code, 503, unavailable.details)
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return render_error(request, ErrorCode.INTERNAL_ERROR, 500)
 

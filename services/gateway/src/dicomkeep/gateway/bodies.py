@@ -8,11 +8,17 @@ a reset connection; beyond that the server closes the connection.
 
 from __future__ import annotations
 
+import asyncio
+import json
+from typing import Any
+
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from starlette.requests import ClientDisconnect, Request
 
 #: How much of an oversized body is read and dropped before answering 413.
 DRAIN_BYTES = 8 * 1024 * 1024
+#: How long draining waits for the next chunk of an oversized body.
+DRAIN_PAUSE = 1.0
 PAYLOAD_TOO_LARGE = 413
 
 
@@ -25,17 +31,23 @@ def declared_length(request: Request) -> int | None:
 
 
 async def drain(request: Request) -> None:
-    """Read and drop what is left of the body, at most DRAIN_BYTES."""
+    """Read and drop what is left of the body, at most DRAIN_BYTES, waiting at most
+    DRAIN_PAUSE seconds for each chunk; nothing when Content-Length already
+    declares more than DRAIN_BYTES (the connection is closed after the answer)."""
+    length = declared_length(request)
+    if length is not None and length > DRAIN_BYTES:
+        return
     dropped = 0
     try:
         while dropped <= DRAIN_BYTES:
-            message = await request.receive()
+            async with asyncio.timeout(DRAIN_PAUSE):
+                message = await request.receive()
             if message["type"] != "http.request":
                 return
             dropped += len(message.get("body", b""))
             if not message.get("more_body", False):
                 return
-    except ClientDisconnect:
+    except (ClientDisconnect, TimeoutError):
         return
 
 
@@ -57,13 +69,49 @@ async def refuse_declared_excess(request: Request, what: str, limit: int) -> Non
 
 
 async def read_limited(request: Request, what: str, limit: int) -> bytes:
-    """Return the whole body; raise 413 as soon as it exceeds `limit` bytes."""
-    await refuse_declared_excess(request, what, limit)
+    """Return the whole body; raise 413 as soon as it exceeds `limit` bytes (0 =
+    no limit). A stalled body is `HttpRequestTimeout`'s business (http_options.py)."""
+    if limit:
+        await refuse_declared_excess(request, what, limit)
     chunks: list[bytes] = []
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
-        if received > limit:
+        if limit and received > limit:
             raise await too_large(request, what, limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+#: Deepest nesting of arrays and objects accepted in a JSON body. Orthanc's
+#: parser (jsoncpp) stops at 1000; no Orthanc request needs more than a few, and
+#: a deeper document would exhaust Python's recursion limit further down.
+MAX_JSON_DEPTH = 100
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Parse a JSON body; raise ValueError if it is not JSON (the caller picks the
+    error), and 400 *Cannot parse a JSON document* if it nests deeper than
+    MAX_JSON_DEPTH (instead of a RecursionError further down)."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise _too_deep() from None
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > MAX_JSON_DEPTH:
+                    raise _too_deep()
+                pending.append((child, depth + 1))
+    return value
+
+
+def _too_deep() -> OrthancError:
+    return OrthancError(
+        ErrorCode.BAD_JSON, f"The JSON document nests deeper than {MAX_JSON_DEPTH} levels"
+    )

@@ -7,7 +7,6 @@ request reaches a modality (our AET, timeout).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from dicomkeep.common import dicom_scu
@@ -15,6 +14,7 @@ from dicomkeep.common.dicom_scu import DicomNetworkError, Peer
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.modalities import Modality
 from dicomkeep.common.settings import Settings
+from dicomkeep.gateway.bodies import parse_json
 
 #: QueryRetrieveLevel of each `Level` accepted by `/move`.
 MOVE_LEVELS = {
@@ -38,7 +38,7 @@ def json_body(raw: bytes, *, allow_empty: bool = True) -> Any:
     if not raw.strip() and allow_empty:
         return {}
     try:
-        return json.loads(raw)
+        return parse_json(raw)
     except ValueError:
         raise bad_body("Must provide a JSON value") from None
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
+from dicomkeep.common.errors import unavailability
 from dicomkeep.common.events import CHANGES_EXCHANGE
 from dicomkeep.common.index import Index
 from dicomkeep.common.metrics import STABILITY_BACKLOG
@@ -100,8 +101,8 @@ class StabilityService:
             try:
                 await emit_due(self.index, self.clock, now=time.time(), stable_age=stable_age)
                 STABILITY_BACKLOG.set(await self.clock.count())
-            except Exception:
-                log.exception("stability monitor failed; retrying")
+            except Exception as exc:
+                _report("stability monitor failed; retrying", exc)
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self._reconcile_every
                 try:
@@ -109,9 +110,19 @@ class StabilityService:
                         self.index, self.clock, now=time.time(), stable_age=stable_age,
                         grace=self._grace,
                     )
-                except Exception:
-                    log.exception("stability reconciliation failed; retrying")
+                except Exception as exc:
+                    _report("stability reconciliation failed; retrying", exc)
             await asyncio.sleep(self._tick)
+
+
+def _report(what: str, exc: Exception) -> None:
+    """Log a failed round: one warning line when a backend is unreachable (an
+    outage is expected and the next round retries), a traceback otherwise."""
+    unavailable = unavailability(exc)
+    if unavailable is not None:
+        log.warning("%s error=%s", what, unavailable.details)
+    else:
+        log.error(what, exc_info=exc)
 
 
 def build(

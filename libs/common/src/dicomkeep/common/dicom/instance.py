@@ -101,9 +101,10 @@ def parse_instance(data: bytes) -> ParsedInstance:
 
     Mirrors Orthanc's store path: the whole file is validated (truncated or
     malformed -> BAD_FILE_FORMAT, empty -> BAD_FILE_FORMAT `Received an empty DICOM
-    file`); StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID absent ->
-    INEXISTENT_TAG, present but empty -> BAD_FILE_FORMAT `missing
-    StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID`. Missing PatientID hashes
+    file`); StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID absent or
+    empty -> BAD_FILE_FORMAT `missing StudyInstanceUID, SeriesInstanceUID or
+    SOPInstanceUID` (Orthanc 1.12's 400; 1.10.1 answered 404 *Inexistent tag*
+    for an absent one). Missing PatientID hashes
     as "". Values are decoded with the Specific Character Set and lose their
     trailing padding (leading spaces are kept); a known string tag stored with VR UN
     keeps its raw ASCII bytes, padding included, as DCMTK gives them to Orthanc.
@@ -124,10 +125,10 @@ def parse_instance(data: bytes) -> ParsedInstance:
             return None
         return text
 
-    for tag in (_STUDY_UID, _SERIES_UID, _SOP_UID):
-        if tag not in top:
-            raise OrthancError(ErrorCode.INEXISTENT_TAG)
-    uids = [_full_text(dicom, top[tag], encodings) for tag in (_STUDY_UID, _SERIES_UID, _SOP_UID)]
+    uids = [
+        _full_text(dicom, top[tag], encodings) if tag in top else ""
+        for tag in (_STUDY_UID, _SERIES_UID, _SOP_UID)
+    ]
     if not all(uids):
         raise OrthancError(
             ErrorCode.BAD_FILE_FORMAT,

@@ -151,6 +151,10 @@ class DicomKeepSettings(BaseModel):
     """Seconds to wait for a store to complete. Default 30."""
     orphan_grace_period: Annotated[float, Field(ge=0)] = 600.0
     """Seconds before an unreferenced blob is collected. Default 600."""
+    maximum_upload_size: Annotated[int, Field(ge=0)] = 2048
+    """Largest `POST /instances` body accepted, in MB (like MaximumStorageSize); a
+    larger one answers 413, before it is read when Content-Length declares it;
+    0 = no limit. Default 2048."""
     log_format: Literal["text", "json"] = "text"
     """Log lines as "text" (`time LEVEL logger message`) or "json" (one JSON object
     per line, with the trace and span ids). `--log-format` overrides it.

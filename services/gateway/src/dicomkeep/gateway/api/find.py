@@ -9,7 +9,6 @@ answer is the §2.3 object, plus `RequestedTags` (main, file or computed tags).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from dicomkeep.common.ids import Level
 from dicomkeep.common.index.labels import check_label
 from dicomkeep.common.search import NEVER, FileReader, effective_limit, find_resources, tag_values
 from dicomkeep.gateway.args import TagFormat
+from dicomkeep.gateway.bodies import parse_json
 from dicomkeep.gateway.deps import BlobsDep, IndexDep, SettingsDep
 from dicomkeep.gateway.responses import OrthancJSONResponse
 from dicomkeep.gateway.views import expand_many
@@ -44,6 +44,10 @@ class FindBody:
     fmt: TagFormat
     labels: list[str]
     labels_constraint: str
+
+
+#: Longest constraint accepted in a `/tools/find` query (characters).
+MAX_QUERY_VALUE = 4096
 
 
 def _bad(details: str) -> OrthancError:
@@ -91,7 +95,7 @@ def parse_find_body(raw: bytes) -> FindBody:
     negative Limit/Since; unknown level or tag; misplaced wildcard.
     """
     try:
-        body = json.loads(raw) if raw.strip() else None
+        body = parse_json(raw) if raw.strip() else None
     except (ValueError, UnicodeDecodeError):
         body = None
     if not isinstance(body, dict):
@@ -101,6 +105,11 @@ def parse_find_body(raw: bytes) -> FindBody:
     query = body.get("Query")
     if not isinstance(query, dict):
         raise _bad('Field "Query" is missing, or should be a JSON object')
+    for key, value in query.items():
+        if isinstance(value, str) and len(value) > MAX_QUERY_VALUE:
+            # A DICOM value is at most a few hundred characters; a longer pattern
+            # only costs the database (SQLite refuses it as "too complex").
+            raise _bad(f"The constraint on {key} is longer than {MAX_QUERY_VALUE} characters")
     case_sensitive = _flag(body, "CaseSensitive")
     level = Level.parse(body["Level"])
     requested = body.get("RequestedTags", [])

@@ -20,6 +20,7 @@ from dicomkeep.common.logs import patient_text
 from dicomkeep.common.receiving import Origin, Received, Receiver
 from dicomkeep.common.storage import StorageAccessor, read_instance_file
 from dicomkeep.gateway.args import bool_arg, tag_format
+from dicomkeep.gateway.bodies import read_limited
 from dicomkeep.gateway.deps import IndexDep, ReceiverDep, SettingsDep, StorageDep, UsernameDep
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty
 from dicomkeep.gateway.tag_source import dicom_for_tags
@@ -117,15 +118,23 @@ async def _store_zip(body: bytes, receiver: Receiver, origin: Origin) -> list[di
 
 
 @router.post("/instances")
-async def post_instances(request: Request, receiver: ReceiverDep, username: UsernameDep) -> Response:
+async def post_instances(
+    request: Request, receiver: ReceiverDep, username: UsernameDep, settings: SettingsDep
+) -> Response:
     """Store a DICOM file (-> one object) or a ZIP of DICOM files (-> an array).
 
     Any content type; `Content-Encoding: gzip` accepted. Empty body -> 400
-    *Bad file format* "Received an empty DICOM file"; the Receiver's errors propagate
-    (invalid file 400, absent UID 404 *Inexistent tag*, storage full 507). Answers
+    *Bad file format* "Received an empty DICOM file"; a body over the DicomKeep
+    `MaximumUploadSize` 413 (up front when Content-Length says so), a body
+    stalled for `HttpRequestTimeout` seconds 408 (http_options.py); the
+    Receiver's errors propagate
+    (invalid file 400, absent UID 400 as Orthanc 1.12, storage full 507). Answers
     only after the indexer committed.
     """
-    body = _decoded_body(await request.body(), request.headers.get("content-encoding"))
+    options = settings.dicomkeep
+    limit = options.maximum_upload_size * 1024 * 1024
+    raw = await read_limited(request, "The uploaded body", limit)
+    body = _decoded_body(raw, request.headers.get("content-encoding"))
     if not body:
         raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
     client = request.client

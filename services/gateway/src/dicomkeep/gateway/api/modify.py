@@ -17,7 +17,6 @@ Bad bodies are refused before anything is read or stored (common/modification.py
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
@@ -43,6 +42,7 @@ from dicomkeep.common.resource_modification import (
     read_instance,
 )
 from dicomkeep.gateway.api.jobs import job_answer
+from dicomkeep.gateway.bodies import parse_json
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.deps import (
     BlobsDep,
@@ -66,7 +66,7 @@ async def json_body(request: Request) -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        return parse_json(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise OrthancError(ErrorCode.BAD_FILE_FORMAT) from error
 

@@ -8,7 +8,6 @@ waited for here when synchronous, as Orthanc does.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
@@ -26,6 +25,7 @@ from dicomkeep.common.peers import Peer, check_name, find_peer, load_peers, pars
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.api.jobs import job_answer
 from dicomkeep.gateway.args import bool_arg
+from dicomkeep.gateway.bodies import parse_json
 from dicomkeep.gateway.deps import ContextDep, IndexDep, SettingsDep
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty
 from fastapi import APIRouter, Request
@@ -78,7 +78,7 @@ async def put_peer(name: str, request: Request, index: IndexDep) -> Response:
     """
     check_name(name)
     try:
-        value = json.loads(await request.body())
+        value = parse_json(await request.body())
     except ValueError as error:
         raise OrthancError(ErrorCode.BAD_JSON, "The body must be a JSON array or object") from error
     peer = parse_peer(name, value)

@@ -9,7 +9,6 @@ query with its answers in the index, so any gateway replica serves
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
@@ -26,6 +25,7 @@ from dicomkeep.common.modalities import get_modality
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.api.jobs import job_answer
 from dicomkeep.gateway.args import bool_arg, tag_format
+from dicomkeep.gateway.bodies import parse_json
 from dicomkeep.gateway.deps import ContextDep, IndexDep
 from dicomkeep.gateway.modality_bodies import field, peer_for, synchronous
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty
@@ -203,7 +203,7 @@ def _retrieve_body(raw: bytes, default_aet: str) -> tuple[str, dict[str, Any]]:
     if not text:
         return default_aet, {}
     try:
-        body = json.loads(text)
+        body = parse_json(text)
     except ValueError:
         return text, {}  # the target AET as plain text
     if isinstance(body, str):
