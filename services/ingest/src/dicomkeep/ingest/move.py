@@ -30,7 +30,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dicomkeep.common.dicom_scu import REQUESTOR_HANDLERS, read_dataset, store_contexts
+from dicomkeep.common.dicom.scu import REQUESTOR_HANDLERS, read_dataset, store_contexts
 from dicomkeep.common.find import Constraint, Kind
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
