@@ -11,7 +11,7 @@ whose AET equals it, as StrictAetComparison says.
 - `SynchronousCMove` true: the C-STORE sub-operations run inside the C-MOVE,
   with Pending responses carrying the counts, on one association to the
   destination requested with DicomKeep's guarded SCU handlers (TCP_NODELAY and
-  the lost-response guard of `common.dicom_scu`). The final status is Success,
+  the lost-response guard of `common.dicom.scu`). The final status is Success,
   0xB000 when some sub-operations failed, 0xA702 when all did.
 - false: a DicomModalityStore job (Description `C-MOVE`, MoveOriginatorAET/ID
   set) is queued and the C-MOVE answers Success at once.
