@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dicomkeep.common.dicom.instance import parse_instance
+from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
 from dicomkeep.common.modification import Modification, boolean_member
 from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.storage import StorageAccessor
 from dicomkeep.common.transcoding import check_target, dataset_bytes, read_dataset, transcode
 from pydicom.uid import UID

@@ -6,6 +6,10 @@ output), `--version`, `--errors`, and Orthanc's logging options (`--verbose`,
 `--trace`, `--logdir=`, `--logfile=`, `--verbose-CATEGORY`...), accepted before or
 after the command and the configuration path. Clients of a running server:
 `upload` (as ImportDicomFiles.py) and `job wait`.
+
+Over 400 lines because it is one argument grammar (Orthanc's options accepted
+before or after the command) with the small handler of each command beside it;
+the clients' network code lives in `client.py`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ ORTHANC_VERSION = "1.12.4"
 LOG_CATEGORIES: dict[str, tuple[str, ...]] = {
     "generic": ("dicomkeep",),
     "http": ("dicomkeep.gateway", "uvicorn"),
-    "dicom": ("dicomkeep.ingest", "dicomkeep.common.dicom_scu", "pynetdicom"),
+    "dicom": ("dicomkeep.ingest", "dicomkeep.common.dicom.scu", "pynetdicom"),
     "sqlite": ("dicomkeep.common.adapters.sqlite_db",),
     "jobs": ("dicomkeep.jobs", "dicomkeep.common.jobs"),
 }

@@ -16,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dicomkeep.common import dicom_scu, peer_transfer
-from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
+from dicomkeep.common import peer_transfer
+from dicomkeep.common.dicom import scu as dicom_scu
+from dicomkeep.common.dicom.receiving import Receiver
+from dicomkeep.common.dicom.scu import DicomNetworkError, Peer, StoreSession
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index, JobAction, JobOutcome, JobRecord, JobState, JobUpdate
@@ -26,7 +28,6 @@ from dicomkeep.common.orthanc import DimseStatus, MetadataType
 from dicomkeep.common.peer_http import HttpOptions
 from dicomkeep.common.peers import find_peer
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.resource_modification import JOB_TYPE as MODIFICATION_JOB
 from dicomkeep.common.resource_modification import (
     checkpoint_payload,

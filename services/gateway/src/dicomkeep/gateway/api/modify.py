@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from dicomkeep.common.dicom.receiving import Origin
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
@@ -28,7 +29,6 @@ from dicomkeep.common.modification import (
     parse_anonymize_request,
     parse_modify_request,
 )
-from dicomkeep.common.receiving import Origin
 from dicomkeep.common.resource_modification import (
     JOB_TYPE,
     ModificationOptions,

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from dicomkeep.common.dicom.receiving import Origin
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
 from dicomkeep.common.modification import boolean_member as boolean
-from dicomkeep.common.receiving import Origin
 from dicomkeep.common.resource_modification import read_instance
 from dicomkeep.common.transcoding import dataset_bytes, read_dataset
 from dicomkeep.gateway.api.instances import store_answer
