@@ -8,9 +8,12 @@ toggled per attachment by /compress and /uncompress, large attachments.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import sqlite3
 import zlib
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -129,6 +132,54 @@ def test_main_dicom_tags_signature_on_every_level(clean: Server) -> None:
                 assert (put.status_code, put.content) == (403, b"")
                 assert client.delete(f"{base}/{name}").status_code == 403
             assert client.get(f"{base}/MainDicomTagsSignature").text == SIGNATURES[plural]
+
+
+def alter_index(server: Server, statement: str) -> None:
+    """Run one SQL statement on the server's index behind its back (SQLite or PostgreSQL)."""
+    if server.mode == "allinone":
+        with sqlite3.connect(Path(server.config["IndexDirectory"]) / "index") as conn:
+            conn.execute(statement)
+        return
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(server.config["PostgreSQL"]["ConnectionUri"])
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def test_invalidate_tags_rebuilds_main_tags_from_the_files(clean: Server) -> None:
+    with http(clean, 0) as client, http(clean, 1) as other:
+        stored = store_ct(client)
+        study = f"/studies/{stored['ParentStudy']}"
+        series = f"/series/{stored['ParentSeries']}"
+        instance = f"/instances/{stored['ID']}"
+        patient = f"/patients/{stored['ParentPatient']}"
+        paths = (patient, study, series, instance)
+        before = {path: client.get(path).json()["MainDicomTags"] for path in paths}
+        patient_before = client.get(study).json()["PatientMainDicomTags"]
+        alter_index(clean, "UPDATE main_tags SET value = 'FORGED' WHERE name IN "
+                    "('StudyDescription', 'Modality', 'InstanceNumber', 'PatientName')")
+        alter_index(clean, "DELETE FROM main_tags WHERE name = 'SeriesNumber'")
+        alter_index(clean, "UPDATE metadata SET value = 'stale' WHERE key = 15")
+        assert client.get(series).json()["MainDicomTags"]["Modality"] == "FORGED"
+        answer = other.post("/tools/invalidate-tags")
+        assert (answer.status_code, answer.content) == (200, b"")
+        assert answer.headers["content-type"] == "text/plain"
+        for path, tags in before.items():
+            assert client.get(path).json()["MainDicomTags"] == tags
+        assert client.get(study).json()["PatientMainDicomTags"] == patient_before
+        assert patient_before["PatientName"] != "FORGED"
+        for path, plural in zip(paths, ("patients", "studies", "series", "instances"), strict=True):
+            value = client.get(f"{path}/metadata/MainDicomTagsSignature").text
+            assert value == SIGNATURES[plural]
+        # An empty index is fine too.
+        client.delete(instance)
+        assert client.post("/tools/invalidate-tags").status_code == 200
 
 
 def test_core_metadata_is_read_only_and_bad_input_changes_nothing(clean: Server) -> None:

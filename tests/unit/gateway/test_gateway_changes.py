@@ -46,7 +46,7 @@ async def test_metadata_list_and_expand(gateway: Gateway) -> None:
     names = (await client.get(f"/instances/{instance}/metadata")).json()
     assert names == [
         "IndexInSeries", "ReceptionDate", "RemoteAET", "Origin", "TransferSyntax", "SopClassUid",
-        "RemoteIP", "HttpUsername", "PixelDataOffset", "Sample", "2000",
+        "RemoteIP", "HttpUsername", "PixelDataOffset", "MainDicomTagsSignature", "Sample", "2000",
     ]  # fmt: skip
     expanded = (await client.get(f"/instances/{instance}/metadata?expand")).json()
     assert expanded["Origin"] == "RestApi"
@@ -55,7 +55,7 @@ async def test_metadata_list_and_expand(gateway: Gateway) -> None:
     assert expanded["RemoteAET"] == ""
     assert (expanded["Sample"], expanded["2000"]) == ("user", "other")
     numeric = (await client.get(f"/instances/{instance}/metadata?numeric")).json()
-    assert numeric == [1, 2, 3, 8, 9, 10, 11, 13, 14, 1024, 2000]
+    assert numeric == [1, 2, 3, 8, 9, 10, 11, 13, 14, 15, 1024, 2000]
     unknown = await client.get("/instances/nope/metadata")
     assert unknown.status_code == 404
     assert unknown.json()["OrthancError"] == "Unknown resource"

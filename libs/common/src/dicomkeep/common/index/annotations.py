@@ -22,7 +22,7 @@ from dicomkeep.common.index.hierarchy import (
 from dicomkeep.common.index.records import Expected, MetadataValue
 from dicomkeep.common.index.recycling import Recycler
 from dicomkeep.common.index.transactions import Transactions
-from dicomkeep.common.orthanc import FIRST_USER_CONTENT_TYPE
+from dicomkeep.common.orthanc import FIRST_USER_CONTENT_TYPE, MetadataType
 from dicomkeep.common.ports.database import Tx
 
 
@@ -159,6 +159,51 @@ class Annotations(Transactions):
         await self._run(body)
 
     # -- attachments ---------------------------------------------------------------
+    async def rewrite_main_tags(
+        self, ids: Sequence[str], main_tags: dict[Level, dict[str, str]], signatures: dict[Level, str]
+    ) -> bool:
+        """Replace the main tags and MainDicomTagsSignature of an instance and its parents.
+
+        `ids` are the (patient, study, series, instance) public IDs; a study also
+        keeps its patient's tags. Return False when the instance no longer exists.
+        """
+
+        async def body(tx: Tx) -> bool:
+            rows: list[tuple[Level, int]] = []
+            for level, public_id in zip(Level, ids, strict=True):
+                internal_id = await tx.fetchval(
+                    "SELECT internal_id FROM resources WHERE public_id = $1 AND level = $2",
+                    public_id,
+                    level.depth,
+                )
+                if internal_id is None:
+                    return False
+                rows.append((level, int(internal_id)))
+            for level, internal_id in rows:
+                sources = [level] + ([Level.PATIENT] if level is Level.STUDY else [])
+                await tx.execute("DELETE FROM main_tags WHERE internal_id = $1", internal_id)
+                values = [
+                    (internal_id, source.depth, name, value)
+                    for source in sources
+                    for name, value in main_tags.get(source, {}).items()
+                ]
+                if values:
+                    await tx.executemany(
+                        "INSERT INTO main_tags(internal_id, tag_level, name, value) "
+                        "VALUES ($1, $2, $3, $4)",
+                        values,
+                    )
+                await tx.execute(
+                    "INSERT INTO metadata(internal_id, key, value, revision) VALUES ($1, $2, $3, 0) "
+                    "ON CONFLICT (internal_id, key) DO UPDATE SET value = excluded.value",
+                    internal_id,
+                    int(MetadataType.MAIN_DICOM_TAGS_SIGNATURE),
+                    signatures[level],
+                )
+            return True
+
+        return await self._run(body)
+
     async def list_attachments(
         self, level: Level, public_id: str
     ) -> list[AttachmentInfo] | None:

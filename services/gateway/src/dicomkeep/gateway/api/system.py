@@ -9,7 +9,7 @@ import socket
 from importlib import metadata
 from typing import Any
 
-from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS
+from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS_SIGNATURES
 from dicomkeep.common.errors import NoAnswer
 from dicomkeep.common.ids import Level
 from dicomkeep.common.settings import Settings
@@ -17,7 +17,7 @@ from dicomkeep.common.timestamps import now_local_stamp, now_stamp
 from dicomkeep.gateway.deps import IndexDep, SettingsDep
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, plain
 from dicomkeep.gateway.security import is_http_server_secure
-from dicomkeep.gateway.views import format_tag, reference
+from dicomkeep.gateway.views import reference
 from fastapi import APIRouter, Request
 from pydicom.uid import generate_uid
 from starlette.responses import Response
@@ -43,7 +43,7 @@ def dicomkeep_version() -> str:
 
 def main_tags_signature(level: Level) -> str:
     """Return Orthanc's signature of a level's main tags: `gggg,eeee;...` in tag order."""
-    return ";".join(format_tag(tag) for tag in sorted({tag for _, tag in MAIN_DICOM_TAGS[level]}))
+    return MAIN_DICOM_TAGS_SIGNATURES[level]
 
 
 def database_server_identifier(settings: Settings) -> str:

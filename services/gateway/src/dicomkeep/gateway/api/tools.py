@@ -1,12 +1,13 @@
 """Small tools: `/plugins`, `/tools/dicom-conformance`, `/tools/create-dicom`,
 `/instances/{id}/pdf`, `/tools/bulk-delete`, `/tools/bulk-content`, `/tools/reset`,
-`/tools/shutdown` (Orthanc 1.12)."""
+`/tools/shutdown`, `/tools/invalidate-tags` (Orthanc 1.12)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS_SIGNATURES, parse_instance
 from dicomkeep.common.dicom.receiving import Origin
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.ids import Level, resource_path
@@ -62,6 +63,21 @@ async def reset(request: Request) -> Response:
 async def shutdown(request: Request) -> Response:
     """Answer `{}`, then stop the process's services and exit (Orthanc's `ShutdownOrthanc`)."""
     return OrthancJSONResponse({}, background=BackgroundTask(_control(request).request_shutdown))
+
+
+@router.post("/tools/invalidate-tags")
+async def invalidate_tags(index: IndexDep, blobs: BlobsDep) -> Response:
+    """Rebuild the main DICOM tags and MainDicomTagsSignature of every resource from
+    the stored files (Orthanc drops its DICOM-as-JSON caches, which DicomKeep never
+    keeps); answer an empty `text/plain` body, as Orthanc."""
+    for instance_id in await index.list_resources(Level.INSTANCE):
+        try:
+            data, ids = await read_instance(index, blobs, instance_id)
+        except OrthancError:
+            continue  # deleted meanwhile, or its file is missing: nothing to rebuild from
+        parsed = parse_instance(data)
+        await index.rewrite_main_tags(ids, parsed.main_tags, MAIN_DICOM_TAGS_SIGNATURES)
+    return plain("")
 
 
 @router.get("/tools/dicom-conformance")
