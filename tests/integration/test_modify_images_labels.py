@@ -199,9 +199,44 @@ def test_modification_changes_and_metadata(clean: Server) -> None:
         [copy] = series["Instances"]
         assert client.get(f"/instances/{copy}/metadata/ModifiedFrom").text == instance_id
         assert client.get(f"/instances/{instance_id}").status_code == 404
+        # As Orthanc: the study, whose ID the copy shares, records no ModifiedFrom.
+        assert "ModifiedFrom" not in client.get(f"/studies/{study_id}").json()
         changes = client.get(f"/changes?since={last}").json()["Changes"]
         kinds = {(c["ChangeType"], c["ID"]) for c in changes}
         assert ("NewInstance", copy) in kinds and ("NewSeries", answer["ID"]) in kinds
+        # As Orthanc 1.12: no Modified*/Anonymized* change is logged (docs/rest.md).
+        assert not {kind for kind, _ in kinds if kind.startswith(("Modified", "Anonymized"))}
+
+
+def test_synchronous_job_and_concurrent_anonymized_names(clean: Server) -> None:
+    """A synchronous study anonymization is a ResourceModification job listed in
+    /jobs (Orthanc's SubmitAndWait); concurrent anonymizations on every replica each
+    draw their own Anonymized<N>."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with clean.client() as client:
+        ct = sample_path("CT_small.dcm")
+        client.post("/instances", content=ct.read_bytes())
+        _, study_id, _, instance_id = expected_ids(ct)
+        before = set(client.get("/jobs").json())
+        answer = client.post(f"/studies/{study_id}/anonymize", json={})
+        assert answer.status_code == 200, answer.text
+        [job_id] = set(client.get("/jobs").json()) - before
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["Type"] == "ResourceModification" and job["State"] == "Success"
+        assert job["Content"] == answer.json()
+        first = client.get(f"/patients/{answer.json()['PatientID']}").json()
+        drawn = {first["MainDicomTags"]["PatientName"]}
+
+    def anonymize(n: int) -> str:
+        with clean.client(replica=n) as each:
+            reply = each.post(f"/instances/{instance_id}/anonymize", json={})
+            assert reply.status_code == 200, reply.text
+            return str(_read(reply.content).PatientName)
+
+    with ThreadPoolExecutor(6) as pool:
+        drawn |= set(pool.map(anonymize, range(12)))
+    assert len(drawn) == 13 and all(name.startswith("Anonymized") for name in drawn)
 
 
 def test_tools_and_bulk_routes(clean: Server) -> None:

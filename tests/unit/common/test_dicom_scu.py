@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from dicom_peers import StoreScpProcess, storage_scp, storescp
-from dicomkeep.common import dicom_scu
-from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
+from dicomkeep.common.dicom import scu as dicom_scu
+from dicomkeep.common.dicom.scu import DicomNetworkError, Peer, StoreSession
 from dicomkeep.common.orthanc import DimseStatus
 from pydicom import dcmread
 from servers import free_port
@@ -47,7 +47,7 @@ def test_parallel_associations_lose_no_response(
             for _ in range(2):  # each file twice: also over re-used associations
                 statuses[n] += [session.send(item.data) for item in studies[n]]
 
-    caplog.set_level(logging.WARNING, logger="dicomkeep.common.dicom_scu")
+    caplog.set_level(logging.WARNING, logger="dicomkeep.common.dicom.scu")
     threads = [threading.Thread(target=send, args=(n,)) for n in range(len(studies))]
     for thread in threads:
         thread.start()

@@ -20,6 +20,7 @@ from backends import PG_ADMIN_DSN, pg_dsn
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
+from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
@@ -33,7 +34,6 @@ from dicomkeep.common.peer_transfer import (
     transfer,
 )
 from dicomkeep.common.peers import Peer, config_peers, merge_peers, parse_peer
-from dicomkeep.common.receiving import Origin, Receiver
 from synthetic import generate_study
 
 FAST = HttpOptions(timeout=5, attempts=3, backoff=0.0)

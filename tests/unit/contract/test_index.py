@@ -278,3 +278,11 @@ async def test_attachment_lookup_in_one_query(index: Index, monkeypatch: pytest.
     await index.set_attachment(Level.SERIES, stored.series_id, user, None, check_revisions=False)
     found = await index.attachment(Level.SERIES, stored.series_id, 1025)
     assert found is not None and found.uuid == "user" and found.revision == 1
+
+
+async def test_increment_property_gives_each_concurrent_caller_its_own_value(index: Index) -> None:
+    """Orthanc's IncrementGlobalSequence (the "Anonymized<N>" counter) under contention."""
+    assert await index.increment_property("seq") == 1
+    values = await asyncio.gather(*(index.increment_property("seq") for _ in range(20)))
+    assert sorted(values) == list(range(2, 22))
+    assert await index.get_property("seq") == "21"

@@ -11,8 +11,8 @@ import pytest
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.local_bus import LocalBus
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
+from dicomkeep.common.dicom.receiving import Receiver, Submit
 from dicomkeep.common.index import Index
-from dicomkeep.common.receiving import Receiver, Submit
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.app import create_app
 from dicomkeep.gateway.context import GatewayContext

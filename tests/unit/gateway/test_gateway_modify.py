@@ -4,10 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import AsyncIterator
 
 import pydicom
 import pytest
+from dicomkeep.jobs.usecases import Deps
+from dicomkeep.jobs.worker import JobWorkers
 from gateway_support import Gateway, dicom_file
+
+
+@pytest.fixture(autouse=True)
+async def workers(gateway: Gateway) -> AsyncIterator[JobWorkers]:
+    """The jobs service's workers: every resource modification runs as a job."""
+    ctx = gateway.ctx
+    running = JobWorkers(
+        ctx.index.jobs, Deps(ctx.settings, ctx.index, ctx.blobs, ctx.receiver), concurrency=1,
+        history_size=10, poll=0.05,
+    )
+    running.start()
+    try:
+        yield running
+    finally:
+        await running.stop()
 
 
 async def test_instance_modify_answers_a_file_and_stores_nothing(gateway: Gateway) -> None:
@@ -47,6 +65,9 @@ async def test_study_modify_stores_a_copy_with_modified_from(gateway: Gateway) -
     assert instance["ModifiedFrom"] == stored["ID"]
     series = (await gateway.client.get(f"/series/{instance['ParentSeries']}")).json()
     assert series["ModifiedFrom"] == stored["ParentSeries"]
+    # As Orthanc's ResourceModificationJob: only levels whose ID changed get it.
+    patient = (await gateway.client.get(f"/patients/{stored['ParentPatient']}")).json()
+    assert "ModifiedFrom" not in patient
 
 
 async def test_anonymize_study_names_the_patient_anonymized(gateway: Gateway) -> None:
@@ -143,47 +164,65 @@ async def test_bulk_modify_and_anonymize_answer_every_level(gateway: Gateway) ->
 
 
 async def test_asynchronous_modification_runs_as_a_job(gateway: Gateway) -> None:
-    from dicomkeep.jobs.usecases import Deps
-    from dicomkeep.jobs.worker import JobWorkers
-
-    ctx = gateway.ctx
-    workers = JobWorkers(
-        ctx.index.jobs, Deps(ctx.settings, ctx.index, ctx.blobs, ctx.receiver), concurrency=1,
-        history_size=10, poll=0.05,
+    ct = await gateway.upload(dicom_file("CT_small.dcm"))
+    await gateway.upload(dicom_file("MR_small.dcm"))
+    response = await gateway.client.post(
+        f"/studies/{ct['ParentStudy']}/anonymize", json={"Asynchronous": True}
     )
-    workers.start()
-    try:
-        ct = await gateway.upload(dicom_file("CT_small.dcm"))
-        await gateway.upload(dicom_file("MR_small.dcm"))
-        response = await gateway.client.post(
-            f"/studies/{ct['ParentStudy']}/anonymize", json={"Asynchronous": True}
-        )
-        assert response.status_code == 200, response.text
-        job_id = response.json()["ID"]
-        assert response.json()["Path"] == f"/jobs/{job_id}"
-        for _ in range(200):
-            job = (await gateway.client.get(f"/jobs/{job_id}")).json()
-            if job["State"] in ("Success", "Failure"):
-                break
-            await asyncio.sleep(0.05)
-        assert job["State"] == "Success", job
-        assert job["Type"] == "ResourceModification" and job["Progress"] == 100
-        content = job["Content"]
-        assert content["IsAnonymization"] is True and content["InstancesCount"] == 1
-        copy = (await gateway.client.get(f"/studies/{content['ID']}")).json()
-        assert copy["AnonymizedFrom"] == ct["ParentStudy"]
-        assert copy["ParentPatient"] == content["PatientID"]
-        bulk = await gateway.client.post(
-            "/tools/bulk-modify",
-            json={"Resources": [ct["ID"]], "Replace": {"StudyDescription": "J"}, "Asynchronous": True},
-        )
-        bulk_id = bulk.json()["ID"]
-        for _ in range(200):
-            job = (await gateway.client.get(f"/jobs/{bulk_id}")).json()
-            if job["State"] in ("Success", "Failure"):
-                break
-            await asyncio.sleep(0.05)
-        assert job["State"] == "Success", job
-        assert {item["Type"] for item in job["Content"]["Resources"]} == {"Instance", "Series", "Study", "Patient"}
-    finally:
-        await workers.stop()
+    assert response.status_code == 200, response.text
+    job_id = response.json()["ID"]
+    assert response.json()["Path"] == f"/jobs/{job_id}"
+    for _ in range(200):
+        job = (await gateway.client.get(f"/jobs/{job_id}")).json()
+        if job["State"] in ("Success", "Failure"):
+            break
+        await asyncio.sleep(0.05)
+    assert job["State"] == "Success", job
+    assert job["Type"] == "ResourceModification" and job["Progress"] == 100
+    content = job["Content"]
+    assert content["IsAnonymization"] is True and content["InstancesCount"] == 1
+    copy = (await gateway.client.get(f"/studies/{content['ID']}")).json()
+    assert copy["AnonymizedFrom"] == ct["ParentStudy"]
+    assert copy["ParentPatient"] == content["PatientID"]
+    bulk = await gateway.client.post(
+        "/tools/bulk-modify",
+        json={"Resources": [ct["ID"]], "Replace": {"StudyDescription": "J"}, "Asynchronous": True},
+    )
+    bulk_id = bulk.json()["ID"]
+    for _ in range(200):
+        job = (await gateway.client.get(f"/jobs/{bulk_id}")).json()
+        if job["State"] in ("Success", "Failure"):
+            break
+        await asyncio.sleep(0.05)
+    assert job["State"] == "Success", job
+    assert {item["Type"] for item in job["Content"]["Resources"]} == {"Instance", "Series", "Study", "Patient"}
+
+
+async def test_synchronous_modification_is_a_job_in_the_history(gateway: Gateway) -> None:
+    """As Orthanc's SubmitAndWait: the answer is the job's content, and the job is listed."""
+    ct = await gateway.upload(dicom_file("CT_small.dcm"))
+    before = set((await gateway.client.get("/jobs")).json())
+    response = await gateway.client.post(
+        f"/studies/{ct['ParentStudy']}/modify", json={"Replace": {"StudyDescription": "S"}}
+    )
+    assert response.status_code == 200, response.text
+    jobs = set((await gateway.client.get("/jobs")).json()) - before
+    assert len(jobs) == 1
+    job = (await gateway.client.get(f"/jobs/{jobs.pop()}")).json()
+    assert job["Type"] == "ResourceModification" and job["State"] == "Success"
+    assert job["Content"] == response.json()
+    copy = response.json()["ID"]
+    instance = (await gateway.client.get(f"/studies/{copy}/instances")).json()[0]["ID"]
+    origin = await gateway.client.get(f"/instances/{instance}/metadata/Origin")
+    assert origin.text == "RestApi"
+    assert (await gateway.client.get(f"/instances/{instance}/metadata/RemoteIP")).text != ""
+
+
+async def test_concurrent_anonymizations_draw_distinct_names(gateway: Gateway) -> None:
+    """The Anonymized<N> counter is one index transaction per request (no two alike)."""
+    ct = await gateway.upload(dicom_file("CT_small.dcm"))
+    answers = await asyncio.gather(*(
+        gateway.client.post(f"/instances/{ct['ID']}/anonymize", json={}) for _ in range(8)
+    ))
+    names = {str(pydicom.dcmread(io.BytesIO(a.content)).PatientName) for a in answers}
+    assert names == {f"Anonymized{n}" for n in range(1, 9)}

@@ -111,3 +111,16 @@ async def test_create_dicom_series_from_a_content_array(gateway: Gateway) -> Non
     assert numbers == ["1", "2"]
     empty = await gateway.client.post("/tools/create-dicom", json={"Content": []})
     assert empty.status_code == 400 and empty.json()["OrthancStatus"] == 2022
+
+
+async def test_reset_and_shutdown_answer_and_set_the_process_control(gateway: Gateway) -> None:
+    """Orthanc's ResetOrthanc/ShutdownOrthanc: `{}` first, then the runner acts."""
+    control = gateway.client._transport.app.state.control  # type: ignore[attr-defined]
+    assert (await gateway.client.get("/tools/shutdown")).status_code == 405
+    assert not control.requested.is_set()
+    answer = await gateway.client.post("/tools/shutdown")
+    assert answer.status_code == 200 and answer.json() == {}
+    assert control.requested.is_set() and not control.reset
+    answer = await gateway.client.post("/tools/reset")
+    assert answer.status_code == 200 and answer.json() == {}
+    assert control.reset

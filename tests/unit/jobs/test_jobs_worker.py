@@ -13,13 +13,13 @@ import pytest
 from dicom_peers import storage_scp
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
+from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode
 from dicomkeep.common.events import ChangeType
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index, JobAction, JobOutcome, JobRecord, JobState, JobUpdate
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, store_job
 from dicomkeep.common.modalities import parse_modality
-from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.settings import Settings
 from dicomkeep.jobs.usecases import Deps, JobRun, execute, success
 from dicomkeep.jobs.worker import JobWorkers

@@ -12,11 +12,11 @@ import pytest
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.local_bus import LocalBus
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
+from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import CHANGES_EXCHANGE, StoreInstance, StoreReply, StoreStatus
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
-from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.indexer.usecases import relay_outbox
 from dicomkeep.storage.usecases import collect_orphans, purge_released
 from pydicom.data import get_testdata_file

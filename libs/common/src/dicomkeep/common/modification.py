@@ -17,6 +17,9 @@ Mirrors OrthancFramework/Sources/DicomParsing/DicomModification.cpp (1.12):
   cannot be replaced at all without it;
 - the order of operations: private tags, clearings, removals, replacements,
   UIDs, then (anonymization) the UIDs referenced inside sequences.
+
+Over 400 lines because request parsing and its application share Orthanc's
+rules (what needs `Force`, which UIDs a level maps) and are checked together.
 """
 
 from __future__ import annotations

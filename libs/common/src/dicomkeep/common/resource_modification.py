@@ -3,9 +3,13 @@
 Mirrors Orthanc's ResourceModificationJob: each instance is read, modified with
 one shared `Modification` (so the new UIDs agree across instances), optionally
 transcoded, and stored through the ordinary store flow (the `Receiver`, as
-`POST /instances`) with `ModifiedFrom` or `AnonymizedFrom` metadata at each level
-pointing at the original. Orthanc (>= 1.4) logs no Modified*/Anonymized* change:
-the copies produce the usual New* changes, and so do they here.
+`POST /instances`) with `ModifiedFrom` or `AnonymizedFrom` metadata
+pointing at the original (the instance always, a parent when its ID changed).
+Orthanc 1.12 logs no Modified*/Anonymized* change
+(`ResourceModificationJob::HandleInstance` stores each copy with
+`ServerContext::Store`, which logs only New* changes; the `LogChange` calls were
+removed with Orthanc 1.4's jobs): the copies produce the usual New* changes, and
+so do they here (docs/rest.md).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicomkeep.common.dicom.instance import parse_instance
+from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
 from dicomkeep.common.modification import Modification, boolean_member
 from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.storage import StorageAccessor
 from dicomkeep.common.transcoding import check_target, dataset_bytes, read_dataset, transcode
 from pydicom.uid import UID
@@ -121,16 +126,22 @@ def modify_bytes(data: bytes, modification: Modification, target: UID | None) ->
     return dataset_bytes(ds)
 
 
+def _modified_copy(
+    data: bytes, modification: Modification, target: UID | None
+) -> tuple[bytes, tuple[str, str, str, str]]:
+    """Return the modified file and its (patient, study, series, instance) IDs."""
+    modified = modify_bytes(data, modification, target)
+    return modified, parse_instance(modified).ids
+
+
 async def anonymized_patient_name(index: Index) -> str:
     """Return the next "Anonymized<N>" (Orthanc's name for an anonymized patient).
 
-    The counter is a global property; two concurrent anonymizations may draw
-    the same number (a name, not an identifier: PatientID stays unique).
+    N comes from the `AnonymizationSequence` global property, incremented in one
+    index transaction: concurrent anonymizations, on any gateway replica, each
+    draw their own number (as Orthanc's shared `IncrementGlobalSequence`).
     """
-    current = await index.get_property(ANONYMIZATION_SEQUENCE)
-    following = (int(current) if current and current.isdigit() else 0) + 1
-    await index.set_property(ANONYMIZATION_SEQUENCE, str(following))
-    return f"Anonymized{following}"
+    return f"Anonymized{await index.increment_property(ANONYMIZATION_SEQUENCE)}"
 
 
 Progress = Callable[[int, int], Awaitable[None]]
@@ -164,8 +175,16 @@ async def modify_resources(
     for position, instance_id in enumerate(instances):
         try:
             data, originals = await read_instance(index, blobs, instance_id)
-            modified = await asyncio.to_thread(modify_bytes, data, modification, options.transcode)
-            metadata = {level: {key: original} for level, original in zip(Level, originals, strict=True) if original}
+            modified, ids = await asyncio.to_thread(
+                _modified_copy, data, modification, options.transcode
+            )
+            # As Orthanc's ResourceModificationJob::HandleInstance: the instance always
+            # records its original; a parent only when the copy's ID differs.
+            metadata = {
+                level: {key: original}
+                for level, original, new in zip(Level, originals, ids, strict=True)
+                if original and (level is Level.INSTANCE or new != original)
+            }
             received = await receiver.receive(modified, origin, metadata=metadata)
         except OrthancError:
             if not options.permissive:
@@ -227,9 +246,15 @@ def job_payload(
     instances: list[str],
     level: Level | None,
     public_id: str | None,
+    origin: Origin | None = None,
 ) -> dict[str, Any]:
-    """Return what a worker needs to run (and resume) a modification job."""
+    """Return what a worker needs to run (and resume) a modification job, with the
+    origin of the request (the copies' RemoteIP and HttpUsername metadata)."""
     return {
+        "Origin": None if origin is None else {
+            "Protocol": origin.protocol, "RemoteIp": origin.remote_ip,
+            "HttpUsername": origin.http_username,
+        },
         "Body": body,
         "Level": modification.level.value,
         "IsAnonymization": modification.is_anonymization,
@@ -264,6 +289,16 @@ def modification_from_payload(payload: dict[str, Any]) -> tuple[Modification, Mo
         mapping={Level(level): dict(ids) for level, ids in payload.get("Mapping", {}).items()},
     )
     return modification, outcome
+
+
+def origin_from_payload(payload: dict[str, Any]) -> Origin:
+    """Return the origin recorded by `job_payload` (a REST call without one)."""
+    recorded = payload.get("Origin") or {}
+    return Origin(
+        protocol=recorded.get("Protocol", "RestApi"),
+        remote_ip=recorded.get("RemoteIp", ""),
+        http_username=recorded.get("HttpUsername", ""),
+    )
 
 
 def checkpoint_payload(

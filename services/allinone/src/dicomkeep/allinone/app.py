@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Protocol
 
@@ -20,6 +21,7 @@ from dicomkeep.common.telemetry import setup_tracing
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.gateway import main as gateway
 from dicomkeep.gateway.http_server import HttpServer
+from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
 from dicomkeep.jobs import main as jobs
@@ -45,8 +47,10 @@ class AllInOne:
     #: The adapters opened once and shared by every service.
     NEEDS = ("index", "blobs", "bus", "clock", "public_bus")
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, control: ProcessControl | None = None) -> None:
+        """`control` is set by `/tools/reset` and `/tools/shutdown` (see run_until_signalled)."""
         self.settings = settings
+        self.control = control or ProcessControl()
         self.adapters = Adapters()
         self._stack = AsyncExitStack()
 
@@ -71,7 +75,8 @@ class AllInOne:
                 stack, settings, needs=self.NEEDS
             )
             api = gateway.build(
-                settings, index=adapters.index, blobs=adapters.blobs, bus=adapters.bus
+                settings, index=adapters.index, blobs=adapters.blobs, bus=adapters.bus,
+                control=self.control,
             )
             services: list[Service] = [
                 indexer.build(
@@ -107,14 +112,31 @@ async def _started(stack: AsyncExitStack, service: Service) -> None:
     stack.push_async_callback(service.stop)
 
 
-async def run_until_signalled(service: Service) -> None:
-    """Start a service, wait for SIGINT/SIGTERM, stop it."""
-    stop = asyncio.Event()
+async def run_until_signalled(make: Callable[[ProcessControl], Service]) -> None:
+    """Build a service with `make` and start it; stop it on SIGINT/SIGTERM or when
+    `/tools/shutdown` sets its control.
+
+    `/tools/reset` stops it too, then builds it again with `make` (which reads the
+    configuration again) and starts it: Orthanc's reset, inside the same process.
+    """
+    signalled = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await service.start()
-    try:
-        await stop.wait()
-    finally:
-        await service.stop()
+        loop.add_signal_handler(sig, signalled.set)
+    while True:
+        control = ProcessControl()
+        service = make(control)
+        await service.start()
+        try:
+            waits = {asyncio.ensure_future(signalled.wait()),
+                     asyncio.ensure_future(control.requested.wait())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        finally:
+            await service.stop()
+        if signalled.is_set() or not control.reset:
+            return
+        log.warning("restarting: the configuration is read again")

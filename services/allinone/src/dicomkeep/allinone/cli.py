@@ -6,6 +6,10 @@ output), `--version`, `--errors`, and Orthanc's logging options (`--verbose`,
 `--trace`, `--logdir=`, `--logfile=`, `--verbose-CATEGORY`...), accepted before or
 after the command and the configuration path. Clients of a running server:
 `upload` (as ImportDicomFiles.py) and `job wait`.
+
+Over 400 lines because it is one argument grammar (Orthanc's options accepted
+before or after the command) with the small handler of each command beside it;
+the clients' network code lives in `client.py`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ ORTHANC_VERSION = "1.12.4"
 LOG_CATEGORIES: dict[str, tuple[str, ...]] = {
     "generic": ("dicomkeep",),
     "http": ("dicomkeep.gateway", "uvicorn"),
-    "dicom": ("dicomkeep.ingest", "dicomkeep.common.dicom_scu", "pynetdicom"),
+    "dicom": ("dicomkeep.ingest", "dicomkeep.common.dicom.scu", "pynetdicom"),
     "sqlite": ("dicomkeep.common.adapters.sqlite_db",),
     "jobs": ("dicomkeep.jobs", "dicomkeep.common.jobs"),
 }
@@ -272,20 +276,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in (None, "serve"):
         from dicomkeep.allinone.app import AllInOne, run_until_signalled
 
-        settings = _load(getattr(args, "configuration", None))
+        configuration = getattr(args, "configuration", None)
+        settings = _load(configuration)
         _apply_log_settings(args, settings)
         _check_ports(_serve_ports(settings))
-        return _run(lambda: run_until_signalled(AllInOne(settings)))
+        # /tools/reset builds the services again: from the configuration read again.
+        loaded = _Reloading(settings, configuration)
+        return _run(lambda: run_until_signalled(
+            lambda control: AllInOne(loaded.next(), control)))
     from dicomkeep.allinone.app import run_until_signalled
     from dicomkeep.allinone.single import build_service
 
     settings = _load(args.configuration)
     _apply_log_settings(args, settings)
     _check_ports(_service_ports(settings, args.service, args.http_port, args.ops_port))
-    service = build_service(
-        args.service, settings, http_port=args.http_port, ops_port=args.ops_port
-    )
-    return _run(lambda: run_until_signalled(service))
+    loaded = _Reloading(settings, args.configuration)
+    return _run(lambda: run_until_signalled(lambda control: build_service(
+        args.service, loaded.next(), http_port=args.http_port, ops_port=args.ops_port,
+        control=control,
+    )))
+
+
+class _Reloading:
+    """The settings for each start: those read at launch, then (after /tools/reset)
+    the configuration read again. A configuration broken meanwhile exits, status 2."""
+
+    def __init__(self, first: Settings, configuration: str | None) -> None:
+        self.first: Settings | None = first
+        self.configuration = configuration
+
+    def next(self) -> Settings:
+        if self.first is not None:
+            settings, self.first = self.first, None
+            return settings
+        return _load(self.configuration)
 
 
 def _write_sample(target: str) -> int:

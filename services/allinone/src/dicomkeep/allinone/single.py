@@ -12,6 +12,7 @@ from dicomkeep.common.settings import Settings
 from dicomkeep.common.telemetry import setup_tracing
 from dicomkeep.gateway import main as gateway
 from dicomkeep.gateway.http_server import HttpServer
+from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.indexer import main as indexer
 from dicomkeep.ingest import main as ingest
 from dicomkeep.jobs import main as jobs
@@ -38,9 +39,16 @@ class Chain:
 
 
 def build_service(
-    name: str, settings: Settings, *, http_port: int | None = None, ops_port: int | None = None
+    name: str,
+    settings: Settings,
+    *,
+    http_port: int | None = None,
+    ops_port: int | None = None,
+    control: ProcessControl | None = None,
 ) -> Service:
     """Build one service by name (gateway, ingest, indexer, storage, stability, jobs).
+
+    `control` goes to the gateway, whose `/tools/reset` and `/tools/shutdown` set it.
 
     With an ops port, its `/readyz` checks each adapter the service needs
     (`NEEDS`); the ops server starts first, so probes answer during a slow start.
@@ -49,7 +57,7 @@ def build_service(
     parts: list[Service] = []
     extra_checks: dict[str, Check] = {}
     if name == "gateway":
-        core: Any = gateway.build(settings)
+        core: Any = gateway.build(settings, control=control)
         port = http_port if http_port is not None else settings.http_port
         http = HttpServer(core.app, settings, http_host(settings), port)
         parts = [core, http]

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = check_options(load_settings(args.config))
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, lambda: load_settings(args.config)))
 
 
 if __name__ == "__main__":

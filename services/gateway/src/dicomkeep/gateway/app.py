@@ -44,6 +44,7 @@ from dicomkeep.gateway.availability import UnavailableMiddleware
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.http_options import ConnectionCloseMiddleware, RequestTimeoutMiddleware
 from dicomkeep.gateway.paths import PathMiddleware
+from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty, error_body
 from dicomkeep.gateway.revisions import AnsweredError
 from dicomkeep.gateway.security import SecurityMiddleware
@@ -80,6 +81,9 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
         default_response_class=OrthancJSONResponse,
     )
     app.state.ctx = ctx
+    # What /tools/reset and /tools/shutdown set; the composition root puts the one
+    # its runner watches here (GatewayService).
+    app.state.control = ProcessControl()
     app.state.describe_errors = effective.http_describe_errors
     routers = (
         resources.router, metadata.router, attachments.router, instances.router,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dicomkeep.common.dicom.receiving import Receiver
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.storage import StorageAccessor
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from dicomkeep.common.dicom.receiving import Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.receiving import Receiver
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.storage import StorageAccessor
 from dicomkeep.gateway.context import GatewayContext

@@ -8,19 +8,22 @@ the all-in-one root pass theirs); `start` opens the others on one AsyncExitStack
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
+from dicomkeep.common.dicom.receiving import Receiver, bus_submitter
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.gateway.app import attach_context, create_app
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.http_server import HttpServer
+from dicomkeep.gateway.process_control import ProcessControl
 from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
@@ -36,12 +39,23 @@ class GatewayService:
     #: The adapters it works with (opened at start unless given; checked by /readyz).
     NEEDS = ("index", "blobs", "bus")
 
-    def __init__(self, settings: Settings, given: Adapters | None = None) -> None:
-        """Adapters not `given` are opened at `start` and closed at `stop`."""
+    def __init__(
+        self,
+        settings: Settings,
+        given: Adapters | None = None,
+        control: ProcessControl | None = None,
+    ) -> None:
+        """Adapters not `given` are opened at `start` and closed at `stop`.
+
+        `control` is what `/tools/reset` and `/tools/shutdown` set: the process's
+        runner watches it (a new one is made when none is given).
+        """
         self.settings = settings
         self.adapters = given or Adapters()
         self.context: GatewayContext | None = None
+        self.control = control or ProcessControl()
         self.app: FastAPI = create_app(settings=settings)
+        self.app.state.control = self.control
         self._stack = AsyncExitStack()
 
     async def start(self) -> None:
@@ -84,9 +98,10 @@ def build(
     index: Index | None = None,
     blobs: BlobStore | None = None,
     bus: Bus | None = None,
+    control: ProcessControl | None = None,
 ) -> GatewayService:
     """Build the gateway; adapters not given are chosen from the settings at start."""
-    return GatewayService(settings, Adapters(index=index, blobs=blobs, bus=bus))
+    return GatewayService(settings, Adapters(index=index, blobs=blobs, bus=bus), control)
 
 
 def http_host(settings: Settings) -> str:
@@ -130,11 +145,27 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-async def run(settings: Settings) -> None:
-    """Run the gateway alone until cancelled: start, serve on HttpPort, stop."""
-    service = build(settings)
-    await service.start()
-    try:
-        await serve(service)
-    finally:
-        await service.stop()
+async def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+    """Run the gateway alone until cancelled or `/tools/shutdown`: start, serve, stop.
+
+    `/tools/reset` stops it and starts it again on `reload()`'s settings (the
+    configuration read again; the same settings without `reload`).
+    """
+    while True:
+        service = build(settings)
+        await service.start()
+        try:
+            serving = asyncio.ensure_future(serve(service))
+            requested = asyncio.ensure_future(service.control.requested.wait())
+            try:
+                await asyncio.wait({serving, requested}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                requested.cancel()
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        finally:
+            await service.stop()
+        if not service.control.reset:
+            return
+        settings = reload() if reload is not None else settings

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dicomkeep.common import dicom_scu
-from dicomkeep.common.dicom_scu import DicomNetworkError, Peer
+from dicomkeep.common.dicom import scu as dicom_scu
+from dicomkeep.common.dicom.scu import DicomNetworkError, Peer
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.modalities import Modality
 from dicomkeep.common.settings import Settings

@@ -6,10 +6,10 @@ import asyncio
 import logging
 from contextlib import AsyncExitStack
 
+from dicomkeep.common.dicom.receiving import Receiver, bus_submitter
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.ingest.access import AccessControl

@@ -11,7 +11,7 @@ whose AET equals it, as StrictAetComparison says.
 - `SynchronousCMove` true: the C-STORE sub-operations run inside the C-MOVE,
   with Pending responses carrying the counts, on one association to the
   destination requested with DicomKeep's guarded SCU handlers (TCP_NODELAY and
-  the lost-response guard of `common.dicom_scu`). The final status is Success,
+  the lost-response guard of `common.dicom.scu`). The final status is Success,
   0xB000 when some sub-operations failed, 0xA702 when all did.
 - false: a DicomModalityStore job (Description `C-MOVE`, MoveOriginatorAET/ID
   set) is queued and the C-MOVE answers Success at once.
@@ -30,7 +30,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dicomkeep.common.dicom_scu import REQUESTOR_HANDLERS, read_dataset, store_contexts
+from dicomkeep.common.dicom.scu import REQUESTOR_HANDLERS, read_dataset, store_contexts
 from dicomkeep.common.find import Constraint, Kind
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index

@@ -23,10 +23,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.logs import patient_text
 from dicomkeep.common.orthanc import DimseStatus
-from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.telemetry import SpanKind, current_span, tracer
 from dicomkeep.ingest.access import AccessControl
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt

@@ -13,11 +13,11 @@ import os
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 
+from dicomkeep.common.dicom.receiving import Receiver, bus_submitter
 from dicomkeep.common.events import JOBS_QUEUE
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
-from dicomkeep.common.receiving import Receiver, bus_submitter
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.jobs.usecases import Deps

@@ -16,8 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dicomkeep.common import dicom_scu, peer_transfer
-from dicomkeep.common.dicom_scu import DicomNetworkError, Peer, StoreSession
+from dicomkeep.common import peer_transfer
+from dicomkeep.common.dicom import scu as dicom_scu
+from dicomkeep.common.dicom.receiving import Receiver
+from dicomkeep.common.dicom.scu import DicomNetworkError, Peer, StoreSession
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index, JobAction, JobOutcome, JobRecord, JobState, JobUpdate
@@ -26,13 +28,13 @@ from dicomkeep.common.orthanc import DimseStatus, MetadataType
 from dicomkeep.common.peer_http import HttpOptions
 from dicomkeep.common.peers import find_peer
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.receiving import Origin, Receiver
 from dicomkeep.common.resource_modification import JOB_TYPE as MODIFICATION_JOB
 from dicomkeep.common.resource_modification import (
     checkpoint_payload,
     job_content,
     modification_from_payload,
     modify_resources,
+    origin_from_payload,
     parse_options,
 )
 from dicomkeep.common.settings import Settings
@@ -273,7 +275,7 @@ async def run_resource_modification(job: JobRecord, run: JobRun, deps: Deps) -> 
     public_id = resource["ID"] if resource else None
     instances: list[str] = payload["Instances"]
     done = int(payload.get("Done", 0))
-    origin = Origin(protocol="RestApi")
+    origin = origin_from_payload(payload)
 
     def update() -> JobUpdate:
         progress = 100 * done // len(instances) if instances else 100

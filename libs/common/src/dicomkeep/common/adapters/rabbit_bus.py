@@ -33,6 +33,9 @@ writes the W3C `traceparent`/`tracestate` of a producer span into the headers of
 every message and runs each handler in a consumer span continuing it. Publishing uses publisher confirms. The connection
 is robust (`connect_robust`): after a broker restart it reconnects, re-declares the
 queues and bindings and resumes the consumers.
+
+Over 400 lines because the topology above (exchanges, quorum queues, dead
+letters, request/reply) and the reconnect handling it needs are one driver.
 """
 
 from __future__ import annotations

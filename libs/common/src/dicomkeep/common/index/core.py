@@ -96,6 +96,25 @@ class Index(Store, Resources, Annotations, Recycling, StabilityLedger, ChangeLog
 
         await self._run(body)
 
+    async def increment_property(self, name: str) -> int:
+        """Add one to an integer global property (absent: 0) and return the new value.
+
+        One statement in one transaction, so concurrent callers on any replica each
+        get a different value (Orthanc's `IncrementGlobalSequence`, e.g. the
+        `AnonymizationSequence` behind "Anonymized<N>").
+        """
+
+        async def body(tx: Tx) -> int:
+            value = await tx.fetchval(
+                "INSERT INTO global_properties(name, value) VALUES ($1, '1') "
+                "ON CONFLICT (name) DO UPDATE SET value = "
+                "CAST(CAST(global_properties.value AS BIGINT) + 1 AS TEXT) RETURNING value",
+                name,
+            )
+            return int(value)
+
+        return int(await self._run(body))
+
     async def try_lock(self, name: str) -> bool:
         """Take (or confirm holding) a cluster-wide named lock for this process."""
         return await self.db.try_lock(name)

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from dicomkeep.common.dicom.orthanc_json import content_value, header_json, tags_json
+from dicomkeep.common.dicom.receiving import Origin, Received, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
 from dicomkeep.common.logs import patient_text
-from dicomkeep.common.receiving import Origin, Received, Receiver
 from dicomkeep.common.storage import StorageAccessor, read_instance_file
 from dicomkeep.gateway.args import bool_arg, tag_format
 from dicomkeep.gateway.bodies import read_limited

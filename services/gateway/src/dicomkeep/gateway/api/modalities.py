@@ -13,8 +13,8 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-from dicomkeep.common import dicom_scu
-from dicomkeep.common.dicom_scu import DicomNetworkError, StoreSession
+from dicomkeep.common.dicom import scu as dicom_scu
+from dicomkeep.common.dicom.scu import DicomNetworkError, StoreSession
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, DICOM_MOVE_SCU, move_job, store_job, submit
 from dicomkeep.common.modalities import (

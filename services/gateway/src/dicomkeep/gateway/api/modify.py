@@ -7,8 +7,10 @@
   `PatientID`, `Type`, counts);
 - `POST /tools/bulk-modify|bulk-anonymize` do the same for a list of resources
   of any levels and answer the copies at every level (`Resources`).
-With `"Asynchronous": true` the resource and bulk routes queue a
-`ResourceModification` job (run by the jobs service) and answer `{"ID", "Path"}`.
+The resource and bulk routes queue a `ResourceModification` job, run by the jobs
+service, as Orthanc's `SubmitModificationJob` does: synchronous (the default) waits
+for it and answers its content, so the job shows in `/jobs` either way;
+`"Asynchronous": true` answers `{"ID", "Path"}` at once.
 Bad bodies are refused before anything is read or stored (common/modification.py).
 """
 
@@ -17,16 +19,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from dicomkeep.common.dicom.receiving import Origin
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
-from dicomkeep.common.jobs import job_path, submit
+from dicomkeep.common.jobs import submit
 from dicomkeep.common.modification import (
     Modification,
     parse_anonymize_request,
     parse_modify_request,
 )
-from dicomkeep.common.receiving import Origin
 from dicomkeep.common.resource_modification import (
     JOB_TYPE,
     ModificationOptions,
@@ -36,20 +38,18 @@ from dicomkeep.common.resource_modification import (
     job_content,
     job_payload,
     modify_bytes,
-    modify_resources,
     parse_options,
     read_instance,
 )
+from dicomkeep.gateway.api.jobs import job_answer
 from dicomkeep.gateway.bodies import parse_json
 from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.deps import (
     BlobsDep,
     ContextDep,
     IndexDep,
-    ReceiverDep,
     UsernameDep,
 )
-from dicomkeep.gateway.responses import OrthancJSONResponse
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -94,13 +94,15 @@ async def _submit(
     instances: list[str],
     options: ModificationOptions,
     resource: tuple[Level, str] | None,
+    origin: Origin,
 ) -> Response:
-    """Queue the modification as a job for the jobs service; answer `{"ID", "Path"}`."""
+    """Queue the modification as a job for the jobs service; answer `{"ID", "Path"}`
+    (asynchronous) or, once the job succeeded, its content (Orthanc's SubmitAndWait)."""
     level, public_id = resource if resource is not None else (None, None)
-    payload = job_payload(body, modification, instances, level, public_id)
+    payload = job_payload(body, modification, instances, level, public_id, origin)
     content = job_content(ModificationOutcome(modification.is_anonymization), level, public_id)
     job = await submit(ctx.index.jobs, ctx.bus, JOB_TYPE, content, payload, options.priority)
-    return OrthancJSONResponse({"ID": job.id, "Path": job_path(job.id)})
+    return await job_answer(ctx, job, synchronous=not options.asynchronous)
 
 
 def _instance_route(anonymize: bool):  # type: ignore[no-untyped-def]
@@ -124,8 +126,6 @@ def _resource_route(level: Level, anonymize: bool):  # type: ignore[no-untyped-d
         request: Request,
         ctx: ContextDep,
         index: IndexDep,
-        blobs: BlobsDep,
-        receiver: ReceiverDep,
         username: UsernameDep,
     ) -> Response:
         """Store modified copies of every instance of the resource; answer the new resource."""
@@ -133,14 +133,10 @@ def _resource_route(level: Level, anonymize: bool):  # type: ignore[no-untyped-d
         modification = await _modification(index, body, level, anonymize)
         options = parse_options(body)
         instances = await instances_of(index, level, public_id)
-        if options.asynchronous:
-            return await _submit(ctx, body, modification, instances, options, (level, public_id))
-
-        outcome = await modify_resources(
-            index, blobs, receiver, modification, instances, options,
+        return await _submit(
+            ctx, body, modification, instances, options, (level, public_id),
             _origin(request, username),
         )  # fmt: skip
-        return OrthancJSONResponse(job_content(outcome, level, public_id))
 
     return modify_resource
 
@@ -182,8 +178,6 @@ def _bulk_route(anonymize: bool):  # type: ignore[no-untyped-def]
         request: Request,
         ctx: ContextDep,
         index: IndexDep,
-        blobs: BlobsDep,
-        receiver: ReceiverDep,
         username: UsernameDep,
     ) -> Response:
         """Modify (anonymize) resources of any levels; answer the copies at every level."""
@@ -203,12 +197,9 @@ def _bulk_route(anonymize: bool):  # type: ignore[no-untyped-def]
             for instance_id in await instances_of(index, level, public_id):
                 if instance_id not in instances:
                     instances.append(instance_id)
-        if options.asynchronous:
-            return await _submit(ctx, body, modification, instances, options, None)
-        outcome = await modify_resources(
-            index, blobs, receiver, modification, instances, options, _origin(request, username)
+        return await _submit(
+            ctx, body, modification, instances, options, None, _origin(request, username)
         )
-        return OrthancJSONResponse(job_content(outcome, None, None))
 
     return bulk
 

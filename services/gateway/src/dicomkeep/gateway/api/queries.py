@@ -12,10 +12,10 @@ import asyncio
 import uuid
 from typing import Any
 
-from dicomkeep.common import dicom_scu
+from dicomkeep.common.dicom import scu as dicom_scu
 from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS
 from dicomkeep.common.dicom.orthanc_json import parse_tag, tag_name, tags_json
-from dicomkeep.common.dicom_scu import DicomNetworkError, Peer
+from dicomkeep.common.dicom.scu import DicomNetworkError, Peer
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.find import COMPUTED_TAGS
 from dicomkeep.common.ids import Level

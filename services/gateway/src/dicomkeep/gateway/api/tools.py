@@ -1,16 +1,17 @@
 """Small tools: `/plugins`, `/tools/dicom-conformance`, `/tools/create-dicom`,
-`/instances/{id}/pdf`, `/tools/bulk-delete`, `/tools/bulk-content` (Orthanc 1.12)."""
+`/instances/{id}/pdf`, `/tools/bulk-delete`, `/tools/bulk-content`, `/tools/reset`,
+`/tools/shutdown` (Orthanc 1.12)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+from dicomkeep.common.dicom.receiving import Origin
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
 from dicomkeep.common.modification import boolean_member as boolean
-from dicomkeep.common.receiving import Origin
 from dicomkeep.common.resource_modification import read_instance
 from dicomkeep.common.transcoding import dataset_bytes, read_dataset
 from dicomkeep.gateway.api.instances import store_answer
@@ -19,9 +20,11 @@ from dicomkeep.gateway.args import TagFormat
 from dicomkeep.gateway.conformance import conformance_statement
 from dicomkeep.gateway.deps import BlobsDep, IndexDep, ReceiverDep, UsernameDep
 from dicomkeep.gateway.dicom_creation import ENCAPSULATED_PDF, build_instance
+from dicomkeep.gateway.process_control import ProcessControl
 from dicomkeep.gateway.responses import OrthancJSONResponse, plain
 from dicomkeep.gateway.views import expand_resource
 from fastapi import APIRouter, Request
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 router = APIRouter()
@@ -41,6 +44,24 @@ async def list_plugins() -> Response:
 async def explorer_extensions() -> Response:
     """Answer the JavaScript that plugins add to the explorer: none here."""
     return Response(b"", media_type="application/javascript")
+
+
+def _control(request: Request) -> ProcessControl:
+    control: ProcessControl = request.app.state.control
+    return control
+
+
+@router.post("/tools/reset")
+async def reset(request: Request) -> Response:
+    """Answer `{}`, then restart the process's services with the configuration read
+    again (Orthanc's `ResetOrthanc`; any authenticated user may call it, as in Orthanc)."""
+    return OrthancJSONResponse({}, background=BackgroundTask(_control(request).request_reset))
+
+
+@router.post("/tools/shutdown")
+async def shutdown(request: Request) -> Response:
+    """Answer `{}`, then stop the process's services and exit (Orthanc's `ShutdownOrthanc`)."""
+    return OrthancJSONResponse({}, background=BackgroundTask(_control(request).request_shutdown))
 
 
 @router.get("/tools/dicom-conformance")
