@@ -163,3 +163,17 @@ def test_service_metrics_on_the_ops_ports(clean: Server) -> None:
     lag = [s['dicomkeep_outbox_lag_seconds{}'] for s in after.values()
            if 'dicomkeep_outbox_lag_seconds{}' in s]
     assert lag and all(0 <= value < 60 for value in lag)
+
+
+def test_queue_depths_on_the_ops_ports(server: Server) -> None:
+    # The indexer serves the store commands; after a store its queue is drained.
+    study = generate_study(series=1, instances_per_series=1, seed=408)
+    with server.client() as client:
+        assert client.post("/instances", content=study[0].data).status_code == 200
+    found = service_metrics(server)
+    key = 'dicomkeep_queue_depth{"queue": "dicomkeep.store-instance"}'
+    depths = {name: samples[key] for name, samples in found.items() if key in samples}
+    assert depths, {name: sorted(samples)[:5] for name, samples in found.items()}
+    if server.state_dir is not None:  # distributed: reported by the process that consumes it
+        assert depths and all(name.startswith("indexer") for name in depths), depths
+    assert all(value == 0 for value in depths.values()), depths

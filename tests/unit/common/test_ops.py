@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -98,3 +99,34 @@ async def test_a_service_readiness_follows_its_life_cycle(tmp_path: Path) -> Non
 def test_the_ops_port_binds_to_loopback_unless_configured() -> None:
     assert Settings().dicomkeep.ops_host == "127.0.0.1"
     assert Settings.model_validate({"DicomKeep": {"OpsHost": "0.0.0.0"}}).dicomkeep.ops_host == "0.0.0.0"
+
+
+async def test_metrics_sample_the_depth_of_the_consumed_queues() -> None:
+    bus = LocalBus()
+    await bus.start()
+    idle = LocalBus()  # consumes nothing
+
+    async def never(body: bytes, headers: object) -> None:
+        await asyncio.Event().wait()
+
+    await bus.consume("ops.test.work", [("ops.test", "x")], never, prefetch=1)
+    for _ in range(3):
+        await bus.publish("ops.test", "x", b"m", {})
+    current: list[LocalBus] = [bus]
+    server = OpsServer(0, lambda: {}, bus=lambda: current[0])
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as client:
+            # One message is with the handler, two wait.
+            expected = 'dicomkeep_queue_depth{queue="ops.test.work"} 2.0'
+            for _ in range(100):
+                text = (await client.get("/metrics")).text
+                if expected in text:
+                    break
+            assert expected in text
+            current[0] = idle
+            text = (await client.get("/metrics")).text
+            assert "dicomkeep_queue_depth{" not in text  # no stale figure
+    finally:
+        await server.stop()
+        await bus.close()

@@ -251,6 +251,41 @@ async def test_poison_message_is_dead_lettered(kit: Kit) -> None:
     await eventually(lambda: handled == [b"fine"])
 
 
+async def test_queue_depths_count_the_waiting_messages(kit: Kit) -> None:
+    bus = await kit.bus()
+    exchange, queue = kit.exchange(), kit.queue("backlog")
+    release = asyncio.Event()
+    handled: list[bytes] = []
+
+    async def slow(body: bytes, headers: Mapping[str, str]) -> None:
+        await release.wait()
+        handled.append(body)
+
+    assert await bus.queue_depths() == {}
+    await bus.consume(queue, [(exchange, "x")], slow, prefetch=1)
+    for index in range(4):
+        await bus.publish(exchange, "x", f"m{index}".encode(), {})
+
+    # One message is with the handler (unacked): three wait.
+    depths: dict[str, int] = {}
+
+    async def sample() -> None:
+        depths.update(await bus.queue_depths())
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while depths != {queue: 3}:
+        assert loop.time() < end, f"depths {depths} never reached 3"
+        await sample()
+        await asyncio.sleep(0.02)
+    release.set()
+    await eventually(lambda: len(handled) == 4)
+    while depths != {queue: 0}:
+        assert loop.time() < end + DEADLINE, f"depths {depths} never drained"
+        await sample()
+        await asyncio.sleep(0.02)
+
+
 async def test_request_reply_round_trip(kit: Kit) -> None:
     bus = await kit.bus()
     queue = kit.queue("rpc")

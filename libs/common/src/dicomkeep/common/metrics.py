@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -57,6 +58,19 @@ STABILITY_BACKLOG = Gauge(
     "dicomkeep_stability_backlog",
     "Resources waiting to become stable (patients, studies, series in the stability clock).",
 )
+
+QUEUE_DEPTH = Gauge(
+    "dicomkeep_queue_depth",
+    "Messages waiting in each bus queue this process consumes, sampled at scrape time.",
+    ["queue"],
+)
+
+
+def record_queue_depths(depths: Mapping[str, int]) -> None:
+    """Set `dicomkeep_queue_depth` to `depths`; queues no longer reported are dropped."""
+    QUEUE_DEPTH.clear()
+    for queue, depth in depths.items():
+        QUEUE_DEPTH.labels(queue=queue).set(depth)
 
 
 class OrthancMetrics:

@@ -3,7 +3,8 @@
 A small Starlette app on uvicorn, in the service's own event loop, so that every
 service (not only the gateway) answers orchestrators' probes and Prometheus.
 It listens on `DicomKeep.OpsHost` (127.0.0.1 unless configured) and
-`DicomKeep.OpsPort`.
+`DicomKeep.OpsPort`. `/metrics` samples the depth of the queues the service's
+bus consumes at each scrape (one cheap broker query per queue).
 
 Readiness checks what the service needs, one cheap real call per adapter
 (a database read, a blob lookup, a broker publish with confirm, a clock count):
@@ -21,6 +22,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import uvicorn
+from dicomkeep.common.metrics import record_queue_depths
+from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.wiring import Adapters
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -84,8 +87,29 @@ async def readiness(checks: Mapping[str, Check], timeout: float) -> dict[str, st
     return results
 
 
-def ops_app(checks: Callable[[], Mapping[str, Check]], *, timeout: float = 3.0) -> Starlette:
-    """Return the ops ASGI app; `checks` is called at each probe (adapters open later)."""
+async def sample_queue_depths(bus: Bus | None, timeout: float) -> None:
+    """Record the depth of the bus's consumed queues (`dicomkeep_queue_depth`).
+
+    Called at each scrape; a bus not opened yet, or one that does not answer
+    within `timeout`, reports no queue (rather than stale figures).
+    """
+    depths: Mapping[str, int] = {}
+    if bus is not None:
+        try:
+            depths = await asyncio.wait_for(bus.queue_depths(), timeout)
+        except Exception as error:
+            log.warning("queue depths unavailable error=%s: %s", type(error).__name__, error)
+    record_queue_depths(depths)
+
+
+def ops_app(
+    checks: Callable[[], Mapping[str, Check]],
+    *,
+    timeout: float = 3.0,
+    bus: Callable[[], Bus | None] = lambda: None,
+) -> Starlette:
+    """Return the ops ASGI app; `checks` and `bus` are called at each probe or scrape
+    (adapters open later)."""
 
     async def live(request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -96,6 +120,7 @@ def ops_app(checks: Callable[[], Mapping[str, Check]], *, timeout: float = 3.0) 
         return JSONResponse({"ready": is_ready, "checks": results}, 200 if is_ready else 503)
 
     async def metrics(request: Request) -> Response:
+        await sample_queue_depths(bus(), timeout)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(
@@ -166,9 +191,11 @@ class OpsServer(AsgiServer):
         *,
         host: str = "127.0.0.1",
         timeout: float = 3.0,
+        bus: Callable[[], Bus | None] = lambda: None,
     ) -> None:
-        """`checks` is called at each probe (adapters may be opened after this)."""
-        super().__init__(ops_app(checks, timeout=timeout), host, port)
+        """`checks` is called at each probe and `bus` at each scrape (for the depths of
+        its consumed queues); adapters may be opened after this."""
+        super().__init__(ops_app(checks, timeout=timeout, bus=bus), host, port)
 
     async def start(self) -> None:
         await super().start()

@@ -68,7 +68,7 @@ class AllInOne:
                 ops = OpsServer(
                     settings.dicomkeep.ops_port,
                     lambda: adapter_checks(self.adapters, ("index", "blobs", "bus", "clock")),
-                    host=settings.dicomkeep.ops_host,
+                    host=settings.dicomkeep.ops_host, bus=lambda: self.adapters.bus,
                 )
                 await _started(stack, ops)
             self.adapters = adapters = await open_adapters(

@@ -80,7 +80,7 @@ def build_service(
         needs = [need for need in core.NEEDS if need in ADAPTERS]
         ops = OpsServer(
             port, lambda: {**adapter_checks(core.adapters, needs), **extra_checks},
-            host=settings.dicomkeep.ops_host,
+            host=settings.dicomkeep.ops_host, bus=lambda: core.adapters.bus,
         )
         parts.insert(0, ops)
     return Chain(*parts)

@@ -96,6 +96,8 @@ class _Queue:
     consumers: list[_Consumer] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     turn: int = 0
+    #: A message taken off `messages` by the dispatcher, waiting for a free consumer.
+    held: int = 0
     dispatcher: asyncio.Task[None] | None = None
 
     async def free_consumer(self) -> _Consumer:
@@ -257,6 +259,17 @@ class LocalBus:
 
         self._add_consumer(queue, work, prefetch)
 
+    async def queue_depths(self) -> dict[str, int]:
+        """Return the messages waiting in each in-process queue that has a consumer.
+
+        Messages whose handler runs are not counted, as unacked ones on RabbitMQ.
+        """
+        return {
+            name: queue.messages.qsize() + queue.held
+            for name, queue in self._queues.items()
+            if queue.consumers
+        }
+
     def _check_open(self) -> None:
         if self._is_closed:
             raise RuntimeError("LocalBus is closed")
@@ -286,7 +299,9 @@ class LocalBus:
     async def _dispatch(self, queue: _Queue) -> None:
         while True:
             delivery = await queue.messages.get()
+            queue.held = 1
             consumer = await queue.free_consumer()
+            queue.held = 0
             consumer.in_flight += 1
             task = asyncio.create_task(self._run(queue, consumer, delivery))
             self._tasks.add(task)

@@ -127,6 +127,9 @@ class RabbitBus:
         self._reply_queue = ""
         self._pending: dict[str, asyncio.Future[bytes]] = {}
         self._consumers: list[tuple[AbstractQueue, ConsumerTag]] = []
+        #: The queues consumed or served, in order (a dict as an ordered set).
+        self._consumed: dict[str, None] = {}
+        self._sample_channel: AbstractRobustChannel | None = None
         self._handling: set[asyncio.Task[Any]] = set()
 
     @property
@@ -187,6 +190,8 @@ class RabbitBus:
             except Exception as exc:  # the channel may already be gone
                 log.debug("bus cancel failed queue=%s error=%s", queue.name, describe(exc))
         self._consumers.clear()
+        self._consumed.clear()
+        self._sample_channel = None
         handling = list(self._handling)
         for task in handling:
             task.cancel()
@@ -259,6 +264,7 @@ class RabbitBus:
             await _settle(message.ack(), queue)
 
         await self._start_consumer(work_queue, on_message)
+        self._consumed[queue] = None
 
     async def request(
         self, queue: str, body: bytes, headers: Mapping[str, str], timeout: float
@@ -308,6 +314,33 @@ class RabbitBus:
             await _settle(message.ack(), queue)
 
         await self._start_consumer(work_queue, on_request)
+        self._consumed[queue] = None
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Return each consumed queue's ready messages, from a passive queue declare.
+
+        The declares run on a channel of their own: a passive declare of a queue that
+        is gone (deleted by an operator) makes the broker close its channel, which
+        must not be a publishing or consuming one. Such a queue, or any queue while
+        the broker is unreachable, is left out.
+        """
+        if self._connection is None or not self._consumed:
+            return {}
+        depths: dict[str, int] = {}
+        for queue in list(self._consumed):
+            try:
+                if self._sample_channel is None:
+                    self._sample_channel = await self._connection.channel(
+                        publisher_confirms=False
+                    )
+                channel = await self._sample_channel.get_underlay_channel()
+                declared = await channel.queue_declare(queue, passive=True)
+            except (aio_pika.AMQPException, ConnectionError, RuntimeError, TimeoutError) as exc:
+                log.debug("bus queue depth unknown queue=%s error=%s", queue, describe(exc))
+                continue
+            if declared.message_count is not None:
+                depths[queue] = declared.message_count
+        return depths
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         reply = self._pending.get(message.correlation_id or "")

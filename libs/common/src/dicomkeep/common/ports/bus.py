@@ -79,3 +79,11 @@ class Bus(Protocol):
 
     async def serve(self, queue: str, handler: Responder, *, prefetch: int = 64) -> None:
         """Answer the requests sent to `queue` (competing responders)."""
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Return the messages waiting in each queue this process consumes or serves.
+
+        One cheap query per queue (a monitoring sample: call it at scrape time, never
+        per message). Messages delivered to a handler and not yet acked are not
+        counted. A queue whose depth cannot be read is left out.
+        """
