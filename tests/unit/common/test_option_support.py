@@ -35,7 +35,7 @@ READ_THROUGH = {
 #: Options whose only reader is the start-up check (`option_support`): a value
 #: DicomKeep cannot honour is refused there.
 REFUSED = {
-    "execute_lua_enabled", "extra_main_dicom_tags", "log_exported_resources",
+    "execute_lua_enabled", "extra_main_dicom_tags",
     "virtual_addressing", "enable_index",
 }  # fmt: skip
 #: Options whose model accepts only the value DicomKeep implements (any other is a
@@ -104,7 +104,6 @@ def test_accounting_lists_name_real_options() -> None:
     [
         ({"ExecuteLuaEnabled": True}, "ExecuteLuaEnabled"),
         ({"ExtraMainDicomTags": {"Study": ["0008,1030"]}}, "ExtraMainDicomTags"),
-        ({"LogExportedResources": True}, "LogExportedResources"),
         ({"AwsS3Storage": {"VirtualAddressing": True}}, "AwsS3Storage.VirtualAddressing"),
         ({"PostgreSQL": {"EnableIndex": True}}, "PostgreSQL.EnableIndex"),
         ({"HttpServerEnabled": False, "DicomKeep": {"Mode": "distributed"}}, "HttpServerEnabled"),
@@ -122,7 +121,7 @@ def test_ingest_workers_accepts_only_one() -> None:
 
 def test_supported_values_start() -> None:
     for config in (
-        {"ExecuteLuaEnabled": False, "LogExportedResources": False, "HttpServerEnabled": False},
+        {"ExecuteLuaEnabled": False, "LogExportedResources": True, "HttpServerEnabled": False},
         {"PostgreSQL": {"EnableIndex": True}, "DicomKeep": {"Mode": "distributed"}},
     ):
         settings = parse_settings(config)

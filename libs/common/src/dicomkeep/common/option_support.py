@@ -48,11 +48,6 @@ def _refusals(settings: Settings) -> list[str]:
             "main DICOM tags; remove it",
         ),
         (
-            settings.log_exported_resources,
-            '"LogExportedResources" is true, but DicomKeep does not log exports '
-            "(GET /exports stays empty); remove it or set it to false",
-        ),
-        (
             not settings.http_server_enabled and settings.dicomkeep.mode == "distributed",
             '"HttpServerEnabled" is false in the distributed mode: the gateway service '
             "is the HTTP server; run no gateway instead",

@@ -3,7 +3,7 @@
 Mirrors Orthanc's ServerIndex: the store transaction and deletes (store.py),
 reads and find (resources.py, find.py), metadata and attachments with revisions
 (annotations.py), protection and recycling (recycling.py), the Stable* ledger
-(stability.py), the changes log and the outbox (changes.py), jobs and REST
+(stability.py), the changes log and the outbox (changes.py), the exports log (exports.py), jobs and REST
 queries (jobs.py), labels (labels.py), peers (peers.py). Each part is a class over `Transactions`;
 `Index` inherits them all, so every method is reached as `index.<method>`.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dicomkeep.common.index.annotations import Annotations
 from dicomkeep.common.index.changes import ChangeLog
+from dicomkeep.common.index.exports import ExportLog
 from dicomkeep.common.index.jobs import JobStore
 from dicomkeep.common.index.labels import Labels
 from dicomkeep.common.index.peers import PeerStore
@@ -23,7 +24,7 @@ from dicomkeep.common.index.store import Store
 from dicomkeep.common.ports.database import Database, Tx
 
 
-class Index(Store, Resources, Annotations, Recycling, StabilityLedger, ChangeLog):
+class Index(Store, Resources, Annotations, Recycling, StabilityLedger, ChangeLog, ExportLog):
     """The index of every DICOM resource. Every public method is one transaction.
 
     Open it with `async with Index(db):` (or `open()`/`close()`): opening

@@ -65,17 +65,23 @@ async def delete_changes(index: IndexDep) -> Response:
 
 
 @router.get("/exports")
-async def get_exports() -> Response:
-    """Answer the exports log: always empty, `{"Done": true, "Exports": [], "Last": 0}`.
+async def get_exports(request: Request, index: IndexDep) -> Response:
+    """Answer the exports log `{"Done", "Exports": [...], "Last"}` (Orthanc's shape):
+    exports with Seq > since, ascending, at most `limit`; `?last` for the latest.
 
-    Orthanc answers this whenever `LogExportedResources` is false (its default);
-    DicomKeep refuses `LogExportedResources: true` at start (`option_support`), so
-    this is the whole truth. `since`, `limit` and `last` change nothing.
+    Written only with `LogExportedResources` (by `/modalities/{name}/store` and
+    `/peers/{name}/store`); kept in the index, so shared by every replica.
     """
-    return OrthancJSONResponse({"Done": True, "Exports": [], "Last": 0})
+    if "last" in request.query_params:
+        return OrthancJSONResponse((await index.last_export()).to_json())
+    since, limit = since_and_limit(
+        request.query_params.get("since"), request.query_params.get("limit")
+    )
+    return OrthancJSONResponse((await index.get_exports(since, limit)).to_json())
 
 
 @router.delete("/exports")
-async def delete_exports() -> Response:
-    """Clear the (empty) exports log: 200, empty text/plain, as Orthanc."""
+async def delete_exports(index: IndexDep) -> Response:
+    """Clear the exports log (Seq is not reset): 200, empty text/plain, as Orthanc."""
+    await index.clear_exports()
     return empty()

@@ -155,6 +155,8 @@ async def store(name: str, request: Request, ctx: ContextDep) -> Response:
     originator_aet = field(body, "MoveOriginatorAet", str, "")
     originator_id = field(body, "MoveOriginatorID", int, 0)
     instances = await expand_instances(ctx.index, request_body.resources)
+    if settings.log_exported_resources:
+        await ctx.index.log_exports(request_body.resources, name)
     content, payload = store_job(
         modality, instances, request_body.resources, local_aet=peer.local_aet,
         timeout=peer.timeout, permissive=request_body.permissive,

@@ -146,6 +146,8 @@ async def peer_store(
             ErrorCode.BAD_REQUEST, "Transcode is not supported: files are sent as stored"
         )
     payload = new_payload(peer, store, await expand_instances(index, store.resources))
+    if settings.log_exported_resources:
+        await index.log_exports(store.resources, name)
     job = await submit(
         index.jobs, ctx.bus, JOB_TYPE, content_of(payload, peer), payload, store.priority
     )

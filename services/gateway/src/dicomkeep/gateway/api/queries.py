@@ -183,7 +183,7 @@ async def answers(query_id: str, request: Request, index: IndexDep) -> Response:
 async def answer_routes(query_id: str, position: str, index: IndexDep) -> Response:
     """Answer the sub-routes of one answer; unknown -> empty 404."""
     _answer(await _query(index, query_id), position)
-    return OrthancJSONResponse(["content", "retrieve"])
+    return OrthancJSONResponse(["content", "query-instances", "query-series", "query-studies", "retrieve"])
 
 
 @router.get("/queries/{query_id}/answers/{position}/content")
@@ -196,6 +196,60 @@ async def answer_content(query_id: str, position: str, request: Request, index: 
 def _move_query(level: Level, answer: bytes) -> dict[str, str]:
     tags = tags_json(answer, "simplify")
     return {key: str(tags.get(key) or "") for key in MOVE_KEYS[level]}
+
+
+def _child_query(level: Level, child: Level, answer: bytes, raw: bytes) -> dict[str, Any]:
+    """Return the `/query` body of a drill-down (Orthanc's QueryAnswerChildren): the
+    identifiers of the answer (as a C-MOVE of it would send) then the body's `Query`."""
+    query: dict[str, str] = {key: value for key, value in _move_query(level, answer).items() if value}
+    text = raw.decode("utf-8", errors="replace").strip()
+    body: Any = None
+    if text:
+        try:
+            body = parse_json(text)
+        except ValueError:
+            body = None  # Orthanc ignores a body that is not JSON
+    if isinstance(body, dict) and "Query" in body:
+        extra = body["Query"]
+        if not isinstance(extra, dict):
+            raise OrthancError(ErrorCode.BAD_REQUEST, 'The field "Query" must be a JSON object')
+        for key, value in extra.items():
+            if not isinstance(value, str):
+                raise OrthancError(ErrorCode.BAD_FILE_FORMAT, 'Field "Query" must be an object of strings')
+            try:
+                keyword = tag_name(parse_tag(key))
+            except KeyError:
+                raise OrthancError(ErrorCode.BAD_REQUEST, f"Unknown DICOM tag: {key}") from None
+            query[keyword if not keyword.startswith("Unknown") else key] = value
+    return {"Level": child.value, "Query": query}
+
+
+async def _query_children(query_id: str, position: str, child: Level, request: Request, ctx: Any) -> Response:
+    record = await _query(ctx.index, query_id)
+    answer = _answer(record, position)
+    body = _child_query(Level(record.level), child, answer, await request.body())
+    settings = ctx.settings
+    modality = await get_modality(settings, ctx.index.jobs, record.modality)
+    child_record = await run_query(settings, ctx.index.jobs, record.modality, peer_for(settings, modality, {}), body)
+    return OrthancJSONResponse({"ID": child_record.id, "Path": f"/queries/{child_record.id}"})
+
+
+@router.post("/queries/{query_id}/answers/{position}/query-studies")
+async def query_studies(query_id: str, position: str, request: Request, ctx: ContextDep) -> Response:
+    """C-FIND the studies of one answer (body: optional `{"Query": {tag: value}}`)."""
+    return await _query_children(query_id, position, Level.STUDY, request, ctx)
+
+
+@router.post("/queries/{query_id}/answers/{position}/query-series")
+async def query_series(query_id: str, position: str, request: Request, ctx: ContextDep) -> Response:
+    """C-FIND the series of one answer (body: optional `{"Query": {tag: value}}`)."""
+    return await _query_children(query_id, position, Level.SERIES, request, ctx)
+
+
+@router.post("/queries/{query_id}/answers/{position}/query-instances")
+async def query_instances(query_id: str, position: str, request: Request, ctx: ContextDep) -> Response:
+    """C-FIND the instances of one answer (body: optional `{"Query": {tag: value}}`)."""
+    return await _query_children(query_id, position, Level.INSTANCE, request, ctx)
 
 
 def _retrieve_body(raw: bytes, default_aet: str) -> tuple[str, dict[str, Any]]:
