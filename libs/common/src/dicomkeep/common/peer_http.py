@@ -254,6 +254,14 @@ class PeerClient:
             response = await self._client.request(method, path, content=content, headers=headers)
         except httpx.TransportError as failure:
             error = _transport_error(self.peer, request, failure)
+        except ssl.SSLError as failure:
+            # With TLS 1.3 a peer refusing our (missing) client certificate says so
+            # after the handshake; httpx may then let the SSLError through unwrapped.
+            error = PeerHttpError(
+                f'TLS error with peer "{self.peer.name}" during {request}: {_describe(failure)} '
+                "(see the peer's CertificateFile)",
+                transient=False,
+            )
         else:
             if self.options.verbose:
                 log.info("peer %s: %s -> %d", self.peer.name, request, response.status_code)
