@@ -36,14 +36,11 @@ READ_THROUGH = {
 #: DicomKeep cannot honour is refused there.
 REFUSED = {
     "execute_lua_enabled", "extra_main_dicom_tags",
-    "virtual_addressing", "enable_index",
+    "virtual_addressing", "enable_index", "dicom_scu_preferred_transfer_syntax",
 }  # fmt: skip
 #: Options whose model accepts only the value DicomKeep implements (any other is a
 #: validation error at load).
 SINGLE_VALUE = {"ingest_workers", "dicom_tls_ciphers_accepted"}
-#: DICOM-side options that no code reads yet (issue 11 gave the DICOM options to the
-#: compat-dicom branch; after its merge these two remain): to be honoured or refused.
-DICOM_PENDING = {"dicom_association_close_delay", "dicom_scu_preferred_transfer_syntax"}
 
 
 def _models() -> list[type[BaseModel]]:
@@ -85,7 +82,7 @@ def test_every_option_is_read_refused_or_ignored() -> None:
             through = READ_THROUGH.get((model.__name__, name))
             if name in read or (through and through in read):
                 continue
-            if name in REFUSED | SINGLE_VALUE | DICOM_PENDING | ignored:
+            if name in REFUSED | SINGLE_VALUE | ignored:
                 continue
             unaccounted.append(f"{model.__name__}.{name}")
     assert unaccounted == []
@@ -95,7 +92,6 @@ def test_accounting_lists_name_real_options() -> None:
     names = {name for model in _models() for name in model.model_fields}
     assert REFUSED <= names
     assert SINGLE_VALUE <= names
-    assert DICOM_PENDING <= names
     assert set(IGNORED_OPTIONS) <= {f.alias for f in Settings.model_fields.values()}
 
 
@@ -107,6 +103,11 @@ def test_accounting_lists_name_real_options() -> None:
         ({"AwsS3Storage": {"VirtualAddressing": True}}, "AwsS3Storage.VirtualAddressing"),
         ({"PostgreSQL": {"EnableIndex": True}}, "PostgreSQL.EnableIndex"),
         ({"HttpServerEnabled": False, "DicomKeep": {"Mode": "distributed"}}, "HttpServerEnabled"),
+        ({"DicomScuPreferredTransferSyntax": "1.2.840.10008.1.2"}, "DicomScuPreferredTransferSyntax"),
+        (
+            {"DicomModalities": {"pacs": {"AET": "PACS", "Host": "h", "Port": 104, "UseDicomTls": True}}},
+            "DicomModalities",
+        ),
     ],
 )
 def test_unsupported_values_are_refused_naming_the_option(config: dict[str, object], named: str) -> None:
@@ -122,6 +123,7 @@ def test_ingest_workers_accepts_only_one() -> None:
 def test_supported_values_start() -> None:
     for config in (
         {"ExecuteLuaEnabled": False, "LogExportedResources": True, "HttpServerEnabled": False},
+        {"DicomScuPreferredTransferSyntax": "1.2.840.10008.1.2.1", "DicomAssociationCloseDelay": 0},
         {"PostgreSQL": {"EnableIndex": True}, "DicomKeep": {"Mode": "distributed"}},
     ):
         settings = parse_settings(config)

@@ -20,6 +20,8 @@ from dicomkeep.common.settings import Settings
 
 log = logging.getLogger(__name__)
 
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+
 #: Options that DicomKeep reads nowhere, with why ignoring them is harmless. Logged
 #: once when the configuration sets them.
 IGNORED_OPTIONS: dict[str, str] = {
@@ -32,6 +34,9 @@ IGNORED_OPTIONS: dict[str, str] = {
     "OrthancPeersInDatabase": "peers changed through REST are always kept in the index",
     "MediaArchiveSize": "DicomKeep keeps no asynchronous archives",
     "SynchronousZipStream": "DicomKeep builds no ZIP archives of resources",
+    "DicomAssociationCloseDelay": (
+        "DicomKeep's SCU closes each association when its operation ends"
+    ),
 }
 
 
@@ -62,8 +67,25 @@ def _refusals(settings: Settings) -> list[str]:
             '"AwsS3Storage.VirtualAddressing" is true, but DicomKeep addresses buckets '
             "path-style only; remove it or set it to false",
         ),
+        (
+            settings.dicom_scu_preferred_transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN,
+            '"DicomScuPreferredTransferSyntax" is not Explicit VR Little Endian, but '
+            "DicomKeep's SCU sends files in their stored syntax (uncompressed ones "
+            "proposed as Explicit, then Implicit VR Little Endian) and never transcodes; "
+            "remove it",
+        ),
+        (
+            any(_uses_dicom_tls(value) for value in settings.dicom_modalities.values()),
+            '"DicomModalities" has a modality with "UseDicomTls": true, but DicomKeep\'s '
+            "SCU does not open TLS associations (only its DICOM server offers TLS); "
+            "remove it",
+        ),
     ]
     return [message for refused, message in checks if refused]
+
+
+def _uses_dicom_tls(value: object) -> bool:
+    return isinstance(value, dict) and bool(value.get("UseDicomTls", False))
 
 
 def refused_options(settings: Settings) -> list[str]:
