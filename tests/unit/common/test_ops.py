@@ -130,3 +130,25 @@ async def test_metrics_sample_the_depth_of_the_consumed_queues() -> None:
     finally:
         await server.stop()
         await bus.close()
+
+
+async def test_http_answers_leave_with_tcp_nodelay() -> None:
+    """The listener carries TCP_NODELAY, so accepted connections do (Linux inherits
+    it): without it an answer's body waits for the client's delayed ACK (~40 ms)."""
+    import socket
+
+    from dicomkeep.common.ops import AsgiServer
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    server = AsgiServer(app, "127.0.0.1", 0)
+    await server.start()
+    try:
+        for listener in server.server.servers[0].sockets:
+            assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://127.0.0.1:{server.port}/")).text == "ok"
+    finally:
+        await server.stop()

@@ -130,6 +130,9 @@ async def serve(
     server = HttpServer(service.app, settings, host, port)
     if sock is None:
         sock = socket.create_server((host, port), family=_family(host))
+    # Inherited by accepted sockets on Linux; asyncio skips it for proto-0 sockets
+    # and answers would wait ~40 ms for delayed ACKs (see common.ops.AsgiServer).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     task = asyncio.ensure_future(server.server.serve(sockets=[sock]))
     try:
         await asyncio.shield(task)
