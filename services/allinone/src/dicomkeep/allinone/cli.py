@@ -314,7 +314,11 @@ class _Reloading:
 
 def _write_sample(target: str) -> int:
     """`--config=FILE`: the annotated sample; `-` writes it to standard output (as Orthanc)."""
-    text = sample_configuration()
+    return _write_text(target, sample_configuration())
+
+
+def _write_text(target: str, text: str) -> int:
+    """Write `text` to the file `target`, or to standard output when it is `-`."""
     if target == "-":
         sys.stdout.write(text)
         return 0
@@ -332,15 +336,7 @@ def _write_openapi(target: str) -> int:
     from dicomkeep.gateway import main as gateway
 
     document = gateway.build(Settings()).app.openapi()  # builds the routes, opens nothing
-    text = json.dumps(document, indent=2) + "\n"
-    if target == "-":
-        sys.stdout.write(text)
-        return 0
-    try:
-        Path(target).write_text(text, encoding="utf-8")
-    except OSError as error:
-        _fail(f"cannot write {target}: {error.strerror}")
-    return 0
+    return _write_text(target, json.dumps(document, indent=2) + "\n")
 
 
 def _print_errors() -> int:
