@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
+import tempfile
 import uuid
+import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from dicomkeep.common.compression import (
     CHUNK_BYTES,
+    LEVEL,
+    SIZE_PREFIX,
     CorruptedBlob,
     Encoder,
     Inflater,
@@ -45,6 +50,7 @@ __all__ = [
     "StorageAccessor",
     "TooLarge",
     "encode",
+    "file_md5",
     "find_attachment",
     "read_instance_file",
 ]
@@ -102,6 +108,45 @@ def _encode_whole(data: bytes, compressed: bool) -> Encoded:
         stored, len(data), uncompressed_md5, hashlib.md5(stored).hexdigest(),
         CompressionType.ZLIB_WITH_SIZE,
     )  # fmt: skip
+
+
+def file_md5(source: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> str:
+    """Return the MD5 of a file from its start, read in pieces (blocking)."""
+    source.seek(0)
+    digest = hashlib.md5()
+    while piece := source.read(chunk_bytes):
+        digest.update(piece)
+    return digest.hexdigest()
+
+
+def _compress_file(source: BinaryIO, target: BinaryIO, chunk_bytes: int) -> tuple[int, str, str]:
+    """Write `compress(<source>)` to `target` piece by piece (blocking); return the
+    source's size, its MD5 and the MD5 of what was written.
+
+    Orthanc's format streams: the size prefix is known before the zlib stream starts.
+    """
+    size = source.seek(0, io.SEEK_END)
+    source.seek(0)
+    if size == 0:
+        return 0, hashlib.md5().hexdigest(), hashlib.md5().hexdigest()
+    plain, packed = hashlib.md5(), hashlib.md5()
+    compressor = zlib.compressobj(LEVEL)
+
+    def emit(out: bytes) -> None:
+        if out:
+            packed.update(out)
+            target.write(out)
+
+    emit(size.to_bytes(SIZE_PREFIX, "little"))
+    read = 0
+    while piece := source.read(chunk_bytes):
+        read += len(piece)
+        plain.update(piece)
+        emit(compressor.compress(piece))
+    emit(compressor.flush())
+    if read != size:
+        raise OSError(f"the file changed while it was compressed ({read} of {size} bytes)")
+    return size, plain.hexdigest(), packed.hexdigest()
 
 
 async def encode(
@@ -173,6 +218,67 @@ class StorageAccessor:
         On failure nothing written here is left behind (best effort).
         """
         written = [await self.write(FileContentType.DICOM, data, compressed=compressed)]
+        if compressed and prefix is not None:
+            try:
+                written.append(
+                    await self.write(
+                        FileContentType.DICOM_UNTIL_PIXEL_DATA, prefix, compressed=True
+                    )
+                )
+            except BaseException:
+                await self.discard([info.uuid for info in written])
+                raise
+        return written
+
+    async def write_file(
+        self,
+        content_type: int,
+        source: BinaryIO,
+        *,
+        compressed: bool,
+        store_md5: bool = True,
+        md5: str | None = None,
+    ) -> AttachmentInfo:
+        """Write one attachment from a local file under a fresh UUID and describe it,
+        reading it in pieces: memory stays a few chunks whatever the file's size.
+
+        `md5`, when the caller already hashed the file, saves a read. With
+        `compressed`, the file is compressed into an anonymous temporary file first
+        (Orthanc's "zlib with size" format, the same bytes as `write`).
+        """
+        chunk = self.chunk_bytes
+        key = str(uuid.uuid4())
+        if not compressed:
+            size = source.seek(0, io.SEEK_END)
+            plain_md5 = md5 or await asyncio.to_thread(file_md5, source, chunk)
+            await self.blobs.put_file(key, source)
+            stored_size, packed_md5, kind = size, plain_md5, CompressionType.NONE
+        else:
+            with tempfile.TemporaryFile() as packed:
+                size, plain_md5, packed_md5 = await asyncio.to_thread(
+                    _compress_file, source, packed, chunk
+                )
+                stored_size = packed.tell()
+                await self.blobs.put_file(key, packed)
+            kind = CompressionType.ZLIB_WITH_SIZE
+        return AttachmentInfo(
+            content_type=content_type,
+            uuid=key,
+            uncompressed_size=size,
+            uncompressed_md5=plain_md5 if store_md5 else "",
+            compressed_size=stored_size,
+            compressed_md5=packed_md5 if store_md5 else "",
+            compression=int(kind),
+        )
+
+    async def write_instance_file(
+        self, source: BinaryIO, prefix: bytes | None, *, compressed: bool, md5: str | None = None
+    ) -> list[AttachmentInfo]:
+        """Write an instance's attachments as `write_instance` does, the DICOM file
+        read from a local file in pieces (`md5`: its MD5 if known)."""
+        written = [
+            await self.write_file(FileContentType.DICOM, source, compressed=compressed, md5=md5)
+        ]
         if compressed and prefix is not None:
             try:
                 written.append(

@@ -43,11 +43,9 @@ async def lookup(index: Index, level: Level, public_id: str, content_type: int) 
     return info
 
 
-def missing_blob() -> OrthancError:
+def missing_blob(what: str = "The attachment") -> OrthancError:
     """Return the error of an attachment whose blob is missing from the store (404)."""
-    return OrthancError(
-        ErrorCode.INEXISTENT_ITEM, "The attachment is missing from the storage area"
-    )
+    return OrthancError(ErrorCode.INEXISTENT_ITEM, f"{what} is missing from the storage area")
 
 
 def corrupted(error: CorruptedBlob) -> OrthancError:
@@ -56,12 +54,17 @@ def corrupted(error: CorruptedBlob) -> OrthancError:
 
 
 async def stream_answer(
-    pieces: AsyncIterator[bytes], size: int, media_type: str, headers: dict[str, str]
+    pieces: AsyncIterator[bytes],
+    size: int,
+    media_type: str,
+    headers: dict[str, str],
+    *,
+    what: str = "The attachment",
 ) -> Response:
     """Answer bytes from `pieces`: whole when small, streamed otherwise.
 
     The first piece is read before answering, so a missing or corrupt blob is
-    still a clean error; a failure later cuts the connection (as any server
+    still a clean error (`what` names the missing bytes); a failure later cuts the connection (as any server
     streaming a file it cannot finish).
     """
     try:
@@ -70,7 +73,7 @@ async def stream_answer(
             rest = [piece async for piece in pieces]
             return Response(b"".join([first, *rest]), media_type=media_type, headers=headers)
     except KeyError as error:
-        raise missing_blob() from error
+        raise missing_blob(what) from error
     except CorruptedBlob as error:
         raise corrupted(error) from error
 

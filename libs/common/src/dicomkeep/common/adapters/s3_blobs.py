@@ -11,7 +11,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import islice
-from typing import Any, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -21,6 +21,8 @@ from minio.error import MinioException, S3Error, ServerError
 
 _T = TypeVar("_T")
 _LIST_BATCH = 1000
+#: Parts of a multipart upload from a file; minio keeps about four in memory at once.
+_PART_BYTES = 8 * 1024 * 1024
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
 _TIMEOUT_SECONDS = 300.0
 #: Attempts of one call when S3 is unreachable or answers a server error.
@@ -131,6 +133,13 @@ class S3BlobStore:
         """
         await self._run(self._put, key, data)
 
+    async def put_file(self, key: str, source: BinaryIO) -> None:
+        """Write the object from a local file: one request up to 8 MiB, else a multipart
+        upload of 8 MiB parts (at most a few in memory). A failed multipart upload is
+        aborted; a retry reads the file again from its start.
+        """
+        await self._run(self._put_file, key, source)
+
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the object, or bytes [start, end) of it; raise KeyError if absent."""
         if span is not None and (span[0] < 0 or span[1] < span[0]):
@@ -186,6 +195,14 @@ class S3BlobStore:
     def _put(self, key: str, data: bytes) -> None:
         try:
             self._client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+        except (MinioException, urllib3.exceptions.HTTPError) as error:
+            raise _translated(error) from error
+
+    def _put_file(self, key: str, source: BinaryIO) -> None:
+        try:
+            size = source.seek(0, io.SEEK_END)
+            source.seek(0)
+            self._client.put_object(self.bucket, key, source, size, part_size=_PART_BYTES)
         except (MinioException, urllib3.exceptions.HTTPError) as error:
             raise _translated(error) from error
 

@@ -8,11 +8,13 @@ means durable and visible to every reader.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import mmap
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from dicomkeep.common.dicom.instance import ParsedInstance, dicom_prefix, parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError
@@ -190,6 +192,51 @@ class Receiver:
         ORTHANC_METRICS.set_max(
             "orthanc_storage_create_duration_ms", (time.perf_counter() - writing) * 1000
         )
+        return await self._commit(parsed, attachments, origin, metadata, len(data), started)
+
+    async def receive_file(
+        self,
+        source: BinaryIO,
+        origin: Origin,
+        *,
+        md5: str | None = None,
+        metadata: Mapping[Level, Mapping[int, str]] | None = None,
+    ) -> Received:
+        """Store one DICOM file kept in a local file, as `receive` does, without ever
+        holding it in memory: it is parsed through a read-only memory map (only the
+        pages holding element headers are touched, not the pixel data) and written
+        to the blob store in pieces. `md5` is the file's MD5 when already known.
+        """
+        started = time.perf_counter()
+        size = source.seek(0, io.SEEK_END)
+        if size == 0:
+            raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
+        with mmap.mmap(source.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            # The parser needs only len(), slices and struct.unpack_from, which a
+            # memory map offers as bytes does.
+            data = cast(bytes, mapped)
+            parsed = await asyncio.to_thread(parse_instance, data)
+            prefix = dicom_prefix(data, parsed) if self.compression else None
+        writing = time.perf_counter()
+        with _blob_span(FileContentType.DICOM, size):
+            attachments = await self.storage.write_instance_file(
+                source, prefix, compressed=self.compression, md5=md5
+            )
+        ORTHANC_METRICS.set_max(
+            "orthanc_storage_create_duration_ms", (time.perf_counter() - writing) * 1000
+        )
+        return await self._commit(parsed, attachments, origin, metadata, size, started)
+
+    async def _commit(
+        self,
+        parsed: ParsedInstance,
+        attachments: list[AttachmentInfo],
+        origin: Origin,
+        metadata: Mapping[Level, Mapping[int, str]] | None,
+        size: int,
+        started: float,
+    ) -> Received:
+        """Have the indexer commit the written instance; undo the blobs on a refusal."""
         try:
             command = build_command(
                 parsed, attachments, origin, overwrite=self.overwrite, extra_metadata=metadata
@@ -206,7 +253,7 @@ class Receiver:
         elapsed = time.perf_counter() - started
         RECEIVE_SECONDS.observe(elapsed)
         INSTANCES_RECEIVED.labels(origin.protocol, reply.status.value).inc()
-        RECEIVED_BYTES.labels(origin.protocol).inc(len(data))
+        RECEIVED_BYTES.labels(origin.protocol).inc(size)
         ORTHANC_METRICS.set_max("orthanc_store_dicom_duration_ms", elapsed * 1000)
         if reply.status is StoreStatus.FAILURE:
             await self._discard(attachments)

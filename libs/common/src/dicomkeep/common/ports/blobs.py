@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class BlobStore(Protocol):
@@ -14,6 +14,13 @@ class BlobStore(Protocol):
 
     async def put(self, key: str, data: bytes) -> None:
         """Write the blob durably; overwrite any blob with the same key."""
+
+    async def put_file(self, key: str, source: BinaryIO) -> None:
+        """Write the blob from a seekable local file, from its start to its end, as
+        `put` does, reading it in bounded pieces: memory does not grow with its size.
+
+        The file's position is left anywhere; a retry may read it again from the start.
+        """
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""

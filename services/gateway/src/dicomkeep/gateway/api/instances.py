@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
+import hashlib
 import io
 import logging
+import mmap
 import posixpath
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, cast
 
 from dicomkeep.common.dicom.orthanc_json import content_value, header_json, tags_json
 from dicomkeep.common.dicom.receiving import Origin, Received, Receiver
@@ -18,12 +20,14 @@ from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
 from dicomkeep.common.index import Index
 from dicomkeep.common.logs import patient_text
-from dicomkeep.common.storage import StorageAccessor, read_instance_file
+from dicomkeep.common.orthanc import FileContentType
+from dicomkeep.common.storage import StorageAccessor, find_attachment, read_instance_file
 from dicomkeep.gateway.args import bool_arg, tag_format
-from dicomkeep.gateway.bodies import read_limited
+from dicomkeep.gateway.attachment_answers import stream_answer
 from dicomkeep.gateway.deps import IndexDep, ReceiverDep, SettingsDep, StorageDep, UsernameDep
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty
 from dicomkeep.gateway.tag_source import dicom_for_tags
+from dicomkeep.gateway.uploads import PIECE_BYTES, SPOOL_BYTES, receive_upload
 from dicomkeep.gateway.views import integer_or_none
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -35,6 +39,9 @@ router = APIRouter()
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 #: SOP class of a DICOMDIR (Media Storage Directory Storage): never stored from a ZIP.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+#: What a broken or unsupported ZIP member raises while it is read (zipfile raises
+#: NotImplementedError for a compression method it lacks).
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError, EOFError)
 
 
 def store_answer(received: Received) -> dict[str, str]:
@@ -49,19 +56,6 @@ def store_answer(received: Received) -> dict[str, str]:
         "Path": resource_path(Level.INSTANCE, instance_id),
         "Status": received.reply.status.value,
     }
-
-
-def _decoded_body(body: bytes, content_encoding: str | None) -> bytes:
-    """Undo `Content-Encoding: gzip` (or deflate); raise 400 *Bad file format* if corrupt."""
-    encoding = (content_encoding or "").strip().lower()
-    try:
-        if encoding in ("gzip", "x-gzip"):
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as error:
-        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Cannot decompress the body") from error
-    return body
 
 
 def _file_meta(data: bytes) -> dict[str, Any] | None:
@@ -82,14 +76,20 @@ def _skipped_member(data: bytes, error: OrthancError) -> bool:
     return isinstance(node, dict) and node.get("Value") == DICOMDIR_SOP_CLASS
 
 
-async def _store_zip(body: bytes, receiver: Receiver, origin: Origin) -> list[dict[str, str]]:
+class _SkippedMember(Exception):
+    """A ZIP member that Orthanc skips silently (not DICOM, or a DICOMDIR)."""
+
+
+async def _store_zip(source: BinaryIO, receiver: Receiver, origin: Origin) -> list[dict[str, str]]:
     """Store every DICOM member of a ZIP; non-DICOM members and DICOMDIRs are skipped.
 
     Mirrors Orthanc 1.8.2+: a member that is not a DICOM file is logged and
     skipped; any other error (missing UID, storage full) fails the request.
+    Members are read one at a time; one larger than SPOOL_BYTES is extracted to
+    an anonymous temporary file rather than into memory.
     """
     try:
-        archive = zipfile.ZipFile(io.BytesIO(body))
+        archive = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, ValueError) as error:
         raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Invalid ZIP archive") from error
     answers: list[dict[str, str]] = []
@@ -98,23 +98,64 @@ async def _store_zip(body: bytes, receiver: Receiver, origin: Origin) -> list[di
             if info.is_dir() or posixpath.basename(info.filename).upper() == "DICOMDIR":
                 continue
             try:
-                data = await asyncio.to_thread(archive.read, info)
-            # zipfile raises NotImplementedError for a compression method it lacks.
-            except (zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError) as error:
-                raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Invalid ZIP archive") from error
-            if not data:
-                continue
-            try:
-                received = await receiver.receive(data, origin)
-            except OrthancError as error:
-                if not _skipped_member(data, error):
-                    raise
+                received = await _store_member(archive, info, receiver, origin)
+            except _SkippedMember:
                 log.warning(
                     "skipping ZIP member %s: not a DICOM instance", patient_text(info.filename)
                 )
                 continue
-            answers.append(store_answer(received))
+            if received is not None:
+                answers.append(store_answer(received))
     return answers
+
+
+async def _store_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, receiver: Receiver, origin: Origin
+) -> Received | None:
+    """Store one ZIP member (None when it is empty); raise _SkippedMember to skip it."""
+    if info.file_size > SPOOL_BYTES:
+        return await _store_large_member(archive, info, receiver, origin)
+    try:
+        data = await asyncio.to_thread(archive.read, info)
+    except _ZIP_ERRORS as error:
+        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Invalid ZIP archive") from error
+    if not data:
+        return None
+    try:
+        return await receiver.receive(data, origin)
+    except OrthancError as error:
+        if _skipped_member(data, error):
+            raise _SkippedMember() from error
+        raise
+
+
+async def _store_large_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, receiver: Receiver, origin: Origin
+) -> Received | None:
+    """Extract a large member to an anonymous temporary file and store it from there."""
+    with tempfile.TemporaryFile() as extracted:
+        try:
+            md5 = await asyncio.to_thread(_extract, archive, info, extracted)
+        except _ZIP_ERRORS as error:
+            raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Invalid ZIP archive") from error
+        try:
+            return await receiver.receive_file(extracted, origin, md5=md5)
+        except OrthancError as error:
+            with mmap.mmap(extracted.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                if _skipped_member(cast(bytes, mapped), error):
+                    raise _SkippedMember() from error
+            raise
+
+
+def _extract(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: IO[bytes]) -> str:
+    """Copy one member into `target` (blocking); return its MD5."""
+    digest = hashlib.md5()
+    with archive.open(info) as member:
+        while piece := member.read(PIECE_BYTES):
+            digest.update(piece)
+            target.write(piece)
+    target.flush()
+    return digest.hexdigest()
 
 
 @router.post("/instances")
@@ -123,28 +164,37 @@ async def post_instances(
 ) -> Response:
     """Store a DICOM file (-> one object) or a ZIP of DICOM files (-> an array).
 
-    Any content type; `Content-Encoding: gzip` accepted. Empty body -> 400
-    *Bad file format* "Received an empty DICOM file"; a body over the DicomKeep
-    `MaximumUploadSize` 413 (up front when Content-Length says so), a body
-    stalled for `HttpRequestTimeout` seconds 408 (http_options.py); the
-    Receiver's errors propagate
-    (invalid file 400, absent UID 400 as Orthanc 1.12, storage full 507). Answers
-    only after the indexer committed.
+    Any content type; `Content-Encoding: gzip` accepted. The body is streamed
+    (uploads.py): beyond 16 MiB it goes to an anonymous temporary file, is parsed
+    from there and written to the blob store in pieces, so memory does not grow
+    with its size. Empty body -> 400 *Bad file format* "Received an empty DICOM
+    file"; a body (or what it inflates to) over the DicomKeep `MaximumUploadSize`
+    413 (up front when Content-Length says so), a body stalled for
+    `HttpRequestTimeout` seconds 408 (http_options.py); the Receiver's errors
+    propagate (invalid file 400, absent UID 400 as Orthanc 1.12, storage full 507).
+    Answers only after the indexer committed.
     """
-    options = settings.dicomkeep
-    limit = options.maximum_upload_size * 1024 * 1024
-    raw = await read_limited(request, "The uploaded body", limit)
-    body = _decoded_body(raw, request.headers.get("content-encoding"))
-    if not body:
-        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
-    client = request.client
-    origin = Origin(
-        protocol="RestApi", remote_ip=client.host if client else "", http_username=username
-    )
-    if body[:4] in ZIP_MAGICS:
-        return OrthancJSONResponse(await _store_zip(body, receiver, origin))
-    received = await receiver.receive(body, origin)
-    return OrthancJSONResponse(store_answer(received))
+    limit = settings.dicomkeep.maximum_upload_size * 1024 * 1024
+    upload = await receive_upload(request, "The uploaded body", limit)
+    try:
+        if not upload.size:
+            raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Received an empty DICOM file")
+        client = request.client
+        origin = Origin(
+            protocol="RestApi", remote_ip=client.host if client else "", http_username=username
+        )
+        if upload.file is None:
+            if upload.data[:4] in ZIP_MAGICS:
+                answers = await _store_zip(io.BytesIO(upload.data), receiver, origin)
+                return OrthancJSONResponse(answers)
+            received = await receiver.receive(upload.data, origin)
+        else:
+            if await asyncio.to_thread(upload.head, 4) in ZIP_MAGICS:
+                return OrthancJSONResponse(await _store_zip(upload.file, receiver, origin))
+            received = await receiver.receive_file(upload.file, origin, md5=upload.md5)
+        return OrthancJSONResponse(store_answer(received))
+    finally:
+        upload.close()
 
 
 async def _dicom_bytes(index: Index, storage: StorageAccessor, public_id: str) -> bytes:
@@ -166,13 +216,15 @@ async def _dicom_bytes(index: Index, storage: StorageAccessor, public_id: str) -
 
 @router.get("/instances/{public_id}/file")
 async def get_file(public_id: str, index: IndexDep, storage: StorageDep) -> Response:
-    """Answer the stored DICOM file, byte for byte, as `application/dicom`."""
-    data = await _dicom_bytes(index, storage, public_id)
-    return Response(
-        data,
-        media_type="application/dicom",
-        headers={"Content-Disposition": f'filename="{public_id}.dcm"'},
-    )
+    """Answer the stored DICOM file, byte for byte, as `application/dicom`; a large
+    one is streamed in 1 MiB pieces (memory does not grow with its size)."""
+    info = await find_attachment(index, Level.INSTANCE, public_id, FileContentType.DICOM)
+    if info is None:
+        raise unknown_resource()
+    return await stream_answer(
+        storage.iter_uncompressed(info), info.uncompressed_size, "application/dicom",
+        {"Content-Disposition": f'filename="{public_id}.dcm"'}, what="The DICOM file",
+    )  # fmt: skip
 
 
 @router.get("/instances/{public_id}/tags")
