@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import uuid
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
@@ -39,6 +41,10 @@ class MemoryBlobs:
 
     async def put(self, key: str, data: bytes) -> None:
         self.blobs[key] = bytes(data)
+
+    async def put_file(self, key: str, source: BinaryIO) -> None:
+        source.seek(0)
+        self.blobs[key] = source.read()
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         self.reads.append(span)
@@ -381,3 +387,35 @@ async def test_discard_is_best_effort() -> None:
     blobs.blobs.update({"a": b"1", "stuck": b"2", "b": b"3"})
     await StorageAccessor(blobs).discard(["a", "stuck", "b"])
     assert list(blobs.blobs) == ["stuck"]
+
+
+# --- writing from a file ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("body", [b"", BODY])
+async def test_write_file_stores_what_write_stores(compressed: bool, body: bytes) -> None:
+    blobs = MemoryBlobs()
+    accessor = small(blobs)
+    expected = await accessor.write(FileContentType.DICOM, body, compressed=compressed)
+    with tempfile.TemporaryFile() as source:
+        source.write(body)
+        info = await accessor.write_file(FileContentType.DICOM, source, compressed=compressed)
+    assert blobs.blobs[info.uuid] == blobs.blobs[expected.uuid]
+    assert info.model_dump(exclude={"uuid"}) == expected.model_dump(exclude={"uuid"})
+    assert await accessor.read(info) == body
+
+
+async def test_write_file_trusts_a_given_md5_and_can_omit_md5s() -> None:
+    accessor = small(MemoryBlobs())
+    with tempfile.TemporaryFile() as source:
+        source.write(BODY)
+        info = await accessor.write_file(
+            FileContentType.DICOM, source, compressed=False, md5="0" * 32
+        )
+        assert info.uncompressed_md5 == info.compressed_md5 == "0" * 32
+        bare = await accessor.write_file(
+            FileContentType.DICOM, source, compressed=True, store_md5=False
+        )
+    assert (bare.uncompressed_md5, bare.compressed_md5) == ("", "")
+    assert bare.uncompressed_size == len(BODY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -289,3 +290,15 @@ async def test_s3_missing_bucket_raises_os_error_not_key_error(s3_endpoint: str)
             await store.get(_key())
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("size", [0, 1000, LARGE])
+async def test_put_file_writes_the_whole_file(store: BlobStore, size: int) -> None:
+    data = os.urandom(size)
+    key = _key()
+    await store.put(key, b"older content")
+    with tempfile.TemporaryFile() as source:
+        source.write(data)  # the position is left at the end: put_file reads from the start
+        await store.put_file(key, source)
+    assert await store.get(key) == data
+    assert await store.exists(key)
