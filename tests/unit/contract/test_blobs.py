@@ -302,3 +302,16 @@ async def test_put_file_writes_the_whole_file(store: BlobStore, size: int) -> No
         await store.put_file(key, source)
     assert await store.get(key) == data
     assert await store.exists(key)
+
+
+async def test_stream_yields_the_blob_in_bounded_pieces(store: BlobStore) -> None:
+    data = os.urandom(LARGE)
+    key = _key()
+    await store.put(key, data)
+    pieces = [piece async for piece in store.stream(key, 1024 * 1024)]
+    assert b"".join(pieces) == data
+    assert max(map(len, pieces)) <= 1024 * 1024
+    await store.put(key, b"")
+    assert [piece async for piece in store.stream(key, 10)] == []
+    with pytest.raises(KeyError):
+        await anext(store.stream(_key(), 10))

@@ -321,28 +321,21 @@ class StorageAccessor:
         return await self.blobs.get(info.uuid)
 
     async def iter_stored(self, info: AttachmentInfo) -> AsyncIterator[bytes]:
-        """Yield the blob exactly as stored, in pieces of at most `chunk_bytes` when
-        the store reads byte ranges (else in one piece).
+        """Yield the blob exactly as stored, in pieces of at most `chunk_bytes`, from
+        one streamed read of the store (`BlobStore.stream`).
 
         Raises KeyError when the blob is missing, CorruptedBlob when its length is
-        not the recorded compressed size.
+        not the recorded compressed size (when longer, before yielding the excess).
         """
-        size, chunk = info.compressed_size, self.chunk_bytes
-        if not self.blobs.range_reads or size <= chunk:
-            data = await self.blobs.get(info.uuid)
-            if len(data) != size:
-                raise CorruptedBlob(f"blob {info.uuid} holds {len(data)} bytes, {size} recorded")
-            if data:
-                yield data
-            return
-        for start in range(0, size, chunk):
-            end = min(start + chunk, size)
-            data = await self.blobs.get(info.uuid, (start, end))
-            if len(data) != end - start:
-                raise CorruptedBlob(f"blob {info.uuid} is shorter than {size} bytes")
+        size = info.compressed_size
+        received = 0
+        async for data in self.blobs.stream(info.uuid, self.chunk_bytes):
+            received += len(data)
+            if received > size:
+                raise CorruptedBlob(f"blob {info.uuid} is longer than {size} bytes")
             yield data
-        if await self.blobs.get(info.uuid, (size, size + 1)):
-            raise CorruptedBlob(f"blob {info.uuid} is longer than {size} bytes")
+        if received != size:
+            raise CorruptedBlob(f"blob {info.uuid} holds {received} bytes, {size} recorded")
 
     async def iter_uncompressed(self, info: AttachmentInfo) -> AsyncIterator[bytes]:
         """Yield the attachment's original bytes, inflating piece by piece if compressed.

@@ -4,7 +4,8 @@
   closes the connection after it (uvicorn honours the header).
 - `HttpRequestTimeout` (seconds, 0 = none): each read of the request body must
   arrive within it; otherwise the answer is an empty 408 and the connection is
-  closed, as Orthanc's server drops a client that stalls.
+  closed, as Orthanc's server drops a client that stalls. Once the body is in,
+  nothing is timed: a streamed answer may last longer than the timeout.
 - `HttpCompressionEnabled`: answers are gzip-compressed for clients that accept
   gzip (`Accept-Encoding`), as Orthanc does (Starlette's GZipMiddleware).
 """
@@ -52,12 +53,20 @@ class RequestTimeoutMiddleware:
             await self.app(scope, receive, send)
             return
         started = False
+        body_done = False
 
         async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done or started:
+                # The request is in: what is awaited now is the client hanging up
+                # (a streamed answer listens for it for as long as it lasts).
+                return await receive()
             try:
-                return await asyncio.wait_for(receive(), self.seconds)
+                message = await asyncio.wait_for(receive(), self.seconds)
             except TimeoutError:
                 raise RequestTimeout from None
+            body_done = message["type"] != "http.request" or not message.get("more_body")
+            return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started

@@ -136,14 +136,15 @@ class Upload:
         self.md5 = self._digest.hexdigest()
 
     async def _flush(self, file: BinaryIO) -> None:
-        batch = b"".join(self._pending)
+        pending = self._pending
         self._pending, self._pending_size = [], 0
-        if batch:
-            await asyncio.to_thread(self._write, file, batch)
+        if pending:
+            await asyncio.to_thread(self._write, file, pending)
 
-    def _write(self, file: BinaryIO, batch: bytes) -> None:
-        self._digest.update(batch)
-        file.write(batch)
+    def _write(self, file: BinaryIO, pieces: list[bytes]) -> None:
+        for piece in pieces:  # no join: the first flush holds SPOOL_BYTES
+            self._digest.update(piece)
+        file.writelines(pieces)
 
 
 async def _chunks(request: Request, what: str, limit: int) -> AsyncIterator[bytes]:

@@ -96,6 +96,20 @@ class FileBlobStore:
         except FileNotFoundError:
             raise KeyError(key) from None
 
+    async def stream(self, key: str, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """Yield the blob in pieces of at most `chunk_bytes`, read from one open file;
+        raise KeyError if absent."""
+        path = self.path_of(key)
+        try:
+            handle = await asyncio.to_thread(open, path, "rb")
+        except FileNotFoundError:
+            raise KeyError(key) from None
+        try:
+            while piece := await asyncio.to_thread(handle.read, chunk_bytes):
+                yield piece
+        finally:
+            handle.close()
+
     async def delete(self, key: str) -> None:
         """Remove the blob and its folders once empty; idempotent."""
         path = self.path_of(key)

@@ -146,6 +146,21 @@ class S3BlobStore:
             raise ValueError(f"invalid span: {span!r}")
         return await self._run(self._get, key, span)
 
+    async def stream(self, key: str, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """Yield the object in pieces of at most `chunk_bytes` from one GET request
+        (retried until it answers; not once the body flows); raise KeyError if absent."""
+        response = await self._run(self._open, key)
+        try:
+            while True:
+                async with self._slots:
+                    piece = await asyncio.to_thread(self._read_piece, response, chunk_bytes)
+                if not piece:
+                    return
+                yield piece
+        finally:
+            response.close()
+            response.release_conn()
+
     async def delete(self, key: str) -> None:
         """Remove the object; idempotent (S3 answers 204 for a missing key)."""
         await self._run(self._delete, key)
@@ -231,6 +246,23 @@ class S3BlobStore:
         finally:
             response.close()
             response.release_conn()
+
+    def _open(self, key: str) -> Any:
+        try:
+            return self._client.get_object(self.bucket, key)
+        except S3Error as error:
+            if error.code in _MISSING_CODES:
+                raise KeyError(key) from None
+            raise _translated(error) from error
+        except (MinioException, urllib3.exceptions.HTTPError) as error:
+            raise _translated(error) from error
+
+    @staticmethod
+    def _read_piece(response: Any, chunk_bytes: int) -> bytes:
+        try:
+            return bytes(response.read(chunk_bytes))
+        except urllib3.exceptions.HTTPError as error:
+            raise _translated(error) from error
 
     def _delete(self, key: str) -> None:
         try:

@@ -25,6 +25,10 @@ class BlobStore(Protocol):
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""
 
+    def stream(self, key: str, chunk_bytes: int) -> AsyncIterator[bytes]:
+        """Yield the whole blob in order, in pieces of at most `chunk_bytes`, from one
+        read of the store (not one request per piece); raise KeyError if absent."""
+
     async def delete(self, key: str) -> None:
         """Remove the blob; idempotent (no error when absent)."""
 
