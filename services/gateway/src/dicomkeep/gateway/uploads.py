@@ -23,7 +23,7 @@ from dicomkeep.gateway.bodies import refuse_declared_excess, too_large
 from starlette.requests import Request
 
 #: Bodies up to this many (decoded) bytes are kept in memory; larger ones are spooled.
-SPOOL_BYTES = 16 * 1024 * 1024
+SPOOL_BYTES = 8 * 1024 * 1024
 #: The largest piece inflated at once, and the batch written to the spool at once.
 PIECE_BYTES = 1024 * 1024
 

@@ -21,8 +21,9 @@ from minio.error import MinioException, S3Error, ServerError
 
 _T = TypeVar("_T")
 _LIST_BATCH = 1000
-#: Parts of a multipart upload from a file; minio keeps about four in memory at once.
-_PART_BYTES = 8 * 1024 * 1024
+#: Parts of a multipart upload sent at once (minio's default is 3): each holds a
+#: part in memory; two keep the link busy on a small machine.
+_PARALLEL_PARTS = 2
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
 _TIMEOUT_SECONDS = 300.0
 #: Attempts of one call when S3 is unreachable or answers a server error.
@@ -134,9 +135,10 @@ class S3BlobStore:
         await self._run(self._put, key, data)
 
     async def put_file(self, key: str, source: BinaryIO) -> None:
-        """Write the object from a local file: one request up to 8 MiB, else a multipart
-        upload of 8 MiB parts (at most a few in memory). A failed multipart upload is
-        aborted; a retry reads the file again from its start.
+        """Write the object from a local file: one request up to 5 MiB, else a multipart
+        upload of minio's parts (5 MiB up to ~48 GiB), two sent at once, so at most
+        three are in memory. A
+        failed multipart upload is aborted; a retry reads the file again from its start.
         """
         await self._run(self._put_file, key, source)
 
@@ -217,7 +219,9 @@ class S3BlobStore:
         try:
             size = source.seek(0, io.SEEK_END)
             source.seek(0)
-            self._client.put_object(self.bucket, key, source, size, part_size=_PART_BYTES)
+            self._client.put_object(
+                self.bucket, key, source, size, num_parallel_uploads=_PARALLEL_PARTS
+            )
         except (MinioException, urllib3.exceptions.HTTPError) as error:
             raise _translated(error) from error
 

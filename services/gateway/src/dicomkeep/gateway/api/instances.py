@@ -165,7 +165,7 @@ async def post_instances(
     """Store a DICOM file (-> one object) or a ZIP of DICOM files (-> an array).
 
     Any content type; `Content-Encoding: gzip` accepted. The body is streamed
-    (uploads.py): beyond 16 MiB it goes to an anonymous temporary file, is parsed
+    (uploads.py): beyond 8 MiB it goes to an anonymous temporary file, is parsed
     from there and written to the blob store in pieces, so memory does not grow
     with its size. Empty body -> 400 *Bad file format* "Received an empty DICOM
     file"; a body (or what it inflates to) over the DicomKeep `MaximumUploadSize`
