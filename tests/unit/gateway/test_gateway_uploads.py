@@ -5,6 +5,7 @@ lowered here so that small files take the streamed path."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -13,14 +14,18 @@ import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from dicomkeep.common.errors import OrthancError
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway import uploads
 from dicomkeep.gateway.api import instances
+from dicomkeep.gateway.http_options import RequestTimeoutMiddleware
 from dicomkeep.gateway.uploads import PIECE_BYTES, BodyDecoder
 from gateway_support import Gateway, dicom_file
 from large_dicom import write_large_dicom
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 SPOOL = 64 * 1024
 
@@ -166,3 +171,22 @@ def test_decoder_accepts_zero_padding_and_refuses_garbage() -> None:
         list(BodyDecoder("deflate").feed(zlib.compress(b"abc") + b"junk"))
     decoder = BodyDecoder("identity")
     assert list(decoder.feed(b"xyz")) == [b"xyz"]
+
+
+async def test_a_streamed_answer_outlives_the_request_timeout() -> None:
+    # HttpRequestTimeout bounds the reads of the request body, not the time a
+    # streamed answer (a large /file download) takes: StreamingResponse listens for
+    # the client hanging up all along, and that wait must not time out.
+    async def slow() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            await asyncio.sleep(0.2)
+            yield b"x" * 10
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await StreamingResponse(slow())(scope, receive, send)
+
+    timed = RequestTimeoutMiddleware(app, seconds=0.05)
+    transport = httpx.ASGITransport(app=timed)
+    async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+        response = await client.get("/")
+    assert (response.status_code, response.content) == (200, b"x" * 30)
