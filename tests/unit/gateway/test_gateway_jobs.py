@@ -187,7 +187,8 @@ async def test_move_body_errors(gateway: Gateway) -> None:
         assert answer.status_code == 400, body
     assert (await client.get("/jobs")).json() == []
     unknown = await client.post("/queries/nope/retrieve", content=b"")
-    assert unknown.status_code == 400 and unknown.content == b""
+    # Orthanc's QueryAccessor: an unknown query is 404 Unknown resource, for any method.
+    assert (unknown.status_code, unknown.json()["OrthancStatus"]) == (404, 17)
     assert (await client.get("/queries/nope/answers")).status_code == 404
     assert (await client.post("/modalities/dead/query", json={"Level": "Study", "Query": {}})).status_code == 500
     assert (await client.post("/modalities/conf/query", json={"Query": {}})).status_code == 400
