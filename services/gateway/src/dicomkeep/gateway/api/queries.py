@@ -18,7 +18,7 @@ from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS
 from dicomkeep.common.dicom.orthanc_json import parse_tag, tag_name, tags_json
 from dicomkeep.common.dicom.scu import DicomNetworkError, Peer
 from dicomkeep.common.encodings import character_set
-from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
+from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.find import COMPUTED_TAGS
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index, QueryRecord
@@ -167,16 +167,15 @@ async def list_queries(index: IndexDep) -> Response:
 
 @router.get("/queries/{query_id}")
 async def query_routes(query_id: str, index: IndexDep) -> Response:
-    """Answer the sub-routes of a query; unknown -> empty 404."""
+    """Answer the sub-routes of a query; unknown -> 404 *Unknown resource*."""
     await _query(index, query_id)
     return OrthancJSONResponse(["answers", "level", "modality", "query", "retrieve"])
 
 
 @router.delete("/queries/{query_id}")
 async def delete_query(query_id: str, index: IndexDep) -> Response:
-    """Forget a query; unknown -> empty 404."""
-    if not await index.jobs.delete_query(query_id):
-        raise NoAnswer()
+    """Forget a query; an unknown one is no error (Orthanc's SharedArchive::Remove)."""
+    await index.jobs.delete_query(query_id)
     return empty()
 
 
