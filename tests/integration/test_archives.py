@@ -17,14 +17,25 @@ import httpx
 import pydicom
 import pyorthanc
 import pytest
-from dicomfiles import expected_ids, sample_path
+from dicomfiles import SAMPLES, expected_ids, sample_path
 from orthanc_api_client import OrthancApiClient
+from orthanc_peer import OrthancPeer, orthanc_available, orthanc_peer
 from pydicom.fileset import FileSet
 from servers import DCMTK_ENV, Server, allinone_server, blob_keys, cluster_server, dcmtk, wait_until
+from synthetic import generate_study
 
 SERVER_CONFIG = {"MediaArchiveSize": 1}
 FILES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"]
 IMPLICIT = "1.2.840.10008.1.2"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
+    """Debian's Orthanc (1.10.1); fails (never skips) when it cannot run."""
+    reason = orthanc_available()
+    assert reason is None, reason
+    with orthanc_peer(tmp_path_factory.mktemp("orthanc")) as peer:
+        yield peer
 
 
 @pytest.fixture
@@ -119,7 +130,9 @@ def test_media_has_a_dicomdir_that_pydicom_and_dcmtk_read(stored: Any, tmp_path:
         [dcmtk("dcmdump"), "--print-all", str(folder / "DICOMDIR")],
         capture_output=True, text=True, env=DCMTK_ENV, check=True,
     )
-    assert "IMAGES\\IM0" in dump.stdout and "RT PLAN" in dump.stdout
+    assert "IMAGES\\IM0" in dump.stdout
+    # Orthanc's records: one IMAGE record per file, whatever its SOP class.
+    assert dump.stdout.count('(0004,1430) CS [IMAGE]') == 3
     # DCMTK appends to the DICOMDIR (it reads and checks the existing records first).
     extra = folder / "EXTRA"
     extra.mkdir()
@@ -132,19 +145,27 @@ def test_media_has_a_dicomdir_that_pydicom_and_dcmtk_read(stored: Any, tmp_path:
     assert check.returncode == 0, check.stderr
 
 
-def test_series_media_through_pyorthanc_and_extended(stored: Any) -> None:
-    server, ids = stored
-    series = ids["MR_small.dcm"][2]
-    client = pyorthanc.Orthanc(server.url)
-    members = _members(client.get_series_id_media(series))
-    assert sorted(members) == ["DICOMDIR", "IMAGES/IM0"]
-    with server.client() as http:
+def test_series_media_through_pyorthanc_and_extended(clean: Server) -> None:
+    study = generate_study(series=1, instances_per_series=3, seed=11)
+    with clean.client() as http:
+        for instance in study:
+            assert http.post("/instances", content=instance.data).status_code == 200
+        series = http.get("/series").json()[0]
+        client = pyorthanc.Orthanc(clean.url)
+        members = _members(client.get_series_id_media(series))
+        assert sorted(members) == ["DICOMDIR", "IMAGES/IM0", "IMAGES/IM1", "IMAGES/IM2"]
+        # Files in the order they were stored.
+        assert [members[f"IMAGES/IM{n}"] for n in range(3)] == [i.data for i in study]
         extended = http.post(f"/series/{series}/media", json={"Extended": True})
-        dicom_dir = pydicom.dcmread(io.BytesIO(_members(extended.content)["DICOMDIR"]))
-        plain = pydicom.dcmread(io.BytesIO(members["DICOMDIR"]))
-    records = {str(r.DirectoryRecordType): r for r in dicom_dir.DirectoryRecordSequence}
-    assert "Rows" in records["IMAGE"]
-    assert all("Rows" not in r for r in plain.DirectoryRecordSequence)
+        listed = http.get("/tools/create-media-extended", params={"resources": series})
+    plain = pydicom.dcmread(io.BytesIO(members["DICOMDIR"]))
+    assert plain.FileSetID == "ORTHANC_MEDIA"
+    description = pydicom.dcmread(io.BytesIO(study[0].data)).SeriesDescription
+    for answer in (extended, listed):
+        dicom_dir = pydicom.dcmread(io.BytesIO(_members(answer.content)["DICOMDIR"]))
+        records = {str(r.DirectoryRecordType): r for r in dicom_dir.DirectoryRecordSequence}
+        assert records["SERIES"].SeriesDescription == description
+    assert all("SeriesDescription" not in r for r in plain.DirectoryRecordSequence)
 
 
 def test_transcoded_archive(stored: Any) -> None:
@@ -253,3 +274,46 @@ def test_synchronous_zip_stream_false_sends_a_content_length(
         (name, content), = _members(answer.content).items()
         assert re.fullmatch(r"4MR1 CompressedSamples MR1/Unknown Study/MR/MR000000\.dcm", name)
         assert content == data
+
+
+def _records(dicom_dir: bytes) -> list[dict[str, str]]:
+    """The DICOMDIR records without offsets; a missing PatientID read as empty."""
+    records = []
+    for record in pydicom.dcmread(io.BytesIO(dicom_dir)).DirectoryRecordSequence:
+        fields = {e.keyword: str(e.value) for e in record if not e.keyword.startswith("Offset")}
+        if record.DirectoryRecordType == "PATIENT":
+            fields.setdefault("PatientID", "")
+        records.append(fields)
+    return records
+
+
+def test_same_archive_and_media_as_orthanc(clean: Server, orthanc: OrthancPeer) -> None:
+    """Side by side with Debian's Orthanc on the same files: same ZIP member names
+    (folders, duplicate names, counters), same bytes, same DICOMDIR records (Orthanc
+    1.10.1 loses non-ASCII names in DICOMDIR records: those files are left out)."""
+    files = [sample_path(name).read_bytes() for name in SAMPLES if not name.startswith("chr")]
+    files += [i.data for i in generate_study(series=2, instances_per_series=3, seed=7)]
+    for seed in (8, 9):  # two studies of one patient: same folder names -> "-2"
+        files += [i.data for i in generate_study(
+            series=1, instances_per_series=2, seed=seed, patient_id="SAME", patient_name="X^Y",
+        )]  # fmt: skip
+    with clean.client() as ours, orthanc.client() as theirs:
+        for data in files:
+            assert ours.post("/instances", content=data).status_code == 200
+            assert theirs.post("/instances", content=data).status_code == 200
+        patients = sorted(ours.get("/patients").json())
+        assert patients == sorted(theirs.get("/patients").json())
+        try:
+            for route in ("create-archive", "create-media", "create-media-extended"):
+                body = {"Resources": patients}
+                mine = _members(ours.post(f"/tools/{route}", json=body).content)
+                reference = _members(theirs.post(f"/tools/{route}", json=body).content)
+                assert list(mine) == list(reference), route
+                for name in mine:
+                    if name != "DICOMDIR":
+                        assert mine[name] == reference[name], name
+                if "DICOMDIR" in mine:
+                    assert _records(mine["DICOMDIR"]) == _records(reference["DICOMDIR"]), route
+        finally:
+            for patient in theirs.get("/patients").json():
+                theirs.delete(f"/patients/{patient}")

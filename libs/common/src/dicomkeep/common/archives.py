@@ -357,7 +357,11 @@ async def stream_zip(
             continue
         data = await asyncio.to_thread(_transcoded, data, target)
         if dicom_dir is not None:
-            await asyncio.to_thread(dicom_dir.add, data, entry.path.split("/"))
+            try:
+                await asyncio.to_thread(dicom_dir.add, data, entry.path.split("/"))
+            except (ValueError, KeyError, AttributeError, TypeError) as error:
+                # The file stays in the media, without a record (never cut the stream).
+                log.warning("instance %s left out of the DICOMDIR: %s", entry.instance_id, error)
         await asyncio.to_thread(_add_member, archive, entry.path, data)
         del data
         progress.files += 1
