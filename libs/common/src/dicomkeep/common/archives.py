@@ -289,6 +289,9 @@ class _Sink:
     def flush(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def take(self) -> bytes:
         data = b"".join(self.chunks)
         self.chunks.clear()
@@ -344,7 +347,7 @@ async def stream_zip(
     progress = progress or Progress()
     storage = StorageAccessor(blobs)
     sink = _Sink()
-    archive = zipfile.ZipFile(sink, "w", allowZip64=True)  # type: ignore[arg-type]
+    archive = zipfile.ZipFile(sink, "w", allowZip64=True)
     dicom_dir = DicomDir(extended) if media else None
     for entry in archive_plan.entries:
         info = await find_attachment(index, Level.INSTANCE, entry.instance_id, FileContentType.DICOM)
@@ -355,15 +358,16 @@ async def stream_zip(
         if data is None:
             log.warning("an instance was removed after the archive was planned: %s", entry.instance_id)
             continue
-        data = await asyncio.to_thread(_transcoded, data, target)
+        member: bytes = await asyncio.to_thread(_transcoded, data, target)
+        del data
         if dicom_dir is not None:
             try:
-                await asyncio.to_thread(dicom_dir.add, data, entry.path.split("/"))
+                await asyncio.to_thread(dicom_dir.add, member, entry.path.split("/"))
             except (ValueError, KeyError, AttributeError, TypeError) as error:
                 # The file stays in the media, without a record (never cut the stream).
                 log.warning("instance %s left out of the DICOMDIR: %s", entry.instance_id, error)
-        await asyncio.to_thread(_add_member, archive, entry.path, data)
-        del data
+        await asyncio.to_thread(_add_member, archive, entry.path, member)
+        del member
         progress.files += 1
         chunk = sink.take()
         progress.archive_size = sink.size

@@ -316,8 +316,8 @@ async def run_archive(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
     try:
         archive_plan = await archives.plan(deps.index, list(payload["Resources"]), media=media)
     except OrthancError as error:
-        update = JobUpdate(job.progress, job.content, payload)
-        return failure(update, error.code, error.details or "")
+        unchanged = JobUpdate(job.progress, job.content, payload)
+        return failure(unchanged, error.code, error.details or "")
     progress = archives.Progress()
     total = max(1, len(archive_plan.entries))
 
