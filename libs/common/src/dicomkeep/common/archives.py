@@ -21,7 +21,7 @@ import logging
 import re
 import time
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,7 +337,7 @@ async def stream_zip(
     target: str | None = None,
     extended: bool = False,
     progress: Progress | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield the ZIP of a plan chunk by chunk: one instance in memory at a time.
 
     Instances deleted since the plan was made are skipped (Orthanc logs "An

@@ -10,6 +10,7 @@ cancel or pause is honoured between two steps (ORTHANC_API.md §10).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import tempfile
@@ -305,10 +306,10 @@ async def run_resource_modification(job: JobRecord, run: JobRun, deps: Deps) -> 
 async def run_archive(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
     """Build a ZIP archive or DICOMDIR media into the blob store (Orthanc's ArchiveJob).
 
-    The ZIP is spooled to a temporary file (on disk beyond 16 MiB), then stored
-    as the blob keyed by the job ID, which `GET /jobs/{id}/archive` answers. Only
-    the `MediaArchiveSize` newest archives are kept. A cancel or pause between two
-    files fails the job (an archive cannot resume, as in Orthanc).
+    The ZIP is written to a temporary file, then copied into the blob keyed by
+    the job ID (piece by piece), which `GET /jobs/{id}/archive` answers. Only
+    the `MediaArchiveSize` newest archives are kept. A cancel (Failure 37) or a
+    pause is honoured between two files; a resumed archive starts over.
     """
     payload = job.payload
     media = bool(payload.get("Media"))
@@ -325,21 +326,21 @@ async def run_archive(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
         content = archives.job_content(archive_plan, target, progress.archive_size)
         return JobUpdate(100 if done else progress.files * 99 // total, content, payload)
 
-    with tempfile.SpooledTemporaryFile(max_size=16 * 1024 * 1024) as spool:
-        async for chunk in archives.stream_zip(
-            deps.index, deps.blobs, archive_plan, media=media, target=target,
-            extended=bool(payload.get("Extended")), progress=progress,
-        ):  # fmt: skip
-            await asyncio.to_thread(spool.write, chunk)
-            action = run.stop_requested()
-            if action is not None:
-                return stopped(action, update())
-            run.checkpoint(*_parts(update()))
-        spool.seek(0)
-        data = await asyncio.to_thread(spool.read)
-    await deps.blobs.put(job.id, data)
-    size = len(data)
-    del data
+    chunks = archives.stream_zip(
+        deps.index, deps.blobs, archive_plan, media=media, target=target,
+        extended=bool(payload.get("Extended")), progress=progress,
+    )  # fmt: skip
+    async with contextlib.aclosing(chunks):
+        with tempfile.TemporaryFile() as spool:
+            async for chunk in chunks:
+                await asyncio.to_thread(spool.write, chunk)
+                action = run.stop_requested()
+                if action is not None:
+                    return stopped(action, update())
+                run.checkpoint(*_parts(update()))
+            size = spool.tell()
+            spool.seek(0)
+            await deps.blobs.put_file(job.id, spool, size)
     await deps.index.jobs.set_output(
         job.id, {archives.OUTPUT_KEY: {"Size": size}}, deps.settings.media_archive_size
     )
