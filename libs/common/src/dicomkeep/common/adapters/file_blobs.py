@@ -135,7 +135,7 @@ def _write_durably(path: Path, data: bytes | BinaryIO) -> None:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as out:
-            if isinstance(data, bytes):
+            if isinstance(data, bytes | bytearray | memoryview):
                 out.write(data)
             else:
                 shutil.copyfileobj(data, out, 1024 * 1024)
