@@ -42,9 +42,8 @@ class MemoryBlobs:
     async def put(self, key: str, data: bytes) -> None:
         self.blobs[key] = bytes(data)
 
-    async def put_file(self, key: str, source: BinaryIO) -> None:
-        source.seek(0)
-        self.blobs[key] = source.read()
+    async def put_file(self, key: str, source: BinaryIO, size: int) -> None:
+        self.blobs[key] = source.read(size)
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         self.reads.append(span)

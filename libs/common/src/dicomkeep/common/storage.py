@@ -251,7 +251,8 @@ class StorageAccessor:
         if not compressed:
             size = source.seek(0, io.SEEK_END)
             plain_md5 = md5 or await asyncio.to_thread(file_md5, source, chunk)
-            await self.blobs.put_file(key, source)
+            source.seek(0)
+            await self.blobs.put_file(key, source, size)
             stored_size, packed_md5, kind = size, plain_md5, CompressionType.NONE
         else:
             with tempfile.TemporaryFile() as packed:
@@ -259,7 +260,8 @@ class StorageAccessor:
                     _compress_file, source, packed, chunk
                 )
                 stored_size = packed.tell()
-                await self.blobs.put_file(key, packed)
+                packed.seek(0)
+                await self.blobs.put_file(key, packed, stored_size)
             kind = CompressionType.ZLIB_WITH_SIZE
         return AttachmentInfo(
             content_type=content_type,

@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO, Self
 
@@ -27,8 +27,6 @@ _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{3}[A-Za-z0-9_.-]*")
 _TEMP_PREFIX = "."
 _TEMP_SUFFIX = ".tmp"
 _PUT_ATTEMPTS = 20
-#: Pieces in which `put_file` copies a file.
-_COPY_BYTES = 1024 * 1024
 
 
 def _check_key(key: str) -> str:
@@ -49,8 +47,7 @@ class FileBlobStore:
 
     - `put` is durable: the bytes go to a temporary file in the target folder, which
       is fsynced, renamed over the key with `os.replace` (atomic: a reader sees the
-      old blob or the new one, never a torn one), and the folder is fsynced;
-      `put_file` does the same, copying from a file in pieces.
+      old blob or the new one, never a torn one), and the folder is fsynced.
     - `get` reads only the requested span (`range_reads = True`); a span is
       `[start, end)`, clamped to the blob's size like a slice; `end < start` or a
       negative start raises ValueError.
@@ -74,17 +71,12 @@ class FileBlobStore:
     async def put(self, key: str, data: bytes) -> None:
         """Write the blob durably; overwrite any blob with the same key."""
         path = self.path_of(key)
-        await asyncio.to_thread(_write_durably, path, lambda out: out.write(data))
+        await asyncio.to_thread(_write_durably, path, data)
 
-    async def put_file(self, key: str, source: BinaryIO) -> None:
-        """Write the blob from a local file, copied in 1 MiB pieces; durable as `put`."""
+    async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
+        """Copy the file into the blob durably, 1 MiB at a time (`size` is not needed)."""
         path = self.path_of(key)
-
-        def copy(out: BinaryIO) -> None:
-            source.seek(0)
-            shutil.copyfileobj(source, out, _COPY_BYTES)
-
-        await asyncio.to_thread(_write_durably, path, copy)
+        await asyncio.to_thread(_write_durably, path, file)
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""
@@ -144,7 +136,7 @@ class FileBlobStore:
         """Release nothing: files need no connection. Provided for the port."""
 
 
-def _write_durably(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def _write_durably(path: Path, data: bytes | BinaryIO) -> None:
     folder = path.parent
     temp = folder / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
     # A concurrent delete may remove a (then empty) folder between our mkdir of it
@@ -157,7 +149,10 @@ def _write_durably(path: Path, write: Callable[[BinaryIO], object]) -> None:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as out:
-            write(out)
+            if isinstance(data, bytes | bytearray | memoryview):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
         # The folder holds our temporary file now, so no delete can remove it.

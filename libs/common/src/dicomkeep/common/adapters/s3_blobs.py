@@ -21,8 +21,9 @@ from minio.error import MinioException, S3Error, ServerError
 
 _T = TypeVar("_T")
 _LIST_BATCH = 1000
-#: Parts of a multipart upload sent at once (minio's default is 3): each holds a
-#: part in memory; two keep the link busy on a small machine.
+#: Multipart part size of `put_file` (S3 minimum: 5 MiB), and parts sent at once
+#: (minio's default is 3): an upload holds PARALLEL_PARTS + 1 parts in memory.
+_PART_SIZE = 5 * 1024 * 1024
 _PARALLEL_PARTS = 2
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
 _TIMEOUT_SECONDS = 300.0
@@ -134,13 +135,12 @@ class S3BlobStore:
         """
         await self._run(self._put, key, data)
 
-    async def put_file(self, key: str, source: BinaryIO) -> None:
-        """Write the object from a local file: one request up to 5 MiB, else a multipart
-        upload of minio's parts (5 MiB up to ~48 GiB), two sent at once, so at most
-        three are in memory. A
-        failed multipart upload is aborted; a retry reads the file again from its start.
-        """
-        await self._run(self._put_file, key, source)
+    async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
+        """Write the object from a file, multipart above 5 MiB (5 MiB parts, two sent
+        at once: at most three in memory); a retried attempt reads the file again
+        from its start."""
+        start = file.tell()
+        await self._run(self._put_file, key, file, size, start)
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the object, or bytes [start, end) of it; raise KeyError if absent."""
@@ -215,13 +215,13 @@ class S3BlobStore:
         except (MinioException, urllib3.exceptions.HTTPError) as error:
             raise _translated(error) from error
 
-    def _put_file(self, key: str, source: BinaryIO) -> None:
+    def _put_file(self, key: str, file: BinaryIO, size: int, start: int) -> None:
+        file.seek(start)
         try:
-            size = source.seek(0, io.SEEK_END)
-            source.seek(0)
             self._client.put_object(
-                self.bucket, key, source, size, num_parallel_uploads=_PARALLEL_PARTS
-            )
+                self.bucket, key, file, size, part_size=_PART_SIZE,
+                num_parallel_uploads=_PARALLEL_PARTS,
+            )  # fmt: skip
         except (MinioException, urllib3.exceptions.HTTPError) as error:
             raise _translated(error) from error
 

@@ -15,12 +15,9 @@ class BlobStore(Protocol):
     async def put(self, key: str, data: bytes) -> None:
         """Write the blob durably; overwrite any blob with the same key."""
 
-    async def put_file(self, key: str, source: BinaryIO) -> None:
-        """Write the blob from a seekable local file, from its start to its end, as
-        `put` does, reading it in bounded pieces: memory does not grow with its size.
-
-        The file's position is left anywhere; a retry may read it again from the start.
-        """
+    async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
+        """Write the blob from a binary file positioned at its start (`size` bytes),
+        reading it piece by piece (large job outputs); same guarantees as `put`."""
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""
