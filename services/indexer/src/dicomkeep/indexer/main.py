@@ -18,6 +18,8 @@ from dicomkeep.indexer.usecases import database_identity, relay_outbox, store
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = "dicomkeep-outbox-relay"
+#: Events published per pass of the relay (one read of the outbox).
+RELAY_BATCH = 500
 
 
 class IndexerService:
@@ -102,11 +104,15 @@ class IndexerService:
                     log.info("outbox relay leadership taken")
                     self._database_id = await database_identity(self.index)
                 buses = [self.bus] if self.adapters.public_bus is None else [self.bus, self.adapters.public_bus]
+                # Cleared before reading: a commit during this pass wakes the next one.
+                self._wake.clear()
                 published = await relay_outbox(
-                    self.index, buses, database_id=self._database_id
+                    self.index, buses, batch=RELAY_BATCH, database_id=self._database_id
                 )
-                if published == 0:
-                    self._wake.clear()
+                if published < RELAY_BATCH:
+                    # The outbox was drained: wait for a commit (or the poll, for
+                    # another replica's) rather than read it again at once, which
+                    # cost an empty read transaction per stored instance.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll)
             except asyncio.CancelledError:

@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
-from dicomkeep.common.retries import retrying
+from dicomkeep.common.retries import retrying, retrying_sync
 from minio import Minio
 from minio.error import MinioException, S3Error, ServerError
 
@@ -130,6 +130,12 @@ class S3BlobStore:
         Durable once S3 acknowledges it; a reader sees the old object or the new one.
         """
         await self._run(self._put, key, data)
+
+    def put_blocking(self, key: str, data: bytes) -> None:
+        """`put` in the calling (worker) thread, under the same retry policy."""
+        for attempt in retrying_sync("S3 put", attempts=_ATTEMPTS, first=0.2, on=(S3Unavailable,)):
+            with attempt:
+                self._put(key, data)
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the object, or bytes [start, end) of it; raise KeyError if absent."""

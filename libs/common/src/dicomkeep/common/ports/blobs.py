@@ -15,6 +15,10 @@ class BlobStore(Protocol):
     async def put(self, key: str, data: bytes) -> None:
         """Write the blob durably; overwrite any blob with the same key."""
 
+    def put_blocking(self, key: str, data: bytes) -> None:
+        """`put` for a caller already in a worker thread (never the event loop): the
+        C-STORE SCP writes from its association thread, saving two thread hops."""
+
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""
 
