@@ -13,7 +13,7 @@ from dicomkeep.common.index import Index
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, cancel, open_adapters
-from dicomkeep.indexer.usecases import database_identity, relay_outbox, store
+from dicomkeep.indexer.usecases import GroupCommit, database_identity, relay_outbox, store
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class IndexerService:
         self._stack = AsyncExitStack()
         self.is_relay_leader = False
         self._database_id: str | None = None
+        self._group: GroupCommit | None = None
 
     @property
     def index(self) -> Index:
@@ -70,6 +71,8 @@ class IndexerService:
             self.adapters = await open_adapters(
                 stack, self.settings, self.adapters, needs=self.NEEDS
             )
+            self._group = GroupCommit(self.index)
+            stack.push_async_callback(self._group.close)
             await self.bus.serve(STORE_QUEUE, self._handle_store, prefetch=64)
             relay = asyncio.create_task(self._relay_loop(), name="outbox-relay")
             stack.push_async_callback(cancel, relay)
@@ -84,7 +87,8 @@ class IndexerService:
         self._wake.set()
 
     async def _handle_store(self, body: bytes, headers: Mapping[str, str]) -> bytes:
-        reply = await store(self.index, body)
+        assert self._group is not None, "IndexerService is not started"
+        reply = await store(self._group.store, body)
         self.wake()
         return reply
 
