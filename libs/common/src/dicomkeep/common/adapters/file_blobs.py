@@ -13,9 +13,10 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Self
+from typing import BinaryIO, Self
 
 from dicomkeep.common.retries import retrying_sync
 
@@ -80,6 +81,11 @@ class FileBlobStore:
         """`put` in the calling (worker) thread."""
         _write_durably(self.path_of(key), data)
 
+    async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
+        """Copy the file into the blob durably, 1 MiB at a time (`size` is not needed)."""
+        path = self.path_of(key)
+        await asyncio.to_thread(_write_durably, path, file)
+
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""
         path = self.path_of(key)
@@ -124,7 +130,7 @@ class FileBlobStore:
         """Release nothing: files need no connection. Provided for the port."""
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, data: bytes | BinaryIO) -> None:
     """Write a blob, then fsync it and its folder.
 
     A new key is created in place: one file, one data flush, and the folder's
@@ -149,7 +155,10 @@ def _write_durably(path: Path, data: bytes) -> None:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            if isinstance(data, bytes | bytearray | memoryview):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
         # The folder holds our file now, so no delete can remove it.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class BlobStore(Protocol):
@@ -18,6 +18,10 @@ class BlobStore(Protocol):
     def put_blocking(self, key: str, data: bytes) -> None:
         """`put` for a caller already in a worker thread (never the event loop): the
         C-STORE SCP writes from its association thread, saving two thread hops."""
+
+    async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
+        """Write the blob from a binary file positioned at its start (`size` bytes),
+        reading it piece by piece (large job outputs); same guarantees as `put`."""
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""
