@@ -106,6 +106,43 @@ def test_pynetdicom_store_and_rest_shapes(clean: Server) -> None:
         assert types.count("NewInstance") >= 6
 
 
+def test_parallel_associations_store_everything_once(clean: Server, tmp_path: Path) -> None:
+    """Four storescu associations at once (their stores grouped into shared index
+    transactions), two of them sending the same series: every instance is stored
+    once, readable, with one NewInstance each and its blob, and the copies answer
+    success (AlreadyStored) with their blobs collected."""
+    study = generate_study(series=3, instances_per_series=8, seed=4242)
+    paths = write_files(study, tmp_path / "files")
+    by_series: dict[str, list[Path]] = {}
+    for item, path in zip(study, paths, strict=True):
+        by_series.setdefault(item.series_uid, []).append(path)
+    chunks = [*by_series.values(), next(iter(by_series.values()))]  # one series twice
+    senders = [
+        subprocess.Popen(
+            [dcmtk("storescu"), "-aec", clean.aet, "-aet", f"SENDER{n}", "127.0.0.1",
+             str(clean.dicom_port), *map(str, chunk)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for n, chunk in enumerate(chunks)
+    ]
+    for sender in senders:
+        _, err = sender.communicate(timeout=300)
+        assert sender.returncode == 0, err
+    with clean.client() as client:
+        instances = client.get("/instances").json()
+        assert sorted(instances) == sorted(expected_ids(path)[3] for path in paths)
+        changes = client.get("/changes?limit=1000").json()["Changes"]
+        new = [c["ID"] for c in changes if c["ChangeType"] == "NewInstance"]
+        assert sorted(new) == sorted(instances)
+        seqs = [c["Seq"] for c in changes]
+        assert seqs == sorted(set(seqs))
+        assert client.get("/statistics").json()["CountInstances"] == len(study)
+        path = paths[5]
+        answer = client.get(f"/instances/{expected_ids(path)[3]}/file")
+        assert dcmread(BytesIO(answer.content)).SOPInstanceUID == dcmread(path).SOPInstanceUID
+    wait_until(lambda: len(blob_keys(clean)) == len(study), what="duplicate blobs to go")
+
+
 def test_rest_upload_already_stored_and_changes(clean: Server) -> None:
     data = sample_path("CT_small.dcm").read_bytes()
     with clean.client() as client:

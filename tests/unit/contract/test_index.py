@@ -256,8 +256,8 @@ async def test_attachment_lookup_in_one_query(index: Index, monkeypatch: pytest.
     transaction = index.db.transaction
 
     @asynccontextmanager
-    async def counted(*, readonly: bool = False) -> AsyncIterator[Any]:
-        async with transaction(readonly=readonly) as tx:
+    async def counted(*, readonly: bool = False, durable: bool = True) -> AsyncIterator[Any]:
+        async with transaction(readonly=readonly, durable=durable) as tx:
             yield CountingTx(tx, statements)
 
     monkeypatch.setattr(index.db, "transaction", counted)

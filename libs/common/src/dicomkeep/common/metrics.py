@@ -49,6 +49,11 @@ JOBS_RUNNING = Gauge("dicomkeep_jobs_running", "Jobs this process is running.")
 JOBS_FINISHED = Counter(
     "dicomkeep_jobs_finished_total", "Job runs finished by this process, by state.", ["state"]
 )
+STORE_GROUP_SIZE = Histogram(
+    "dicomkeep_store_group_size",
+    "StoreInstance commands committed together in one transaction (groups of 2+).",
+    buckets=(2, 4, 8, 16, 32, 64),
+)
 JOB_SECONDS = Histogram(
     "dicomkeep_job_seconds",
     "Duration of job runs.",

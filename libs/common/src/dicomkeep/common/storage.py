@@ -23,6 +23,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from dicomkeep.common.compression import (
@@ -51,6 +52,7 @@ __all__ = [
     "TooLarge",
     "encode",
     "file_md5",
+    "encode_instance",
     "find_attachment",
     "read_instance_file",
 ]
@@ -147,6 +149,17 @@ def _compress_file(source: BinaryIO, target: BinaryIO, chunk_bytes: int) -> tupl
     if read != size:
         raise OSError(f"the file changed while it was compressed ({read} of {size} bytes)")
     return size, plain.hexdigest(), packed.hexdigest()
+def encode_instance(
+    data: bytes, prefix: bytes | None, *, compressed: bool
+) -> list[tuple[int, Encoded]]:
+    """Hash (and compress) an instance's attachments, as `write_instance` stores them:
+    (content type, Encoded) for the DICOM file and, with compression, the file up to
+    its pixel data. Blocking CPU work: call it from a worker thread (the receivers
+    do it with the parsing, in one thread hop)."""
+    encoded = [(int(FileContentType.DICOM), _encode_whole(data, compressed))]
+    if compressed and prefix is not None:
+        encoded.append((int(FileContentType.DICOM_UNTIL_PIXEL_DATA), _encode_whole(prefix, True)))
+    return encoded
 
 
 async def encode(
@@ -217,17 +230,45 @@ class StorageAccessor:
 
         On failure nothing written here is left behind (best effort).
         """
-        written = [await self.write(FileContentType.DICOM, data, compressed=compressed)]
-        if compressed and prefix is not None:
-            try:
-                written.append(
-                    await self.write(
-                        FileContentType.DICOM_UNTIL_PIXEL_DATA, prefix, compressed=True
-                    )
+        size = len(data) + (len(prefix) if prefix is not None else 0)
+        encoded = await _off_loop(size, partial(encode_instance, compressed=compressed), data, prefix)
+        return await self.write_encoded_instance(encoded)
+
+    def write_encoded_instance_blocking(
+        self, encoded: list[tuple[int, Encoded]]
+    ) -> list[AttachmentInfo]:
+        """`write_encoded_instance` for a caller in a worker thread (`put_blocking`).
+
+        A failure after a first blob was written (with compression, the second
+        one) leaves that blob to the orphan collector: the delete is async.
+        """
+        written: list[AttachmentInfo] = []
+        try:
+            for content_type, one in encoded:
+                key = str(uuid.uuid4())
+                self.blobs.put_blocking(key, one.data)
+                written.append(one.info(content_type, key, store_md5=True))
+        except BaseException:
+            if written:
+                log.warning(
+                    "blob write failed; left to the orphan collector: %s",
+                    ", ".join(info.uuid for info in written),
                 )
-            except BaseException:
-                await self.discard([info.uuid for info in written])
-                raise
+            raise
+        return written
+
+    async def write_encoded_instance(
+        self, encoded: list[tuple[int, Encoded]]
+    ) -> list[AttachmentInfo]:
+        """Write attachments from `encode_instance` (each under a fresh UUID, with
+        its MD5s); on failure nothing written here is left behind (best effort)."""
+        written: list[AttachmentInfo] = []
+        try:
+            for content_type, one in encoded:
+                written.append(await self.write_encoded(one, content_type, store_md5=True))
+        except BaseException:
+            await self.discard([info.uuid for info in written])
+            raise
         return written
 
     async def write_file(

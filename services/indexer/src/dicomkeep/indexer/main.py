@@ -13,11 +13,13 @@ from dicomkeep.common.index import Index
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, cancel, open_adapters
-from dicomkeep.indexer.usecases import database_identity, relay_outbox, store
+from dicomkeep.indexer.usecases import GroupCommit, database_identity, relay_outbox, store
 
 log = logging.getLogger(__name__)
 
 RELAY_LOCK = "dicomkeep-outbox-relay"
+#: Events published per pass of the relay (one read of the outbox).
+RELAY_BATCH = 500
 
 
 class IndexerService:
@@ -48,6 +50,7 @@ class IndexerService:
         self._stack = AsyncExitStack()
         self.is_relay_leader = False
         self._database_id: str | None = None
+        self._group: GroupCommit | None = None
 
     @property
     def index(self) -> Index:
@@ -68,6 +71,8 @@ class IndexerService:
             self.adapters = await open_adapters(
                 stack, self.settings, self.adapters, needs=self.NEEDS
             )
+            self._group = GroupCommit(self.index)
+            stack.push_async_callback(self._group.close)
             await self.bus.serve(STORE_QUEUE, self._handle_store, prefetch=64)
             relay = asyncio.create_task(self._relay_loop(), name="outbox-relay")
             stack.push_async_callback(cancel, relay)
@@ -82,7 +87,8 @@ class IndexerService:
         self._wake.set()
 
     async def _handle_store(self, body: bytes, headers: Mapping[str, str]) -> bytes:
-        reply = await store(self.index, body)
+        assert self._group is not None, "IndexerService is not started"
+        reply = await store(self._group.store, body)
         self.wake()
         return reply
 
@@ -102,11 +108,15 @@ class IndexerService:
                     log.info("outbox relay leadership taken")
                     self._database_id = await database_identity(self.index)
                 buses = [self.bus] if self.adapters.public_bus is None else [self.bus, self.adapters.public_bus]
+                # Cleared before reading: a commit during this pass wakes the next one.
+                self._wake.clear()
                 published = await relay_outbox(
-                    self.index, buses, database_id=self._database_id
+                    self.index, buses, batch=RELAY_BATCH, database_id=self._database_id
                 )
-                if published == 0:
-                    self._wake.clear()
+                if published < RELAY_BATCH:
+                    # The outbox was drained: wait for a commit (or the poll, for
+                    # another replica's) rather than read it again at once, which
+                    # cost an empty read transaction per stored instance.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self._poll)
             except asyncio.CancelledError:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from dicomkeep.common.events import (
@@ -14,12 +15,14 @@ from dicomkeep.common.events import (
     Envelope,
     OutboxEvent,
     StoreInstance,
+    StoreReply,
 )
 from dicomkeep.common.index import Index
 from dicomkeep.common.metrics import (
     CHANGES_PUBLISHED,
     OUTBOX_LAG,
     OUTBOX_LAST_PUBLISHED,
+    STORE_GROUP_SIZE,
     STORE_TRANSACTIONS,
 )
 from dicomkeep.common.ports.bus import Bus
@@ -34,13 +37,84 @@ PARENT_HEADERS = ("ParentPatient", "ParentStudy", "ParentSeries")
 DATABASE_ID_PROPERTY = "DicomKeepDatabaseId"
 
 
-async def store(index: Index, body: bytes) -> bytes:
+class GroupCommit:
+    """Commit concurrent StoreInstance commands together: one transaction, one flush.
+
+    A command waits while the group before it commits; the commands that arrived
+    meanwhile (up to `max_group`) then run in the next transaction
+    (`Index.store_instances`, a savepoint each). A lone sender pays no delay: its
+    command starts at once. Concurrent senders (several associations, clients or
+    ingest processes) share the disk flush of the commit, which bounds a store on
+    one flush per transaction rather than per instance.
+    """
+
+    def __init__(self, index: Index, *, max_group: int = 64) -> None:
+        self.index = index
+        self.max_group = max_group
+        self._waiting: list[tuple[StoreInstance, asyncio.Future[StoreReply]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def store(self, command: StoreInstance) -> StoreReply:
+        """Store one command within the next group; return its reply."""
+        if self._closed:
+            raise RuntimeError("the indexer stopped")
+        reply: asyncio.Future[StoreReply] = asyncio.get_running_loop().create_future()
+        self._waiting.append((command, reply))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_groups(), name="group-commit")
+        return await reply
+
+    async def close(self) -> None:
+        """Stop committing; commands still waiting fail."""
+        self._closed = True
+        if self._committer is not None:
+            self._committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._committer
+        for _, reply in self._waiting:
+            if not reply.done():
+                reply.set_exception(RuntimeError("the indexer stopped"))
+        self._waiting.clear()
+
+    async def _commit_groups(self) -> None:
+        try:
+            while self._waiting:
+                group = self._waiting[: self.max_group]
+                del self._waiting[: self.max_group]
+                try:
+                    replies = await self.index.store_instances([c for c, _ in group])
+                except BaseException as error:
+                    for _, reply in group:
+                        if not reply.done():
+                            reply.set_exception(error if isinstance(error, Exception)
+                                                else RuntimeError("the indexer stopped"))
+                    raise
+                for (_, reply), answer in zip(group, replies, strict=True):
+                    if not reply.done():
+                        reply.set_result(answer)
+                if len(group) > 1:
+                    STORE_GROUP_SIZE.observe(len(group))
+        except Exception:
+            log.exception("group commit failed")
+        finally:
+            self._committer = None
+            if self._waiting and not self._closed:  # arrived as the last group failed
+                self._committer = asyncio.create_task(
+                    self._commit_groups(), name="group-commit"
+                )
+
+
+async def store(
+    commit: Callable[[StoreInstance], Awaitable[StoreReply]], body: bytes
+) -> bytes:
     """Run the store transaction for one encoded StoreInstance; return the StoreReply.
 
     A failure inside the transaction is answered (status Failure, with its Orthanc
     error code) rather than raised, so the sender gets a definite answer. With
     tracing on, the transaction is one span, and the changes it appends remember
-    it (their publication continues the trace).
+    it (their publication continues the trace). `commit` is `Index.store_instance`
+    or, to share the transaction with concurrent commands, `GroupCommit.store`.
     """
     command = StoreInstance.model_validate_json(body)
     with tracer().start_as_current_span(
@@ -49,7 +123,7 @@ async def store(index: Index, body: bytes) -> bytes:
         traceparent = current_traceparent()
         if traceparent is not None:
             command = command.model_copy(update={"traceparent": traceparent})
-        reply = await index.store_instance(command)
+        reply = await commit(command)
         span.set_attribute("dicomkeep.store_status", reply.status.value)
         if reply.seq is not None:
             span.set_attribute("dicomkeep.seq", reply.seq)

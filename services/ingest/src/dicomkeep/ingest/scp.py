@@ -230,8 +230,11 @@ class StoreScp:
         )
         try:
             data = event.encoded_dataset(include_meta=True)
+            # Parsing, hashing and the blob write run here, in the association's
+            # thread: the event loop then only waits for the indexer.
+            prepared = self.receiver.prepare(data, write=True)
             future = asyncio.run_coroutine_threadsafe(
-                self.receiver.receive(data, origin), self.loop
+                self.receiver.receive(data, origin, prepared=prepared), self.loop
             )
             received = future.result(self.store_timeout)
         except OrthancError as error:

@@ -98,11 +98,16 @@ class PostgresDatabase:
         await self.close()
 
     @asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
-        """Open a READ COMMITTED transaction on a pooled connection."""
+    async def transaction(
+        self, *, readonly: bool = False, durable: bool = True
+    ) -> AsyncIterator[Tx]:
+        """Open a READ COMMITTED transaction on a pooled connection (its commit not
+        waiting for the WAL flush when not `durable`)."""
         assert self._pool is not None, "open() first"
         try:
             async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
+                if not durable and not readonly:
+                    await conn.execute("SET LOCAL synchronous_commit TO OFF")
                 yield _PgTx(conn)
         except asyncpg.PostgresError as error:
             if getattr(error, "sqlstate", None) in _RETRYABLE:

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, Self, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
-from dicomkeep.common.retries import retrying
+from dicomkeep.common.retries import retrying, retrying_sync
 from minio import Minio
 from minio.error import MinioException, S3Error, ServerError
 
@@ -134,6 +134,12 @@ class S3BlobStore:
         Durable once S3 acknowledges it; a reader sees the old object or the new one.
         """
         await self._run(self._put, key, data)
+
+    def put_blocking(self, key: str, data: bytes) -> None:
+        """`put` in the calling (worker) thread, under the same retry policy."""
+        for attempt in retrying_sync("S3 put", attempts=_ATTEMPTS, first=0.2, on=(S3Unavailable,)):
+            with attempt:
+                self._put(key, data)
 
     async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
         """Write the object from a file, multipart above 5 MiB (5 MiB parts, two sent

@@ -105,6 +105,28 @@ class _SqliteTx:
         await self._call(lambda: conn.executemany(_rewrite(sql), rows))
 
 
+def _begin(conn: sqlite3.Connection, durable: bool) -> None:
+    """BEGIN IMMEDIATE; a commit that need not wait for the disk is chosen here
+    (SQLite refuses to change `synchronous` inside a transaction)."""
+    if not durable:
+        conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except BaseException:
+        _end(conn, "ROLLBACK", durable, began=False)
+        raise
+
+
+def _end(conn: sqlite3.Connection, statement: str, durable: bool, *, began: bool = True) -> None:
+    """COMMIT or ROLLBACK, then back to durable commits."""
+    try:
+        if began:
+            conn.execute(statement)
+    finally:
+        if not durable:
+            conn.execute("PRAGMA synchronous=FULL")
+
+
 class SqliteDatabase:
     """The embedded database: a file `index` in the index directory (or `:memory:`)."""
 
@@ -144,8 +166,14 @@ class SqliteDatabase:
         await self.close()
 
     @asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
-        """Open a transaction; readers use the pool and see the last commit (WAL)."""
+    async def transaction(
+        self, *, readonly: bool = False, durable: bool = True
+    ) -> AsyncIterator[Tx]:
+        """Open a transaction; readers use the pool and see the last commit (WAL).
+
+        A write transaction that is not `durable` commits with `synchronous=NORMAL`:
+        WAL frames are written but not fsynced; the next durable commit (FULL)
+        fsyncs them along with its own."""
         if readonly and self._all_readers:
             reader = await self._readers.get()
             try:
@@ -162,14 +190,14 @@ class SqliteDatabase:
         async with self._write_lock:
             conn = self._writer.conn
             assert conn is not None
-            await self._writer.run(conn.execute, "BEGIN IMMEDIATE")
+            await self._writer.run(_begin, conn, durable)
             try:
                 yield _SqliteTx(self._writer, inline=True)
             except BaseException:
-                await self._writer.run(conn.execute, "ROLLBACK")
+                await self._writer.run(_end, conn, "ROLLBACK", durable)
                 raise
             else:
-                await self._writer.run(conn.execute, "COMMIT")
+                await self._writer.run(_end, conn, "COMMIT", durable)
 
     async def try_lock(self, name: str) -> bool:
         """One process owns the SQLite file: every lock is granted."""

@@ -35,7 +35,7 @@ from dicomkeep.common.metrics import (
 from dicomkeep.common.orthanc import FileContentType, MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus, BusTimeout
-from dicomkeep.common.storage import StorageAccessor
+from dicomkeep.common.storage import Encoded, StorageAccessor, encode_instance
 from dicomkeep.common.telemetry import SpanKind, tracer
 from dicomkeep.common.timestamps import now_stamp
 
@@ -51,6 +51,24 @@ class Origin:
     remote_aet: str = ""
     called_aet: str = ""
     http_username: str = ""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A file parsed and its attachments encoded, ready for the blob store (or
+    already written there: `attachments`)."""
+
+    parsed: ParsedInstance
+    encoded: list[tuple[int, Encoded]]
+    attachments: list[AttachmentInfo] | None = None
+
+
+def prepare(data: bytes, *, compression: bool) -> Prepared:
+    """Parse a DICOM file and hash (and compress) its attachments: the CPU part of a
+    receive, blocking, for a worker thread. Raises OrthancError on bad input."""
+    parsed = parse_instance(data)
+    prefix = dicom_prefix(data, parsed) if compression else None
+    return Prepared(parsed, encode_instance(data, prefix, compressed=compression))
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,13 @@ def _blob_span(content_type: int, size: int) -> Any:
     )
 
 
+def _storage_created(started: float) -> None:
+    """Record a blob write that began at `started` (perf_counter) in Orthanc's metric."""
+    ORTHANC_METRICS.set_max(
+        "orthanc_storage_create_duration_ms", (time.perf_counter() - started) * 1000
+    )
+
+
 class Receiver:
     """Receive DICOM files: the store data flow up to the indexer's reply."""
 
@@ -166,32 +191,48 @@ class Receiver:
         self.compression = compression
         self.overwrite = overwrite
 
+    def prepare(self, data: bytes, *, write: bool = False) -> Prepared:
+        """The blocking first steps of `receive` (parse, hash, compress and, when
+        `write`, write the blobs), for a caller already in a worker thread (the
+        C-STORE SCP's association thread): it then passes the result to `receive`,
+        which skips them. Raises OrthancError on bad input, before any write."""
+        prepared = prepare(data, compression=self.compression)
+        if not write:
+            return prepared
+        writing = time.perf_counter()
+        with _blob_span(FileContentType.DICOM, len(data)):
+            attachments = self.storage.write_encoded_instance_blocking(prepared.encoded)
+        _storage_created(writing)
+        return Prepared(prepared.parsed, prepared.encoded, attachments)
+
     async def receive(
         self,
         data: bytes,
         origin: Origin,
         *,
         metadata: Mapping[Level, Mapping[int, str]] | None = None,
+        prepared: Prepared | None = None,
     ) -> Received:
         """Store one DICOM file; raise OrthancError when it is refused.
 
         `metadata` adds metadata per level to the core metadata (see build_command).
+        `prepared` is `self.prepare(data)` when the caller already ran it.
 
         Bad input raises before anything is written. When the indexer answers a
         failure, the blobs just written are removed again; when it does not answer
         at all, they are left to the orphan collector (the commit may have happened).
         """
         started = time.perf_counter()
-        parsed = await asyncio.to_thread(parse_instance, data)
-        prefix = dicom_prefix(data, parsed) if self.compression else None
-        writing = time.perf_counter()
-        with _blob_span(FileContentType.DICOM, len(data)):
-            attachments = await self.storage.write_instance(
-                data, prefix, compressed=self.compression
-            )
-        ORTHANC_METRICS.set_max(
-            "orthanc_storage_create_duration_ms", (time.perf_counter() - writing) * 1000
-        )
+        if prepared is None:
+            # One thread hop for parsing and hashing together.
+            prepared = await asyncio.to_thread(self.prepare, data)
+        parsed = prepared.parsed
+        attachments = prepared.attachments
+        if attachments is None:
+            writing = time.perf_counter()
+            with _blob_span(FileContentType.DICOM, len(data)):
+                attachments = await self.storage.write_encoded_instance(prepared.encoded)
+            _storage_created(writing)
         return await self._commit(parsed, attachments, origin, metadata, len(data), started)
 
     async def receive_file(
@@ -222,9 +263,7 @@ class Receiver:
             attachments = await self.storage.write_instance_file(
                 source, prefix, compressed=self.compression, md5=md5
             )
-        ORTHANC_METRICS.set_max(
-            "orthanc_storage_create_duration_ms", (time.perf_counter() - writing) * 1000
-        )
+        _storage_created(writing)
         return await self._commit(parsed, attachments, origin, metadata, size, started)
 
     async def _commit(

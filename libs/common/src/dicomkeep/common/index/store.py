@@ -9,7 +9,9 @@ CompletedSeries.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Sequence
 
 from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS_SIGNATURES
 from dicomkeep.common.errors import ErrorCode, OrthancError
@@ -38,6 +40,8 @@ INDEX_IN_SERIES = MetadataType.INDEX_IN_SERIES
 RECEPTION_DATE = MetadataType.RECEPTION_DATE
 EXPECTED_INSTANCES = MetadataType.EXPECTED_NUMBER_OF_INSTANCES
 SIGNATURE = MetadataType.MAIN_DICOM_TAGS_SIGNATURE
+
+log = logging.getLogger(__name__)
 
 
 class StoreTransaction:
@@ -233,6 +237,15 @@ class StoreTransaction:
         self.pending.add(change_type, level, public_ids[level.depth], headers)
 
 
+def _failure(command: StoreInstance, error: OrthancError) -> StoreReply:
+    return StoreReply(
+        status=StoreStatus.FAILURE,
+        instance_id=command.instance_id,
+        error_code=error.code.name,
+        details=error.details,
+    )
+
+
 class Store(Transactions):
     """The writes of the hierarchy, as methods of the index."""
 
@@ -264,12 +277,53 @@ class Store(Transactions):
         try:
             return await self._run(body)
         except OrthancError as error:
-            return StoreReply(
-                status=StoreStatus.FAILURE,
-                instance_id=command.instance_id,
-                error_code=error.code.name,
-                details=error.details,
-            )
+            return _failure(command, error)
+
+    async def store_instances(self, commands: Sequence[StoreInstance]) -> list[StoreReply]:
+        """Run several store transactions as one database transaction: group commit.
+
+        Each command runs inside its own savepoint, in order, exactly as
+        `store_instance` would run it alone: a command refused (full storage...)
+        is rolled back to its savepoint and answered Failure without touching
+        the others; the Seq of the changes follow the order of `commands`. The one
+        commit (one disk flush) makes every reply true at once, which is where the
+        throughput of concurrent senders comes from. A collision replays the whole
+        group; an unexpected error falls back to one transaction per command, so
+        that only the faulty command fails.
+        """
+        if len(commands) == 1:
+            return [await self.store_instance(commands[0])]
+
+        async def body(tx: Tx) -> list[StoreReply]:
+            replies: list[StoreReply] = []
+            for command in commands:
+                await tx.execute("SAVEPOINT store_one")
+                pending = PendingChanges()
+                transaction = StoreTransaction(
+                    tx, self.recycler, pending, command, for_update=self.for_update
+                )
+                try:
+                    status = await transaction.run()
+                    changes = await pending.flush(tx)
+                except OrthancError as error:
+                    await tx.execute("ROLLBACK TO SAVEPOINT store_one")
+                    replies.append(_failure(command, error))
+                else:
+                    replies.append(StoreReply(
+                        status=status,
+                        instance_id=command.instance_id,
+                        seq=changes[-1].seq if changes else None,
+                    ))  # fmt: skip
+                await tx.execute("RELEASE SAVEPOINT store_one")
+            return replies
+
+        try:
+            return await self._run(body)
+        except OrthancError as error:  # every replay collided
+            return [_failure(command, error) for command in commands]
+        except Exception:
+            log.exception("group commit of %d stores failed; storing them one by one", len(commands))
+            return [await self.store_instance(command) for command in commands]
 
     async def delete_resource(self, level: Level, public_id: str) -> DeleteOutcome | None:
         """Delete a resource, its descendants and the ancestors left empty.

@@ -15,6 +15,10 @@ class BlobStore(Protocol):
     async def put(self, key: str, data: bytes) -> None:
         """Write the blob durably; overwrite any blob with the same key."""
 
+    def put_blocking(self, key: str, data: bytes) -> None:
+        """`put` for a caller already in a worker thread (never the event loop): the
+        C-STORE SCP writes from its association thread, saving two thread hops."""
+
     async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
         """Write the blob from a binary file positioned at its start (`size` bytes),
         reading it piece by piece (large job outputs); same guarantees as `put`."""

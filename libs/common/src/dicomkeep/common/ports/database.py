@@ -43,8 +43,16 @@ class Database(Protocol):
     async def close(self) -> None:
         """Close every connection."""
 
-    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]:
+    def transaction(
+        self, *, readonly: bool = False, durable: bool = True
+    ) -> AbstractAsyncContextManager[Tx]:
         """Open a transaction: committed when the block ends, rolled back on error.
+
+        With `durable=False` the commit may return before it is on disk (SQLite's
+        `synchronous=NORMAL` for that commit, PostgreSQL's `synchronous_commit=off`):
+        a crash may then lose it, never tear it, and a later durable commit makes
+        it durable too. Only for writes whose loss is harmless (marking outbox
+        events published: they are published again, and consumers deduplicate).
 
         Serialization failures and deadlocks surface as `RetryableError`; the
         caller (the index, through its one retry policy) replays the whole
