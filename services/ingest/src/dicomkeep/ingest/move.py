@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dicomkeep.common.dicom.scu import DicomNetworkError, Peer, StoreSession
-from dicomkeep.common.dicom.sending import EncodedInstance, send_files_on
+from dicomkeep.common.dicom.sending import EncodedInstance, read_file_meta, send_files_on
 from dicomkeep.common.find import Constraint, Kind
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index, InstanceFile
@@ -230,7 +230,7 @@ class RetrieveScp:
                 data = await self.storage.read(item.dicom)
             except (KeyError, CorruptedBlob):
                 log.warning("C-MOVE/C-GET: the DICOM file of %s is missing", item.public_id)
-        encoded = EncodedInstance(data)
+        encoded = EncodedInstance(data, read_file_meta(data, item.sop_class_uid, item.sop_instance_uid))
         if encoded.dicomkeep_meta is None:
             encoded.SOPInstanceUID = item.sop_instance_uid
         return encoded

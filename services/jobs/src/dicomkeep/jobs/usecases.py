@@ -20,6 +20,7 @@ from dicomkeep.common import peer_transfer
 from dicomkeep.common.dicom import scu as dicom_scu
 from dicomkeep.common.dicom.receiving import Receiver
 from dicomkeep.common.dicom.scu import DicomNetworkError, Peer, StoreSession
+from dicomkeep.common.dicom.sending import FileMeta, read_file_meta
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import (
@@ -139,6 +140,11 @@ class InstanceReader:
         """The (SOP class, transfer syntax) pairs to propose."""
         return sorted({(f.sop_class_uid, f.transfer_syntax) for f in self.files.values()})
 
+    def meta(self, instance_id: str, data: bytes) -> FileMeta | None:
+        """Return the file meta of a file read, with the index's SOP class and UID."""
+        item = self.files[instance_id]
+        return read_file_meta(data, item.sop_class_uid, item.sop_instance_uid)
+
     def prefetch(self, instance_id: str) -> None:
         """Start reading a file that `read` will be asked for."""
         if instance_id not in self._ahead:
@@ -210,7 +216,7 @@ async def run_modality_store(job: JobRecord, run: JobRun, deps: Deps) -> JobOutc
                 data = await reader.read(instance_id)
                 if position + 1 < len(instances):
                     reader.prefetch(instances[position + 1])
-                status = await asyncio.to_thread(session.send, data)
+                status = await asyncio.to_thread(session.send, data, reader.meta(instance_id, data))
             except OrthancError as error:
                 status, reason = -1, error.details or error.code.message
             else:

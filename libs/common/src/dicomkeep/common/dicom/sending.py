@@ -51,9 +51,13 @@ class FileMeta:
     offset: int
 
 
-def read_file_meta(data: bytes) -> FileMeta | None:
+def read_file_meta(data: bytes, sop_class: str = "", sop_instance: str = "") -> FileMeta | None:
     """Return the SOP class, SOP instance, transfer syntax and data set offset of a
-    Part-10 file, from its file meta alone; None if it has no (complete) meta."""
+    Part-10 file, from its file meta alone; None if it has no (complete) meta.
+
+    `sop_class` and `sop_instance`, when given, win over the meta's: the index
+    keeps those of the data set, which a sloppy writer's meta may contradict.
+    """
     if data[128:132] != b"DICM":
         return None
     values: dict[int, str] = {}
@@ -74,7 +78,9 @@ def read_file_meta(data: bytes) -> FileMeta | None:
         position = start + length
     if position > len(data) or len(values) < 3:
         return None
-    return FileMeta(values[0x0002], values[0x0003], values[0x0010], position)
+    return FileMeta(
+        sop_class or values[0x0002], sop_instance or values[0x0003], values[0x0010], position
+    )
 
 
 class EncodedInstance(Dataset):  # type: ignore[misc]
@@ -143,10 +149,14 @@ def _transcoded(data: bytes, transcode: bool) -> Dataset:
         return dataset
     if source.is_compressed and not transcode:
         raise ValueError(f"the peer does not accept {source} and transcoding is not allowed")
+    uid = dataset.get("SOPInstanceUID")
     try:
         dataset = transcoding.transcode(dataset, ExplicitVRLittleEndian)
     except OrthancError as error:
         raise ValueError(error.details or error.code.message) from error
+    # pydicom's decompress() gives the instance a new UID; the receiver asked for this one.
+    if uid is not None:
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = uid
     # Big-endian sources come back decoded: say what they are now.
     dataset.set_original_encoding(False, True, dataset.original_character_set)
     return dataset
