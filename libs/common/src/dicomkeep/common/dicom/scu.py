@@ -160,6 +160,8 @@ def keep_responses_for_caller(event: Any) -> None:
         return original(block)
 
     dimse.get_msg = get_msg
+    # send_raw need not pause this reactor: it can no longer take a response.
+    assoc.dicomkeep_responses_kept = True
 
 
 #: The handlers of every association DicomKeep requests.

@@ -121,15 +121,20 @@ def send_raw(
     request.AffectedSOPClassUID = meta.sop_class
     request.AffectedSOPInstanceUID = meta.sop_instance
     request.DataSet = BytesIO(memoryview(data)[meta.offset :])
-    # As Association.send_c_store: keep the reactor off the DIMSE queue meanwhile.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
+    # As Association.send_c_store: keep the reactor off the DIMSE queue meanwhile,
+    # unless scu.keep_responses_for_caller already did (our requestor associations):
+    # waiting for the reactor to pause costs up to its 1 ms loop per instance.
+    pause = not getattr(assoc, "dicomkeep_responses_kept", False)
+    if pause:
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.0001)
     try:
         assoc.dimse.send_msg(request, context.context_id)
         _, response = assoc.dimse.get_msg(block=True)
     finally:
-        assoc._reactor_checkpoint.set()
+        if pause:
+            assoc._reactor_checkpoint.set()
     if response is None:
         assoc._handle_no_response()
         return Dataset()
