@@ -13,8 +13,10 @@ and the gateway (echo, query). Every association we request gets two handlers:
   from the queue entirely (`keep_responses_for_caller`). As a second line, a
   C-STORE left without an answer is re-sent once on a fresh association.
 
-The module is just over 400 lines because the four DIMSE operations share the
-association set-up and the two guards above, which read best beside them.
+C-STORE sends stored files as they are (no decoding) through `sending.py`.
+The module is over 400 lines because the four DIMSE operations share the
+association set-up and the two guards above, which read best beside them; the
+next split would move `StoreSession` and `store_contexts` to `sending.py`.
 """
 
 from __future__ import annotations
