@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from dicom_peers import StoreScpProcess, storescp
 from dicomfiles import sample_path
+from dicomkeep.common.dicom.sending import read_file_meta
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
@@ -33,6 +34,8 @@ SERVER_CONFIG = {
     "DicomModalities": {
         "storescp": ["STORESCP", "127.0.0.1", STORESCP_PORT],
         "mover": {"AET": MOVER, "Host": "127.0.0.1", "Port": 1},
+        # The same storescp, for a modality that refuses transcoding.
+        "strict": {"AET": "STRICT", "Host": "127.0.0.1", "Port": STORESCP_PORT, "AllowTranscoding": False},
     },
     "SynchronousCMove": True,
 }
@@ -117,10 +120,10 @@ def test_echo_and_modalities_shared_by_replicas(server: Server, scp: StoreScpPro
     with server.client() as first, server.client(1) as second:
         assert first.post("/modalities/storescp/echo", content=b"").json() == {}
         assert first.put("/modalities/temp", json=["TEMP", "127.0.0.1", 1234]).status_code == 200
-        assert second.get("/modalities").json() == ["mover", "storescp", "temp"]
+        assert second.get("/modalities").json() == ["mover", "storescp", "strict", "temp"]
         assert second.get("/modalities/temp/configuration").json()["AET"] == "TEMP"
         assert second.delete("/modalities/temp").status_code == 200
-        assert first.get("/modalities").json() == ["mover", "storescp"]
+        assert first.get("/modalities").json() == ["mover", "storescp", "strict"]
         assert first.post("/modalities/nope/echo", content=b"").status_code == 404
 
 
@@ -218,10 +221,14 @@ def test_pynetdicom_get(clean: Server, tmp_path: Path) -> None:
 def test_move_errors(clean: Server, target: StoreScpProcess, tmp_path: Path) -> None:
     study = generate_study(series=1, instances_per_series=2, seed=35)
     store(clean, study, tmp_path)
-    # Unknown move destination.
-    assert [s.Status for s in pynetdicom_move(clean, study_query(study), destination="NOWHERE")] == [0xA801]
-    result = movescu(clean, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study[0].study_uid}", destination="NOWHERE")
-    assert "MoveDestinationUnknown" in result.stderr
+    # Unknown move destination, and a configured one that cannot be reached (MOVER
+    # listens nowhere): 0xC000 Unable to process as Orthanc 1.10.1, not 0xA801.
+    for destination in ("NOWHERE", MOVER):
+        statuses = pynetdicom_move(clean, study_query(study), destination=destination)
+        assert [s.Status for s in statuses] == [0xC000], destination
+        assert statuses[0].NumberOfCompletedSuboperations == 0
+        result = movescu(clean, "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study[0].study_uid}", destination=destination)
+        assert "Failed: UnableToProcess" in result.stderr, result.stderr
     # Nothing matched, no identifier, unknown level.
     unknown = Dataset()
     unknown.QueryRetrieveLevel = "STUDY"
@@ -241,21 +248,52 @@ def test_move_errors(clean: Server, target: StoreScpProcess, tmp_path: Path) -> 
     assert target.files() == []
 
 
-def test_partial_failure_ends_with_warning(clean: Server, target: StoreScpProcess, tmp_path: Path) -> None:
-    """storescp refuses JPEG: one sub-operation fails, the final status says so."""
-    study = generate_study(series=1, instances_per_series=1, seed=36)
-    store(clean, study, tmp_path)
-    jpeg = sample_path("SC_rgb_jpeg_dcmtk.dcm")
+def _with_jpeg(clean: Server, study: list[GeneratedInstance]) -> tuple[Dataset, bytes]:
+    """Store a JPEG baseline file beside `study`; return a query for both and its bytes."""
+    jpeg = sample_path("SC_rgb_jpeg_dcmtk.dcm").read_bytes()
     with clean.client() as client:
-        assert client.post("/instances", content=jpeg.read_bytes()).status_code == 200
+        assert client.post("/instances", content=jpeg).status_code == 200
     query = Dataset()
     query.QueryRetrieveLevel = "IMAGE"
-    query.SOPInstanceUID = [study[0].sop_uid, str(dcmread(jpeg).SOPInstanceUID)]
-    statuses = pynetdicom_move(clean, query)
+    query.SOPInstanceUID = [study[0].sop_uid, str(dcmread(BytesIO(jpeg)).SOPInstanceUID)]
+    return query, jpeg
+
+
+def test_partial_failure_ends_with_warning(clean: Server, target: StoreScpProcess, tmp_path: Path) -> None:
+    """storescp refuses JPEG and STRICT may not get transcoded files: one sub-operation
+    fails, the final status says so."""
+    study = generate_study(series=1, instances_per_series=1, seed=36)
+    store(clean, study, tmp_path)
+    query, jpeg = _with_jpeg(clean, study)
+    statuses = pynetdicom_move(clean, query, destination="STRICT")
     final = statuses[-1]
     assert final.Status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 1)
     assert received(target, 1) == {study[0].sop_uid}
+
+
+def test_move_sends_stored_bytes_and_transcodes_what_is_refused(
+    clean: Server, target: StoreScpProcess, tmp_path: Path
+) -> None:
+    """An accepted syntax gets the stored data set byte for byte; the JPEG file that
+    storescp refuses arrives decompressed (AllowTranscoding, as Orthanc)."""
+    study = generate_study(series=1, instances_per_series=1, seed=38)
+    store(clean, study, tmp_path)
+    query, jpeg = _with_jpeg(clean, study)
+    statuses = pynetdicom_move(clean, query)
+    assert statuses[-1].Status == 0x0000 and statuses[-1].NumberOfCompletedSuboperations == 2
+    received(target, 2)
+    files = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p.read_bytes() for p in target.files()}
+    with clean.client() as client:
+        instance = client.post("/tools/lookup", content=study[0].sop_uid).json()[0]["ID"]
+        stored = client.get(f"/instances/{instance}/file").content
+    stored_meta, sent_meta = read_file_meta(stored), read_file_meta(files[study[0].sop_uid])
+    assert stored_meta is not None and sent_meta is not None
+    assert files[study[0].sop_uid][sent_meta.offset :] == stored[stored_meta.offset :]
+    assert set(files) == set(query.SOPInstanceUID)
+    original, decompressed = dcmread(BytesIO(jpeg)), dcmread(BytesIO(files[query.SOPInstanceUID[1]]))
+    assert decompressed.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert decompressed.pixel_array.tobytes() == original.pixel_array.tobytes()
 
 
 def test_parallel_moves_complete(clean: Server, target: StoreScpProcess, tmp_path: Path) -> None:

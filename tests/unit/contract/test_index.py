@@ -286,3 +286,33 @@ async def test_increment_property_gives_each_concurrent_caller_its_own_value(ind
     values = await asyncio.gather(*(index.increment_property("seq") for _ in range(20)))
     assert sorted(values) == list(range(2, 22))
     assert await index.get_property("seq") == "21"
+
+
+async def test_instance_files_in_one_read(index: Index, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a C-MOVE sends, for a whole study in one query per matched resource."""
+    stored = [make_command(sop=f"1.2.3.4.{n}", index_in_series=n) for n in (1, 2, 3)]
+    for command in stored:
+        await index.store_instance(command)
+    statements: list[str] = []
+    transaction = index.db.transaction
+
+    @asynccontextmanager
+    async def counted(*, readonly: bool = False) -> AsyncIterator[Any]:
+        async with transaction(readonly=readonly) as tx:
+            yield CountingTx(tx, statements)
+
+    monkeypatch.setattr(index.db, "transaction", counted)
+    files = await index.instance_files(Level.STUDY, [stored[0].study_id, "unknown"])
+    assert len(statements) == 3  # the study's internal id and its instances; "unknown"'s id
+    monkeypatch.undo()
+    assert [f.public_id for f in files] == [c.instance_id for c in stored]
+    assert [f.sop_instance_uid for f in files] == [c.sop_uid for c in stored]
+    assert {(f.sop_class_uid, f.transfer_syntax) for f in files} == {
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    }
+    assert [f.dicom for f in files] == [c.attachments[0] for c in stored]
+    # Instance IDs: in the order given, each once, unknown ones skipped.
+    wanted = [stored[2].instance_id, "unknown", stored[0].instance_id, stored[2].instance_id]
+    files = await index.instance_files(Level.INSTANCE, wanted)
+    assert [f.public_id for f in files] == [stored[2].instance_id, stored[0].instance_id]
+    assert await index.instance_files(Level.PATIENT, []) == []

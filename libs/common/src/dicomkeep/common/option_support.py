@@ -68,8 +68,8 @@ def _refusals(settings: Settings) -> list[str]:
         (
             settings.dicom_scu_preferred_transfer_syntax != EXPLICIT_VR_LITTLE_ENDIAN,
             '"DicomScuPreferredTransferSyntax" is not Explicit VR Little Endian, but '
-            "DicomKeep's SCU sends files in their stored syntax (uncompressed ones "
-            "proposed as Explicit, then Implicit VR Little Endian) and never transcodes; "
+            "DicomKeep's SCU sends files in their stored syntax and, when the peer "
+            "refuses it, transcodes to Explicit (or Implicit) VR Little Endian only; "
             "remove it",
         ),
         (

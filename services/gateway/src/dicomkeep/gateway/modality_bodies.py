@@ -76,6 +76,7 @@ def peer_for(settings: Settings, modality: Modality, body: dict[str, Any]) -> Pe
     return Peer(
         modality.aet, modality.host, modality.port, local, float(timeout or 10),
         manufacturer=modality.manufacturer,
+        allow_transcoding=modality.allows("AllowTranscoding"),
     )
 
 

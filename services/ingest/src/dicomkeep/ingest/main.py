@@ -14,7 +14,7 @@ from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, open_adapters
 from dicomkeep.ingest.access import AccessControl
 from dicomkeep.ingest.find import FindScp
-from dicomkeep.ingest.move import RetrieveScp, add_retrieve_contexts
+from dicomkeep.ingest.move import RetrieveScp, add_retrieve_contexts, route_move_destinations
 from dicomkeep.ingest.negotiation import Negotiation
 from dicomkeep.ingest.scp import StoreScp
 from dicomkeep.ingest.tls import server_context
@@ -110,6 +110,7 @@ class IngestService:
             ],
         )
         add_retrieve_contexts(scp.ae)
+        route_move_destinations(scp.ae)
         negotiation.supported = list(scp.ae.supported_contexts)
         return scp
 

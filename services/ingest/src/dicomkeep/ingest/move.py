@@ -10,49 +10,60 @@ whose AET equals it, as StrictAetComparison says.
 
 - `SynchronousCMove` true: the C-STORE sub-operations run inside the C-MOVE,
   with Pending responses carrying the counts, on one association to the
-  destination requested with DicomKeep's guarded SCU handlers (TCP_NODELAY and
-  the lost-response guard of `common.dicom.scu`). The final status is Success,
-  0xB000 when some sub-operations failed, 0xA702 when all did.
+  destination: a `common.dicom.scu.StoreSession` (TCP_NODELAY, the lost-response
+  guard, stored files sent as they are), handed to pynetdicom as the
+  destination association (`route_move_destinations`). The final status is
+  Success, 0xB000 when some sub-operations failed, 0xA702 when all did.
 - false: a DicomModalityStore job (Description `C-MOVE`, MoveOriginatorAET/ID
   set) is queued and the C-MOVE answers Success at once.
 
-Statuses: unknown destination -> 0xA801; undecodable identifier, no identifier
-or nothing matched -> 0xC000; a caller not allowed to move or get (§11.2) gets
-its association aborted, as Orthanc does. C-GET sends the instances over the
-requestor's own association (its storage contexts with the SCP role).
+The instances, their syntaxes and DICOM attachments come from one index read
+(`Index.instance_files`); the files are read ahead (READ_AHEAD) on the event
+loop while the previous ones are sent, and go out as stored when the
+destination accepts their transfer syntax, else transcoded
+(`common.dicom.sending`).
+
+Statuses, as Orthanc 1.10.1: unknown destination, a destination that cannot be
+reached, an undecodable identifier, no identifier or nothing matched -> 0xC000
+(pynetdicom counts the sub-operations not done as failed); a caller not
+allowed to move or get (§11.2) gets its association aborted. C-GET sends the
+instances over the requestor's own association (its storage contexts with the
+SCP role).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+from collections import deque
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from dicomkeep.common.dicom.scu import REQUESTOR_HANDLERS, read_dataset, store_contexts
+from dicomkeep.common.dicom.scu import DicomNetworkError, Peer, StoreSession
+from dicomkeep.common.dicom.sending import EncodedInstance, read_file_meta, send_files_on
 from dicomkeep.common.find import Constraint, Kind
 from dicomkeep.common.ids import Level
-from dicomkeep.common.index import Index
+from dicomkeep.common.index import Index, InstanceFile
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, store_job, submit
 from dicomkeep.common.logs import patient_text
 from dicomkeep.common.modalities import Modality, by_aet, load_modalities
-from dicomkeep.common.orthanc import DimseStatus, MetadataType
+from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.ports.blobs import BlobStore
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.storage import StorageAccessor, read_instance_file
+from dicomkeep.common.storage import CorruptedBlob, StorageAccessor
 from dicomkeep.common.telemetry import traced
 from dicomkeep.ingest.access import AccessControl
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelGet,
     PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
-    Verification,
 )
 
 log = logging.getLogger(__name__)
@@ -86,12 +97,51 @@ def add_retrieve_contexts(ae: AE) -> None:
             )
 
 
+#: How many files are read ahead of the one being sent.
+READ_AHEAD = 4
+
+
+def route_move_destinations(ae: AE) -> None:
+    """Let C-MOVE handlers hand pynetdicom their own destination association.
+
+    pynetdicom's C-MOVE SCP associates with the destination itself and answers
+    0xA801 when that fails; Orthanc answers 0xC000 and DicomKeep sends through
+    a StoreSession. A handler puts `store_session` in the destination options;
+    `ae.associate` then returns it instead of associating.
+    """
+    associate = ae.associate
+
+    def associate_or_session(addr: str, port: int, **kwargs: Any) -> Any:
+        session = kwargs.pop("store_session", None)
+        return session if session is not None else associate(addr, port, **kwargs)
+
+    ae.associate = associate_or_session  # type: ignore[method-assign,assignment]
+
+
+class _NoDestination:
+    """The destination association of a C-MOVE that fails before any sub-operation."""
+
+    is_established = True
+
+    def release(self) -> None:
+        """Nothing to release."""
+
+
 @dataclass(frozen=True)
 class Retrieval:
-    """What a C-MOVE or C-GET asks for: the instances, with their (SOP class, syntax)."""
+    """What a C-MOVE or C-GET asks for: the instances to send and their attachments."""
 
-    instances: list[str]
-    pairs: list[tuple[str, str]]
+    instances: list[InstanceFile]
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (SOP class, transfer syntax) pairs to propose."""
+        return sorted({(item.sop_class_uid, item.transfer_syntax) for item in self.instances})
+
+    @property
+    def ids(self) -> list[str]:
+        """The public IDs of the instances."""
+        return [item.public_id for item in self.instances]
 
 
 def _values(identifier: Dataset, keyword: str) -> list[str]:
@@ -170,24 +220,20 @@ class RetrieveScp:
         else:
             for value in values:
                 found += [pid for lvl, pid in await self.index.lookup(value) if lvl is level]
-        instances: dict[str, None] = {}
-        for public_id in found:
-            instances.update(dict.fromkeys(await self.index.descendants(level, public_id, Level.INSTANCE)))
-        pairs: set[tuple[str, str]] = set()
-        for instance_id in instances:
-            resource = await self.index.get_resource(Level.INSTANCE, instance_id)
-            if resource is not None:
-                pairs.add((resource.metadata.get(MetadataType.SOP_CLASS_UID, ""), resource.metadata.get(MetadataType.TRANSFER_SYNTAX, "")))
-        return Retrieval(list(instances), sorted(pairs))
+        return Retrieval(await self.index.instance_files(level, found))
 
-    async def _dataset(self, instance_id: str) -> Dataset | None:
-        try:
-            data = await read_instance_file(self.index, self.storage, instance_id)
-        except KeyError:
-            return None
-        if data is None:
-            return None
-        return await asyncio.to_thread(read_dataset, data)
+    async def _read(self, item: InstanceFile) -> EncodedInstance:
+        """Read one stored file; a file gone meanwhile gives an instance that fails."""
+        data = b""
+        if item.dicom is not None:
+            try:
+                data = await self.storage.read(item.dicom)
+            except (KeyError, CorruptedBlob):
+                log.warning("C-MOVE/C-GET: the DICOM file of %s is missing", item.public_id)
+        encoded = EncodedInstance(data, read_file_meta(data, item.sop_class_uid, item.sop_instance_uid))
+        if encoded.dicomkeep_meta is None:
+            encoded.SOPInstanceUID = item.sop_instance_uid
+        return encoded
 
     def _retrieval(self, event: Any, what: str) -> Retrieval | None:
         try:
@@ -204,19 +250,21 @@ class RetrieveScp:
         return retrieval
 
     def _sub_operations(self, event: Any, retrieval: Retrieval) -> Iterator[tuple[int, Dataset | None]]:
-        for instance_id in retrieval.instances:
-            if event.is_cancelled:
-                yield DimseStatus.CANCEL, None
-                return
-            dataset = self._run(self._dataset(instance_id))
-            if dataset is None:
-                # Deleted meanwhile: a dataset without SOP class fails its C-STORE,
-                # which pynetdicom counts as a failed sub-operation.
-                missing = Dataset()
-                missing.SOPInstanceUID = ""
-                yield DimseStatus.PENDING, missing
-                continue
-            yield DimseStatus.PENDING, dataset
+        """Yield (Pending, file) per instance, reading READ_AHEAD files ahead on the loop."""
+        items = retrieval.instances
+        ahead: deque[concurrent.futures.Future[EncodedInstance]] = deque()
+        try:
+            for position in range(len(items)):
+                while len(ahead) < READ_AHEAD and position + len(ahead) < len(items):
+                    upcoming = items[position + len(ahead)]
+                    ahead.append(asyncio.run_coroutine_threadsafe(self._read(upcoming), self.loop))
+                if event.is_cancelled:
+                    yield DimseStatus.CANCEL, None
+                    return
+                yield DimseStatus.PENDING, ahead.popleft().result(self.timeout)
+        finally:
+            for future in ahead:
+                future.cancel()
 
     # -- C-MOVE ---------------------------------------------------------------------
     def handle_move(self, event: Any) -> Iterator[Any]:
@@ -226,38 +274,54 @@ class RetrieveScp:
         destination = self._destination(str(event.move_destination).strip())
         if destination is None:
             log.warning("C-MOVE: unknown move destination %s", event.move_destination)
-            return iter([(None, None)])
+            return self._fail()
         retrieval = self._retrieval(event, "MOVE")
         if retrieval is None:
-            # pynetdicom associates with the destination before it sends a failure
-            # status: offer it Verification only.
-            options = self._options(destination, [build_context(Verification)])
-            return iter([(destination.host, destination.port, options), 1, (DimseStatus.UNABLE_TO_PROCESS, None)])
+            return self._fail()
         if not self.settings.synchronous_cmove:
             self._run(self._queue_move(event, destination, retrieval))
             return iter([(destination.host, destination.port), 0])
         log.info(
             "C-MOVE to %s: %d instances (synchronous)", destination.aet, len(retrieval.instances)
         )
-        options = self._options(destination, store_contexts(retrieval.pairs))
+        session = self._session(event, destination, retrieval)
+        try:
+            session.open()
+        except DicomNetworkError as error:
+            log.warning("C-MOVE: %s", error)
+            return self._fail(len(retrieval.instances))
         return traced(
-            self._move(event, destination, options, retrieval), "C-MOVE",
+            self._move(event, session, retrieval), "C-MOVE",
             attributes={"dicom.move_destination": destination.aet,
                         "dicomkeep.instances": len(retrieval.instances)},
             each="C-MOVE sub-operation", each_from=2,
         )
 
     @staticmethod
-    def _options(destination: Modality, contexts: list[Any]) -> dict[str, Any]:
-        """pynetdicom's association options for the sub-operations: our guarded handlers."""
-        return {"ae_title": destination.aet, "contexts": contexts, "evt_handlers": REQUESTOR_HANDLERS}
+    def _fail(count: int = 1) -> Iterator[Any]:
+        """Answer 0xC000 without associating with any destination (Orthanc's status)."""
+        options = {"store_session": _NoDestination()}
+        return iter([("", 0, options), count, (DimseStatus.UNABLE_TO_PROCESS, None)])
 
-    def _move(
-        self, event: Any, destination: Modality, options: dict[str, Any], retrieval: Retrieval
-    ) -> Iterator[Any]:
-        yield destination.host, destination.port, options
-        yield len(retrieval.instances)
-        yield from self._sub_operations(event, retrieval)
+    def _session(self, event: Any, destination: Modality, retrieval: Retrieval) -> StoreSession:
+        settings = self.settings
+        peer = Peer(
+            aet=destination.aet, host=destination.host, port=destination.port,
+            local_aet=destination.local_aet or settings.dicom_aet,
+            timeout=float(destination.timeout or settings.dicom_scu_timeout),
+            manufacturer=destination.manufacturer,
+            allow_transcoding=destination.allows("AllowTranscoding"),
+        )  # fmt: skip
+        originator = (str(event.assoc.requestor.ae_title).strip(), int(event.request.MessageID))
+        return StoreSession(peer, retrieval.pairs, originator=originator)
+
+    def _move(self, event: Any, session: StoreSession, retrieval: Retrieval) -> Iterator[Any]:
+        try:
+            yield session.peer.host, session.peer.port, {"store_session": session}
+            yield len(retrieval.instances)
+            yield from self._sub_operations(event, retrieval)
+        finally:
+            session.close()
 
     def _destination(self, aet: str) -> Modality | None:
         modalities = self._run(load_modalities(self.settings, self.index.jobs))
@@ -269,7 +333,7 @@ class RetrieveScp:
         originator = (str(event.assoc.requestor.ae_title).strip(), int(event.request.MessageID))
         content, payload = store_job(
             destination,
-            retrieval.instances,
+            retrieval.ids,
             [],
             local_aet=destination.local_aet or settings.dicom_aet,
             timeout=float(destination.timeout or settings.dicom_scu_timeout),
@@ -299,4 +363,5 @@ class RetrieveScp:
 
     def _get(self, event: Any, retrieval: Retrieval) -> Iterator[Any]:
         yield len(retrieval.instances)
+        send_files_on(event.assoc)
         yield from self._sub_operations(event, retrieval)

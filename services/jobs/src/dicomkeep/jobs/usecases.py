@@ -22,11 +22,20 @@ from dicomkeep.common import archives, peer_transfer
 from dicomkeep.common.dicom import scu as dicom_scu
 from dicomkeep.common.dicom.receiving import Receiver
 from dicomkeep.common.dicom.scu import DicomNetworkError, Peer, StoreSession
+from dicomkeep.common.dicom.sending import FileMeta, read_file_meta
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
-from dicomkeep.common.index import Index, JobAction, JobOutcome, JobRecord, JobState, JobUpdate
+from dicomkeep.common.index import (
+    Index,
+    InstanceFile,
+    JobAction,
+    JobOutcome,
+    JobRecord,
+    JobState,
+    JobUpdate,
+)
 from dicomkeep.common.jobs import DICOM_MODALITY_STORE, DICOM_MOVE_SCU
-from dicomkeep.common.orthanc import DimseStatus, MetadataType
+from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.peer_http import HttpOptions
 from dicomkeep.common.peers import find_peer
 from dicomkeep.common.ports.blobs import BlobStore
@@ -40,7 +49,7 @@ from dicomkeep.common.resource_modification import (
     parse_options,
 )
 from dicomkeep.common.settings import Settings
-from dicomkeep.common.storage import StorageAccessor, read_instance_file
+from dicomkeep.common.storage import StorageAccessor
 
 log = logging.getLogger(__name__)
 
@@ -111,31 +120,59 @@ def peer_of(payload: dict[str, Any]) -> Peer:
         port=int(modality["Port"]),
         local_aet=payload["LocalAet"],
         timeout=float(payload["Timeout"]),
+        allow_transcoding=bool(modality.get("AllowTranscoding", True)),
     )
 
 
-async def read_instance(index: Index, blobs: BlobStore, instance_id: str) -> bytes:
-    """Return the DICOM file of an instance; raise OrthancError if it is gone."""
-    try:
-        data = await read_instance_file(index, StorageAccessor(blobs), instance_id)
-    except KeyError as error:
-        raise OrthancError(
-            ErrorCode.INEXISTENT_ITEM, f"The DICOM file of instance {instance_id} is missing"
-        ) from error
-    if data is None:
-        raise OrthancError(ErrorCode.UNKNOWN_RESOURCE, f"Instance {instance_id} was deleted")
-    return data
+class InstanceReader:
+    """Reads a store job's files, one ahead of the one being sent.
 
+    The job's instances, syntaxes and attachment rows come from one index read
+    (`Index.instance_files`); then each file costs one blob read, started while
+    the previous file is on the wire.
+    """
 
-async def syntaxes(index: Index, instances: list[str]) -> list[tuple[str, str]]:
-    """Return the (SOP class, transfer syntax) of instances, from their core metadata."""
-    pairs: set[tuple[str, str]] = set()
-    for instance_id in instances:
-        resource = await index.get_resource(Level.INSTANCE, instance_id)
-        if resource is not None:
-            metadata = resource.metadata
-            pairs.add((metadata.get(MetadataType.SOP_CLASS_UID, ""), metadata.get(MetadataType.TRANSFER_SYNTAX, "")))
-    return sorted(pairs)
+    def __init__(self, deps: Deps, files: list[InstanceFile]) -> None:
+        self.storage = StorageAccessor(deps.blobs)
+        self.files = {item.public_id: item for item in files}
+        self._ahead: dict[str, asyncio.Task[bytes]] = {}
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (SOP class, transfer syntax) pairs to propose."""
+        return sorted({(f.sop_class_uid, f.transfer_syntax) for f in self.files.values()})
+
+    def meta(self, instance_id: str, data: bytes) -> FileMeta | None:
+        """Return the file meta of a file read, with the index's SOP class and UID."""
+        item = self.files[instance_id]
+        return read_file_meta(data, item.sop_class_uid, item.sop_instance_uid)
+
+    def prefetch(self, instance_id: str) -> None:
+        """Start reading a file that `read` will be asked for."""
+        if instance_id not in self._ahead:
+            self._ahead[instance_id] = asyncio.ensure_future(self._read(instance_id))
+
+    async def read(self, instance_id: str) -> bytes:
+        """Return the DICOM file of an instance; raise OrthancError if it is gone."""
+        self.prefetch(instance_id)
+        return await self._ahead.pop(instance_id)
+
+    async def _read(self, instance_id: str) -> bytes:
+        item = self.files.get(instance_id)
+        if item is None or item.dicom is None:
+            raise OrthancError(ErrorCode.UNKNOWN_RESOURCE, f"Instance {instance_id} was deleted")
+        try:
+            return await self.storage.read(item.dicom)
+        except KeyError as error:
+            raise OrthancError(
+                ErrorCode.INEXISTENT_ITEM, f"The DICOM file of instance {instance_id} is missing"
+            ) from error
+
+    def close(self) -> None:
+        """Cancel the reads nobody will wait for."""
+        for task in self._ahead.values():
+            task.cancel()
+        self._ahead.clear()
 
 
 def _is_stored(status: int) -> bool:
@@ -165,9 +202,10 @@ async def run_modality_store(job: JobRecord, run: JobRun, deps: Deps) -> JobOutc
         return JobUpdate(progress, content, payload)
 
     originator = payload.get("MoveOriginator")
+    reader = InstanceReader(deps, await deps.index.instance_files(Level.INSTANCE, instances[position:]))
     session = StoreSession(
         peer,
-        await syntaxes(deps.index, instances[position:]),
+        reader.pairs,
         originator=(originator[0], int(originator[1])) if originator else None,
     )
     try:
@@ -177,8 +215,10 @@ async def run_modality_store(job: JobRecord, run: JobRun, deps: Deps) -> JobOutc
                 return stopped(action, update())
             instance_id = instances[position]
             try:
-                data = await read_instance(deps.index, deps.blobs, instance_id)
-                status = await asyncio.to_thread(session.send, data)
+                data = await reader.read(instance_id)
+                if position + 1 < len(instances):
+                    reader.prefetch(instances[position + 1])
+                status = await asyncio.to_thread(session.send, data, reader.meta(instance_id, data))
             except OrthancError as error:
                 status, reason = -1, error.details or error.code.message
             else:
@@ -192,6 +232,7 @@ async def run_modality_store(job: JobRecord, run: JobRun, deps: Deps) -> JobOutc
     except DicomNetworkError as error:
         return failure(update(), ErrorCode.NETWORK_PROTOCOL, str(error))
     finally:
+        reader.close()
         await asyncio.to_thread(session.close)
     return success(update())
 

@@ -13,8 +13,10 @@ and the gateway (echo, query). Every association we request gets two handlers:
   from the queue entirely (`keep_responses_for_caller`). As a second line, a
   C-STORE left without an answer is re-sent once on a fresh association.
 
-The module is just over 400 lines because the four DIMSE operations share the
-association set-up and the two guards above, which read best beside them.
+C-STORE sends stored files as they are (no decoding) through `sending.py`.
+The module is over 400 lines because the four DIMSE operations share the
+association set-up and the two guards above, which read best beside them; the
+next split would move `StoreSession` and `store_contexts` to `sending.py`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from io import BytesIO
 from typing import Any
 
 from dicomkeep.common.dicom.orthanc_json import parse_tag
+from dicomkeep.common.dicom.sending import EncodedInstance, FileMeta, read_file_meta, send_file
 from dicomkeep.common.orthanc import DimseStatus
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
@@ -76,6 +79,9 @@ class Peer:
     timeout: float
     #: The modality's `Manufacturer`: "GE" asks for return keys with `*`, not empty.
     manufacturer: str = "Generic"
+    #: The modality's `AllowTranscoding`: compressed files the peer does not accept
+    #: in their syntax are sent decompressed (else they fail).
+    allow_transcoding: bool = True
 
 
 @dataclass(frozen=True)
@@ -156,6 +162,8 @@ def keep_responses_for_caller(event: Any) -> None:
         return original(block)
 
     dimse.get_msg = get_msg
+    # send_raw need not pause this reactor: it can no longer take a response.
+    assoc.dicomkeep_responses_kept = True
 
 
 #: The handlers of every association DicomKeep requests.
@@ -307,23 +315,30 @@ def move(
     return counts
 
 
-def store_contexts(pairs: Iterable[tuple[str, str]]) -> list[Any]:
+def store_contexts(pairs: Iterable[tuple[str, str]], *, transcode: bool = True) -> list[Any]:
     """Return presentation contexts for (SOP class, transfer syntax) pairs.
 
     Uncompressed files are offered as explicit and implicit little endian (pynetdicom
-    converts); each compressed syntax gets its own context, as no transcoding is done.
+    converts); each compressed syntax gets its own context and, when `transcode`,
+    its SOP class is offered uncompressed too, to send it decompressed when the
+    peer refuses the compressed syntax (Orthanc's DicomStoreUserConnection).
     """
     contexts: list[Any] = []
     seen: set[tuple[str, str]] = set()
     for sop_class, syntax in pairs:
-        key = (sop_class, "" if syntax in UNCOMPRESSED else syntax)
-        if key in seen or not sop_class:
+        if not sop_class:
             continue
-        seen.add(key)
-        syntaxes: list[str | UID] = (
-            [ExplicitVRLittleEndian, ImplicitVRLittleEndian] if not key[1] else [syntax]
-        )
-        contexts.append(build_context(sop_class, syntaxes))
+        wanted = [syntax] if syntax and syntax not in UNCOMPRESSED else []
+        if not wanted or transcode:
+            wanted.append("")
+        for key in ((sop_class, s) for s in wanted):
+            if key in seen:
+                continue
+            seen.add(key)
+            syntaxes: list[str | UID] = (
+                [ExplicitVRLittleEndian, ImplicitVRLittleEndian] if not key[1] else [key[1]]
+            )
+            contexts.append(build_context(sop_class, syntaxes))
     if len(contexts) > MAX_CONTEXTS:
         log.warning("more than %d kinds of instances: some cannot be sent", MAX_CONTEXTS)
     return contexts[:MAX_CONTEXTS]
@@ -333,7 +348,12 @@ class StoreSession:
     """One C-STORE association, re-opened when needed (Orthanc: one per store job).
 
     Not thread-safe: one thread sends. `originator` sets MoveOriginatorAET and
-    MoveOriginatorMessageID (C-STORE sub-operations of a C-MOVE).
+    MoveOriginatorMessageID (C-STORE sub-operations of a C-MOVE). Files go out as
+    they are stored when the peer accepts their syntax (`common.dicom.sending`).
+
+    It also stands for the destination association of pynetdicom's C-MOVE SCP
+    (`is_established`, `send_c_store`, `release`): the SCP's sub-operations then
+    get the same raw sending and lost-response guard as store jobs.
     """
 
     def __init__(
@@ -344,7 +364,7 @@ class StoreSession:
         originator: tuple[str, int] | None = None,
     ) -> None:
         self.peer = peer
-        self.contexts = store_contexts(pairs)
+        self.contexts = store_contexts(pairs, transcode=peer.allow_transcoding)
         self.originator = originator
         self._assoc: Any = None
         self._message_id = 0
@@ -355,36 +375,59 @@ class StoreSession:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def open(self) -> None:
+        """Associate now; raise DicomNetworkError if the peer cannot be reached."""
+        self._association()
+
     def close(self) -> None:
         """Release the association (idempotent)."""
         if self._assoc is not None:
             _close(self._assoc)
             self._assoc = None
 
+    # pynetdicom's C-MOVE SCP sees the session as its destination association.
+    is_established = True
+
+    def release(self) -> None:
+        """Release the association (pynetdicom's name, for the C-MOVE SCP)."""
+        self.close()
+
+    def send_c_store(self, dataset: Dataset, **_: Any) -> Dataset:
+        """Send an EncodedInstance for pynetdicom's C-MOVE SCP; answer its status dataset.
+
+        pynetdicom's message ID and originator are ignored: the session's own are
+        used (pynetdicom would name itself as the move originator).
+        """
+        if not isinstance(dataset, EncodedInstance) or dataset.dicomkeep_meta is None:
+            raise ValueError("not a stored DICOM file")
+        answer = Dataset()
+        answer.Status = self.send(dataset.dicomkeep_file, dataset.dicomkeep_meta)
+        return answer
+
     def _association(self) -> Any:
         if self._assoc is None or not self._assoc.is_established:
             self._assoc = _associate(self.peer, self.contexts)
         return self._assoc
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes, meta: FileMeta | None = None) -> int:
         """Send one DICOM file; return the peer's status (0x0000, a warning or a failure).
 
-        A file whose SOP class or transfer syntax the peer refused gets 0x0122
-        (not sent). Raises DicomNetworkError when no association can be made or
-        no response comes twice in a row (the second try on a fresh association).
+        The stored bytes go out as they are when the peer accepted their syntax,
+        else transcoded (`common.dicom.sending`). A file that fits no accepted
+        context gets 0x0122 (not sent). Raises DicomNetworkError when no
+        association can be made or no response comes twice in a row (the second
+        try on a fresh association).
         """
-        dataset = read_dataset(data)
+        meta = meta if meta is not None else read_file_meta(data)
         for attempt in (1, 2):
             assoc = self._association()
             self._message_id = self._message_id % 65535 + 1
             try:
-                status = assoc.send_c_store(
-                    dataset,
-                    msg_id=self._message_id,
-                    originator_aet=self.originator[0] if self.originator else None,
-                    originator_id=self.originator[1] if self.originator else None,
-                )
-            except ValueError as error:  # no accepted context for this SOP class/syntax
+                status = send_file(
+                    assoc, data, msg_id=self._message_id, originator=self.originator,
+                    transcode=self.peer.allow_transcoding, meta=meta,
+                )  # fmt: skip
+            except (ValueError, AttributeError) as error:  # no accepted context, not DICOM
                 log.warning("C-STORE to %s not sent: %s", self.peer.aet, error)
                 return DimseStatus.SOP_CLASS_NOT_SUPPORTED
             code = _status(status)

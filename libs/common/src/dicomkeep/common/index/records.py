@@ -86,3 +86,15 @@ class Statistics:
     uncompressed_size: int = 0
     dicom_disk_size: int = 0
     dicom_uncompressed_size: int = 0
+
+
+@dataclass(frozen=True)
+class InstanceFile:
+    """An instance to send: its SOP class and transfer syntax (core metadata) and the
+    row of its DICOM attachment (None if it has none)."""
+
+    public_id: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    dicom: AttachmentInfo | None
