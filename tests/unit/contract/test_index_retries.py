@@ -21,8 +21,8 @@ class CollidingDatabase(SqliteDatabase):
     attempts = 0
 
     @asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
-        async with super().transaction(readonly=readonly) as tx:
+    async def transaction(self, *, readonly: bool = False, point: bool = False) -> AsyncIterator[Tx]:
+        async with super().transaction(readonly=readonly, point=point) as tx:
             if not readonly:
                 self.attempts += 1
                 if self.collisions > 0:

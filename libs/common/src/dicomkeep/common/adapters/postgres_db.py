@@ -98,11 +98,21 @@ class PostgresDatabase:
         await self.close()
 
     @asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[Tx]:
-        """Open a READ COMMITTED transaction on a pooled connection."""
+    async def transaction(self, *, readonly: bool = False, point: bool = False) -> AsyncIterator[Tx]:
+        """Open a READ COMMITTED transaction on a pooled connection.
+
+        A read-only one sends no BEGIN and COMMIT: under READ COMMITTED each
+        statement sees what was committed when it began, in or out of a
+        transaction, so the two round trips would buy nothing. `point` changes
+        nothing here (asyncpg never blocks the loop).
+        """
         assert self._pool is not None, "open() first"
         try:
-            async with self._pool.acquire() as conn, conn.transaction(readonly=readonly):
+            if readonly:
+                async with self._pool.acquire() as conn:
+                    yield _PgTx(conn)
+                return
+            async with self._pool.acquire() as conn, conn.transaction():
                 yield _PgTx(conn)
         except asyncpg.PostgresError as error:
             if getattr(error, "sqlstate", None) in _RETRYABLE:

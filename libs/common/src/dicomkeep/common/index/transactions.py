@@ -9,6 +9,7 @@ body (a closure) that must run again; the drivers report, they do not replay.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -58,16 +59,30 @@ class Transactions:
         """Row-locking suffix of SELECTs (SQLite has one writer and needs none)."""
         return " FOR UPDATE" if self.db.dialect == "postgres" else ""
 
-    async def _run(self, body: Callable[[Tx], Awaitable[T]], *, readonly: bool = False) -> T:
+    async def _run(
+        self, body: Callable[[Tx], Awaitable[T]], *, readonly: bool = False, point: bool = False
+    ) -> T:
         """Run `body` in a transaction, replaying it on serialization failures.
+
+        `point`: a read-only body that reads a few rows by key (see
+        `Database.transaction`), never a listing.
 
         Raises OrthancError DATABASE_CANNOT_SERIALIZE (HTTP 503, OrthancStatus 42)
         when every replay collided too.
         """
+        # First attempt outside the retry policy: building tenacity's controller
+        # cost more than a point lookup, and nearly every transaction succeeds.
         try:
-            async for attempt in serialization_retry(self.max_retries):
+            async with self.db.transaction(readonly=readonly, point=point) as tx:
+                return await body(tx)
+        except RetryableError:
+            if self.max_retries < 1:
+                raise OrthancError(ErrorCode.DATABASE_CANNOT_SERIALIZE) from None
+        await asyncio.sleep(FIRST_WAIT)
+        try:
+            async for attempt in serialization_retry(self.max_retries - 1):
                 with attempt:
-                    async with self.db.transaction(readonly=readonly) as tx:
+                    async with self.db.transaction(readonly=readonly, point=point) as tx:
                         return await body(tx)
         except RetryableError:
             pass

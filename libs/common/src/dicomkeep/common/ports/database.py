@@ -43,8 +43,14 @@ class Database(Protocol):
     async def close(self) -> None:
         """Close every connection."""
 
-    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Tx]:
+    def transaction(
+        self, *, readonly: bool = False, point: bool = False
+    ) -> AbstractAsyncContextManager[Tx]:
         """Open a transaction: committed when the block ends, rolled back on error.
+
+        `point` (with `readonly`) declares a read of a few rows by key, never a
+        listing: an embedded database may run it on the caller's thread rather
+        than hand each statement to its connection's thread.
 
         Serialization failures and deadlocks surface as `RetryableError`; the
         caller (the index, through its one retry policy) replays the whole
