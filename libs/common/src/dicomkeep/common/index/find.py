@@ -27,7 +27,7 @@ from dicomkeep.common.ports.database import Tx
 CHUNK = 500
 SOP_CLASS_UID = MetadataType.SOP_CLASS_UID
 LABELS_CONSTRAINTS = ("All", "Any", "None")
-#: The expression of the index `main_tags_upper` (migration 5): ASCII upper case.
+#: The expression of the index `main_tags_upper` (migration 6): ASCII upper case.
 UPPER_VALUE = {"sqlite": "UPPER(t.value)", "postgres": 'UPPER(t.value COLLATE "C")'}
 
 

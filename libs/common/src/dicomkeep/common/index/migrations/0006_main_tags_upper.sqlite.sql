@@ -1,4 +1,4 @@
--- Migration 5: case-insensitive exact matches on main tags (a PatientID in
+-- Migration 6: case-insensitive exact matches on main tags (a PatientID in
 -- /tools/find or C-FIND, where CaseSensitive is off by default) seek this index
 -- instead of matching the tag of every resource of the level (index/find.py,
 -- `key_test`). UPPER folds ASCII letters only, as the matching does for them.
