@@ -256,13 +256,24 @@ async def test_attachment_lookup_in_one_query(index: Index, monkeypatch: pytest.
     transaction = index.db.transaction
 
     @asynccontextmanager
-    async def counted(*, readonly: bool = False, durable: bool = True) -> AsyncIterator[Any]:
-        async with transaction(readonly=readonly, durable=durable) as tx:
+    async def counted(
+        *, readonly: bool = False, durable: bool = True, point: bool = False
+    ) -> AsyncIterator[Any]:
+        async with transaction(readonly=readonly, durable=durable, point=point) as tx:
             yield CountingTx(tx, statements)
 
     monkeypatch.setattr(index.db, "transaction", counted)
     dicom = await index.attachment(Level.INSTANCE, stored.instance_id, 1)
     assert statements == ["fetchrow"]
+    # A resource, whatever its level, is read in two statements (each one a round
+    # trip; /tools/find with Expand reads one per match).
+    for level, public_id in (
+        (Level.PATIENT, stored.patient_id), (Level.STUDY, stored.study_id),
+        (Level.SERIES, stored.series_id), (Level.INSTANCE, stored.instance_id),
+    ):
+        statements.clear()
+        assert await index.get_resource(level, public_id) is not None
+        assert statements == ["fetchrow", "fetch"]
     monkeypatch.undo()
     assert dicom == stored.attachments[0]
     resource = await index.get_resource(Level.INSTANCE, stored.instance_id)
@@ -297,8 +308,8 @@ async def test_instance_files_in_one_read(index: Index, monkeypatch: pytest.Monk
     transaction = index.db.transaction
 
     @asynccontextmanager
-    async def counted(*, readonly: bool = False) -> AsyncIterator[Any]:
-        async with transaction(readonly=readonly) as tx:
+    async def counted(**options: Any) -> AsyncIterator[Any]:
+        async with transaction(**options) as tx:
             yield CountingTx(tx, statements)
 
     monkeypatch.setattr(index.db, "transaction", counted)

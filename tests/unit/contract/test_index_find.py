@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from dicomkeep.common.events import AttachmentInfo, StoreInstance
 from dicomkeep.common.find import build_constraints, make_constraint, tag_of
 from dicomkeep.common.ids import Level, hierarchy_ids
 from dicomkeep.common.index import Index
+from dicomkeep.common.index.find import find_ids
 
 
 def command(
@@ -204,3 +206,44 @@ async def test_find_tags_merges_levels_and_computes(stored: Index) -> None:
     series = hierarchy_ids("P1", "1.1", "1.1.1", "x")[2]
     assert (await stored.find_tags(Level.SERIES, [series], ["NumberOfSeriesRelatedInstances"]))[series][
         "NumberOfSeriesRelatedInstances"] == "2"
+
+
+async def test_case_insensitive_identifiers_seek_an_index(stored: Index) -> None:
+    """A case-insensitive exact value (PatientID in /tools/find by default) finds the
+    same resources through the `main_tags_upper` index; SQLite's plan seeks it
+    rather than visiting every study (the cost grew with the store's size)."""
+    p1 = {study_id("P1", "1.1"), study_id("P1", "1.2")}
+    assert set(await find(stored, Level.STUDY, {"PatientID": "p1"}, case_sensitive=False)) == p1
+    listed = await find(stored, Level.STUDY, {"PatientID": "p1\\P4\\zz"}, case_sensitive=False)
+    assert set(listed) == p1 | {study_id("P4", "4.1")}
+    assert await find(stored, Level.STUDY, {"PatientID": "p1"}, case_sensitive=True) == []
+    # A wildcard's literal prefix is a range of the index.
+    assert set(await find(stored, Level.STUDY, {"PatientName": "do*"}, case_sensitive=False)) == p1 | {
+        study_id("P4", "4.1")
+    }
+    assert set(await find(stored, Level.STUDY, {"PatientID": "p?"}, case_sensitive=False)) == {
+        study_id(p, s) for p, _, s, _, _, _ in DATA
+    }
+    assert await find(stored, Level.STUDY, {"AccessionNumber": "a~*"}, case_sensitive=False) == []
+    # Non-ASCII values are matched without the index, folding accented letters too.
+    assert await find(stored, Level.PATIENT, {"PatientName": "müller^hans"}, case_sensitive=False) == [
+        patient_id("P2")
+    ]
+    if stored.dialect != "sqlite":
+        return
+    plans: list[str] = []
+
+    class Explaining:
+        def __init__(self, tx: Any) -> None:
+            self.tx = tx
+
+        async def fetch(self, sql: str, *args: Any) -> list[Any]:
+            plans.extend(str(row[3]) for row in await self.tx.fetch("EXPLAIN QUERY PLAN " + sql, *args))
+            return []
+
+    for keyword, value in (("PatientID", "p1"), ("PatientName", "do*")):
+        plans.clear()
+        constraints = build_constraints(Level.STUDY, [(tag_of(keyword), value)], case_sensitive=False)
+        async with stored.db.transaction(readonly=True) as tx:
+            await find_ids(Explaining(tx), "sqlite", Level.STUDY, constraints)  # type: ignore[arg-type]
+        assert any("main_tags_upper (tag_level=? AND name=? AND <expr>" in plan for plan in plans), plans

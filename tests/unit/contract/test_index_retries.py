@@ -22,9 +22,9 @@ class CollidingDatabase(SqliteDatabase):
 
     @asynccontextmanager
     async def transaction(
-        self, *, readonly: bool = False, durable: bool = True
+        self, *, readonly: bool = False, durable: bool = True, point: bool = False
     ) -> AsyncIterator[Tx]:
-        async with super().transaction(readonly=readonly, durable=durable) as tx:
+        async with super().transaction(readonly=readonly, durable=durable, point=point) as tx:
             if not readonly:
                 self.attempts += 1
                 if self.collisions > 0:

@@ -78,6 +78,7 @@ async def test_new_instance_starts_a_new_quiet_period(index: Index) -> None:
     await index.store_instance(stored)
     cutoff = time.time() + 0.001
     await index.emit_stable(cutoff)
+    await asyncio.sleep(0.01)  # the next store is later than the cutoff, even when it takes < 1 ms
     second = command("P1", stored.study_uid, stored.series_uid, f"{stored.sop_uid}.2")
     await index.store_instance(second)
     assert await is_stable(index, Level.STUDY, stored.study_id) is False

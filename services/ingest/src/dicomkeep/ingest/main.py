@@ -19,6 +19,7 @@ from dicomkeep.ingest.negotiation import Negotiation
 from dicomkeep.ingest.scp import StoreScp
 from dicomkeep.ingest.tls import server_context
 from pynetdicom import evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,11 @@ class IngestService:
         add_retrieve_contexts(scp.ae)
         route_move_destinations(scp.ae)
         negotiation.supported = list(scp.ae.supported_contexts)
+        # Negotiation sets every association's contexts: pynetdicom's per-association
+        # deep copy of the listener's contexts only needs a placeholder.
+        scp.listener_contexts = [
+            cx for cx in negotiation.supported if cx.abstract_syntax == Verification
+        ]
         return scp
 
 

@@ -46,7 +46,7 @@ class Annotations(Transactions):
             )
             return {int(k): MetadataValue(value=v, revision=int(r)) for k, v, r in rows}
 
-        return await self._run(body, readonly=True)
+        return await self._run(body, readonly=True, point=True)
 
     @staticmethod
     def check_expected(
@@ -220,7 +220,7 @@ class Annotations(Transactions):
             )
             return [attachment_from_row(r) for r in rows]
 
-        return await self._run(body, readonly=True)
+        return await self._run(body, readonly=True, point=True)
 
     async def attachment(
         self, level: Level, public_id: str, content_type: int
@@ -243,7 +243,7 @@ class Annotations(Transactions):
             )
             return None if row is None else attachment_from_row(row)
 
-        return await self._run(body, readonly=True)
+        return await self._run(body, readonly=True, point=True)
 
     async def set_attachment(
         self,

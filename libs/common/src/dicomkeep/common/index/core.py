@@ -82,7 +82,7 @@ class Index(Store, Resources, Annotations, Recycling, StabilityLedger, ChangeLog
             value = await tx.fetchval("SELECT value FROM global_properties WHERE name = $1", name)
             return None if value is None else str(value)
 
-        return await self._run(body, readonly=True)
+        return await self._run(body, readonly=True, point=True)
 
     async def set_property(self, name: str, value: str) -> None:
         """Write a global property."""

@@ -14,6 +14,7 @@ character classes. Ranges compare code points (`COLLATE "C"` on PostgreSQL).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from dicomkeep.common.ports.database import Tx
 CHUNK = 500
 SOP_CLASS_UID = MetadataType.SOP_CLASS_UID
 LABELS_CONSTRAINTS = ("All", "Any", "None")
+#: The expression of the index `main_tags_upper` (migration 6): ASCII upper case.
+UPPER_VALUE = {"sqlite": "UPPER(t.value)", "postgres": 'UPPER(t.value COLLATE "C")'}
 
 
 class _Sql:
@@ -74,6 +77,55 @@ class _Sql:
             f"AND t.tag_level = {tag_level} AND t.name = {self.arg(constraint.keyword)} "
             f"AND {self.value_condition(constraint, 't.value')})"
         )
+
+    def member_test(self, alias: str, tag_level: int, constraint: Constraint) -> str:
+        """Render the same test as `tag_test`, written so that the database starts
+        from the matching main tags rather than from every resource of the level.
+
+        A correlated EXISTS made SQLite visit every study of the store and match
+        each one's tag (a GLOB with character classes, ~6 us a row: 125 ms for
+        20,000 studies). `IN (SELECT ...)` reads the main tags' index once; an
+        exact value (case-insensitive ASCII too, through `key_test`) is then an
+        index seek, as Orthanc's lookup of normalized identifiers.
+        """
+        tests = [f"t.tag_level = {tag_level}", f"t.name = {self.arg(constraint.keyword)}"]
+        key = self.key_test(constraint)
+        if key is not None:
+            tests.append(key)
+        tests.append(self.value_condition(constraint, "t.value"))
+        return (
+            f"{alias}.internal_id IN (SELECT t.internal_id FROM main_tags t "
+            f"WHERE {' AND '.join(tests)})"
+        )
+
+    def key_test(self, constraint: Constraint) -> str | None:
+        """Return a test on the index `main_tags_upper` that every value matching a
+        case-insensitive exact constraint (or wildcard with a literal prefix)
+        passes, or None when there is none.
+
+        Holds for ASCII values only: matching folds an ASCII letter to its two
+        ASCII variants (`fold_variants`), and the indexed expression folds ASCII
+        letters only (SQLite's UPPER; `COLLATE "C"` on PostgreSQL), so a value
+        matches only if its ASCII upper case equals the query's. The exact test
+        is kept beside it.
+        """
+        if constraint.case_sensitive or not all(value.isascii() for value in constraint.values):
+            return None
+        column = UPPER_VALUE[self.dialect]
+        if constraint.kind is Kind.WILDCARD:
+            # `ABC*`: matching values start with a variant of ABC, so their upper
+            # case lies in [ABC, ABD): a range of the index.
+            prefix = re.split(r"[*?]", constraint.values[0], maxsplit=1)[0].upper()
+            if not prefix:
+                return None
+            end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+            return f"{column} >= {self.arg(prefix)} AND {column} < {self.arg(end)}"
+        if constraint.kind not in (Kind.EXACT, Kind.LIST):
+            return None
+        uppers = list(dict.fromkeys(value.upper() for value in constraint.values))
+        if len(uppers) == 1:
+            return f"{column} = {self.arg(uppers[0])}"
+        return f"{column} IN ({self.args_list(uppers)})"
 
 
 def _tag_alias(query_depth: int, tag_depth: int) -> tuple[int, int]:
@@ -154,7 +206,7 @@ async def find_ids(
             continue
         alias_depth, tag_level = _tag_alias(depth, tag_depth)
         top = min(top, alias_depth)
-        tests.append(sql.tag_test(f"a{alias_depth}", tag_level, constraint))
+        tests.append(sql.member_test(f"a{alias_depth}", tag_level, constraint))
     if lower:
         tests.append(_descendant_test(sql, depth, lower))
     tests += _labels_test(sql, f"a{depth}", labels, labels_constraint)

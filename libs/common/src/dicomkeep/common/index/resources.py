@@ -28,66 +28,66 @@ from dicomkeep.common.ports.database import Tx
 
 #: How many IDs one `IN (...)` list holds (SQLite allows 32,766 parameters).
 _CHUNK = 500
+#: The DICOM attachment's columns, from the alias `a`.
+_ATTACHMENT_OF_A = ", ".join(f"a.{column.strip()}" for column in ATTACHMENT_COLUMNS.split(","))
+#: Everything of a resource but its own row, as (kind, number, text, value) rows:
+#: 0 children (internal id, public id), 1 main tags (tag level, name, value),
+#: 2 metadata (key, value), 3 labels (-, label).
+_DETAILS = (
+    "SELECT 0, internal_id, public_id, NULL FROM resources WHERE parent_id = $1 "
+    "UNION ALL SELECT 1, tag_level, name, value FROM main_tags WHERE internal_id = $1 "
+    "UNION ALL SELECT 2, key, value, NULL FROM metadata WHERE internal_id = $1 "
+    "UNION ALL SELECT 3, 0, label, NULL FROM labels WHERE internal_id = $1"
+)
 
 
 class Resources(Transactions):
     """The reads of the hierarchy, as methods of the index."""
 
     async def get_resource(self, level: Level, public_id: str) -> Resource | None:
-        """Return one resource, or None if unknown at this level."""
+        """Return one resource, or None if unknown at this level.
+
+        Two statements whatever the level (the resource with its parent, stability
+        and DICOM attachment; then its children, main tags, metadata and labels in
+        one UNION ALL): each statement of a read is a round trip to the database
+        (a thread hand-off on SQLite), and `/tools/find` with `Expand` runs this
+        once per match.
+        """
 
         async def body(tx: Tx) -> Resource | None:
             row = await tx.fetchrow(
                 "SELECT r.internal_id, p.public_id, r.is_protected, "
-                "(SELECT COUNT(*) FROM stability s WHERE s.internal_id = r.internal_id) "
+                "(SELECT COUNT(*) FROM stability s WHERE s.internal_id = r.internal_id), "
+                f"{_ATTACHMENT_OF_A} "
                 "FROM resources r LEFT JOIN resources p ON p.internal_id = r.parent_id "
+                "LEFT JOIN attachments a ON a.internal_id = r.internal_id AND a.content_type = $3 "
                 "WHERE r.public_id = $1 AND r.level = $2",
                 public_id,
                 level.depth,
+                DICOM if level is Level.INSTANCE else -1,
             )
             if row is None:
                 return None
-            internal_id = int(row[0])
-            children = [
-                r[0]
-                for r in await tx.fetch(
-                    "SELECT public_id FROM resources WHERE parent_id = $1 ORDER BY internal_id",
-                    internal_id,
-                )
-            ]
+            children_rows: list[tuple[int, str]] = []
             tags: dict[int, dict[str, str]] = {}
-            for tag_level, name, value in await tx.fetch(
-                "SELECT tag_level, name, value FROM main_tags WHERE internal_id = $1",
-                internal_id,
-            ):
-                tags.setdefault(int(tag_level), {})[name] = value
-            metadata = {
-                int(k): v
-                for k, v in await tx.fetch(
-                    "SELECT key, value FROM metadata WHERE internal_id = $1", internal_id
-                )
-            }
-            labels = [
-                r[0]
-                for r in await tx.fetch(
-                    "SELECT label FROM labels WHERE internal_id = $1 ORDER BY label",
-                    internal_id,
-                )
-            ]
-            dicom = None
-            if level is Level.INSTANCE:
-                att = await tx.fetchrow(
-                    f"SELECT {ATTACHMENT_COLUMNS} FROM attachments "
-                    "WHERE internal_id = $1 AND content_type = $2",
-                    internal_id,
-                    DICOM,
-                )
-                dicom = attachment_from_row(att) if att is not None else None
+            metadata: dict[int, str] = {}
+            labels: list[str] = []
+            for kind, number, text, value in await tx.fetch(_DETAILS, int(row[0])):
+                if kind == 0:
+                    children_rows.append((int(number), text))
+                elif kind == 1:
+                    tags.setdefault(int(number), {})[text] = value
+                elif kind == 2:
+                    metadata[int(number)] = text
+                else:
+                    labels.append(text)
+            children_rows.sort()
+            labels.sort()
             return Resource(
                 level=level,
                 public_id=public_id,
                 parent_id=row[1],
-                children=children,
+                children=[child for _, child in children_rows],
                 main_tags=dict(sorted(tags.get(level.depth, {}).items())),
                 metadata=metadata,
                 is_protected=bool(row[2]),
@@ -97,11 +97,12 @@ class Resources(Transactions):
                     if level is Level.STUDY
                     else None
                 ),
-                dicom=dicom,
+                dicom=attachment_from_row(row[4:]) if row[4] is not None else None,
                 is_stable=int(row[3]) == 0,
             )
 
-        return await self._run(body, readonly=True)
+        # Without children, a resource is a few rows: a point read.
+        return await self._run(body, readonly=True, point=level is Level.INSTANCE)
 
     async def list_resources(
         self, level: Level, since: int | None = None, limit: int | None = None

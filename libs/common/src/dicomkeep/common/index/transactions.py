@@ -67,11 +67,16 @@ class Transactions:
         *,
         readonly: bool = False,
         durable: bool = True,
+        point: bool = False,
     ) -> T:
         """Run `body` in a transaction, replaying it on serialization failures.
 
         `durable=False` lets the commit return before it reaches the disk (see
         `Database.transaction`): only for writes that may be lost in a crash.
+
+        `point`: a read-only body that reads a few rows by key (see
+        `Database.transaction`), never a listing.
+
         Raises OrthancError DATABASE_CANNOT_SERIALIZE (HTTP 503, OrthancStatus 42)
         when every replay collided too.
 
@@ -81,7 +86,7 @@ class Transactions:
         the policy takes over with the same schedule (5 ms, 10 ms, 20 ms...).
         """
         try:
-            async with self.db.transaction(readonly=readonly, durable=durable) as tx:
+            async with self.db.transaction(readonly=readonly, durable=durable, point=point) as tx:
                 return await body(tx)
         except RetryableError as error:
             if self.max_retries < 1:
@@ -94,7 +99,7 @@ class Transactions:
         try:
             async for attempt in serialization_retry(self.max_retries - 1, first=2 * FIRST_WAIT):
                 with attempt:
-                    async with self.db.transaction(readonly=readonly, durable=durable) as tx:
+                    async with self.db.transaction(readonly=readonly, durable=durable, point=point) as tx:
                         return await body(tx)
         except RetryableError:
             pass

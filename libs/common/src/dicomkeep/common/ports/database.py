@@ -44,7 +44,7 @@ class Database(Protocol):
         """Close every connection."""
 
     def transaction(
-        self, *, readonly: bool = False, durable: bool = True
+        self, *, readonly: bool = False, durable: bool = True, point: bool = False
     ) -> AbstractAsyncContextManager[Tx]:
         """Open a transaction: committed when the block ends, rolled back on error.
 
@@ -53,6 +53,10 @@ class Database(Protocol):
         a crash may then lose it, never tear it, and a later durable commit makes
         it durable too. Only for writes whose loss is harmless (marking outbox
         events published: they are published again, and consumers deduplicate).
+
+        `point` (with `readonly`) declares a read of a few rows by key, never a
+        listing: an embedded database may run it on the caller's thread rather
+        than hand each statement to its connection's thread.
 
         Serialization failures and deadlocks surface as `RetryableError`; the
         caller (the index, through its one retry policy) replays the whole

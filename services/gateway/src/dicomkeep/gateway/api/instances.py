@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, BinaryIO, cast
 
-from dicomkeep.common.dicom.orthanc_json import content_value, header_json, tags_json
+from dicomkeep.common.dicom.orthanc_json import content_value, header_json
 from dicomkeep.common.dicom.receiving import Origin, Received, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError, unknown_resource
 from dicomkeep.common.ids import Level, resource_path
@@ -26,7 +26,7 @@ from dicomkeep.gateway.args import bool_arg, tag_format
 from dicomkeep.gateway.attachment_answers import stream_answer
 from dicomkeep.gateway.deps import IndexDep, ReceiverDep, SettingsDep, StorageDep, UsernameDep
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty
-from dicomkeep.gateway.tag_source import dicom_for_tags
+from dicomkeep.gateway.tag_source import dicom_for_tags, render_tags
 from dicomkeep.gateway.uploads import PIECE_BYTES, SPOOL_BYTES, receive_upload
 from dicomkeep.gateway.views import integer_or_none
 from fastapi import APIRouter, Request
@@ -242,8 +242,8 @@ async def get_tags(public_id: str, request: Request, index: IndexDep, storage: S
         if name.strip()
     ]
     data, is_prefix = await dicom_for_tags(index, storage, public_id, whole=whole)
-    tags = await asyncio.to_thread(
-        tags_json, data, fmt, whole=whole, ignore_length=ignored, assume_pixel_data=is_prefix
+    tags = await render_tags(
+        data, fmt, whole=whole, ignore_length=ignored, assume_pixel_data=is_prefix
     )
     return OrthancJSONResponse(tags)
 
@@ -255,9 +255,7 @@ async def get_simplified_tags(
     """Answer the dataset as `{keyword: value}` (= `/tags?simplify`)."""
     whole = bool_arg(request, "whole")
     data, is_prefix = await dicom_for_tags(index, storage, public_id, whole=whole)
-    tags = await asyncio.to_thread(
-        tags_json, data, "simplify", whole=whole, assume_pixel_data=is_prefix
-    )
+    tags = await render_tags(data, "simplify", whole=whole, assume_pixel_data=is_prefix)
     return OrthancJSONResponse(tags)
 
 
