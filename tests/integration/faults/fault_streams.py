@@ -45,12 +45,12 @@ class Item:
     instance: str
 
 
-def make_items(count: int, seed: int) -> list[Item]:
-    """`count` distinct instances (studies of 2 x 10, one patient each), in order."""
+def make_items(count: int, seed: int, *, per_series: int = PER_SERIES) -> list[Item]:
+    """`count` distinct instances (studies of 2 series, one patient each), in order."""
     items: list[Item] = []
     study = 0
     while len(items) < count:
-        for g in generate_study(series=SERIES, instances_per_series=PER_SERIES,
+        for g in generate_study(series=SERIES, instances_per_series=per_series,
                                 seed=seed * 1000 + study, rows=16, columns=16):
             items.append(_item(g))
         study += 1
@@ -152,17 +152,26 @@ def rest_sender(server: Server, items: list[Item], ledger: Ledger) -> None:
         ledger.fail(f"rest: gave up with {len(pending)} instances unsent")
 
 
+def split_by_study(items: list[Item]) -> tuple[list[Item], list[Item]]:
+    """Alternate whole studies between the two senders."""
+    order = list(dict.fromkeys(item.study for item in items))
+    first = {study for n, study in enumerate(order) if n % 2 == 0}
+    return ([i for i in items if i.study in first], [i for i in items if i.study not in first])
+
+
 def stream_through(
     server: Server, items: list[Item], fault: Callable[[], None], *,
-    fault_after: float = 1 / 3,
+    fault_after: float = 1 / 3, by_study: bool = False,
 ) -> Ledger:
-    """Stream `items` (half over C-STORE, half over REST); once `fault_after` of them
-    are acknowledged, run `fault` (which breaks something and repairs it); return
-    the ledger once both senders are done."""
+    """Stream `items` (half over C-STORE, half over REST: alternate instances, or
+    alternate studies when `by_study`); once `fault_after` of them are
+    acknowledged, run `fault` (which breaks something and repairs it); return the
+    ledger once both senders are done."""
     ledger = Ledger()
+    dicom, rest = split_by_study(items) if by_study else (items[0::2], items[1::2])
     senders = [
-        threading.Thread(target=c_store_sender, args=(server, items[0::2], ledger)),
-        threading.Thread(target=rest_sender, args=(server, items[1::2], ledger)),
+        threading.Thread(target=c_store_sender, args=(server, dicom, ledger)),
+        threading.Thread(target=rest_sender, args=(server, rest, ledger)),
     ]
     for sender in senders:
         sender.start()
@@ -225,17 +234,28 @@ def check_after_fault(server: Server, items: list[Item], ledger: Ledger, since: 
         missing = set(ledger.acked) - present
         assert not missing, f"{len(missing)} acknowledged instances are missing"
         assert mine == expected.keys(), "the senders retried until every instance was stored"
-        for instance in sorted(mine):
-            answer = client.get(f"/instances/{instance}/file")
-            assert answer.status_code == 200, (instance, answer.status_code)
-            assert dataset_bytes(answer.content) == dataset_bytes(expected[instance].data), (
-                f"{instance} differs")
+        check_identical(client, [expected[i] for i in sorted(mine)])
         changes = all_changes(client, since)
         seqs = [c["Seq"] for c in changes]
         assert seqs == list(range(since + 1, since + 1 + len(seqs))), "Seq gap or duplicate"
         new = [c["ID"] for c in changes if c["ChangeType"] == "NewInstance"]
         assert sorted(new) == sorted(mine), "an instance was indexed twice (or not at all)"
     wait_stable(server, items, since)
+
+
+def check_identical(client: httpx.Client, items: Iterable[Item]) -> None:
+    """Each of `items` reads back with the data set it was sent with."""
+    for item in items:
+        answer = client.get(f"/instances/{item.instance}/file")
+        assert answer.status_code == 200, (item.instance, answer.status_code)
+        assert dataset_bytes(answer.content) == dataset_bytes(item.data), (
+            f"{item.instance} differs")
+
+
+def check_seqs(changes: list[dict]) -> None:
+    """Seq strictly increasing: no duplicate, nothing out of order."""
+    seqs = [c["Seq"] for c in changes]
+    assert seqs == sorted(set(seqs)), "Seq duplicate or out of order"
 
 
 def wait_stable(server: Server, items: Iterable[Item], since: int, timeout: float = 120) -> None:
@@ -259,16 +279,11 @@ def wait_stable(server: Server, items: Iterable[Item], since: int, timeout: floa
 
 
 def referenced_blobs(server: Server) -> set[str]:
-    """The blob keys of every attachment of every instance the server holds."""
-    keys: set[str] = set()
+    """The blob keys of the instances the server holds (`FileUuid`: the suite runs
+    without compression, so the DICOM file is each instance's only attachment)."""
     with server.client() as client:
-        for instance in client.get("/instances").json():
-            names = client.get(f"/instances/{instance}/attachments").json()
-            for name in names:
-                info = client.get(f"/instances/{instance}/attachments/{name}/info")
-                if info.status_code == 200:
-                    keys.add(info.json()["Uuid"])
-    return keys
+        instances = client.get("/instances", params={"expand": ""}).json()
+    return {instance["FileUuid"] for instance in instances}
 
 
 def check_no_orphan_blob(server: Server, timeout: float = 120) -> None:
