@@ -27,6 +27,10 @@ DICOMKEEP = str(VENV_BIN / "dicomkeep")
 
 
 
+#: Seconds an all-in-one server may take to answer after its start: generous, as
+#: cluster starts are, for a loaded 2-core machine running two test workers.
+START_TIMEOUT = 180.0
+
 #: Debian's DCMTK leaves Nagle's algorithm on unless told: pass this env to its tools.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -130,7 +134,7 @@ def allinone_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[
         storage_dir=tmp / "storage", config=config, processes=[process],
     )
     try:
-        wait_http(f"{url}/system", time.monotonic() + 60, process, tls_context(config))
+        wait_http(f"{url}/system", time.monotonic() + START_TIMEOUT, process, tls_context(config))
         yield running
     finally:
         # restart_member may have replaced the process: stop the one running now.
@@ -328,7 +332,7 @@ def restart_member(server: Server, name: str = "stability") -> None:
                 stdout=log, stderr=subprocess.STDOUT,
             )
         server.processes[0] = process
-        wait_http(f"{server.url}/system", time.monotonic() + 60, process)
+        wait_http(f"{server.url}/system", time.monotonic() + START_TIMEOUT, process)
         return
     from dicomkeep.allinone import cluster
 

@@ -31,7 +31,14 @@ from fault_streams import (
     stream_through,
     wait_stable,
 )
-from servers import Server, allinone_server, kill_member, restart_member, stop_processes
+from servers import (
+    START_TIMEOUT,
+    Server,
+    allinone_server,
+    kill_member,
+    restart_member,
+    wait_until,
+)
 
 SERVER_CONFIG: dict[str, Any] = {
     "StableAge": 1,
@@ -54,13 +61,24 @@ def crash_and_restart(server: Server) -> None:
     restart_member(server)
 
 
-def reconfigure(server: Server, **options: Any) -> None:
-    """Rewrite the server's configuration file and restart it (SIGTERM, start)."""
+def reconfigure(server: Server, name: str, **options: Any) -> None:
+    """Rewrite the server's configuration file (with `Name` = `name`, to tell when it
+    is in force) and have it read again with POST /tools/reset (no process start)."""
     assert server.storage_dir is not None
     path = server.storage_dir.parent / "dicomkeep.json"
-    path.write_text(json.dumps({**server.config, **options}, indent=2), encoding="utf-8")
-    stop_processes(server.processes)
-    restart_member(server)
+    config = {**server.config, "Name": name, **options}
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    with server.client() as client:
+        assert client.post("/tools/reset").status_code == 200
+
+    def renamed() -> bool:
+        try:
+            with server.client() as client:
+                return bool(client.get("/system").json()["Name"] == name)
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    wait_until(renamed, timeout=START_TIMEOUT, what="the configuration to be read again")
 
 
 def test_crash_mid_stream_loses_nothing_acknowledged(
@@ -130,7 +148,7 @@ def test_crash_mid_delete_deletes_whole_instances(
 def test_crash_mid_recycling_keeps_the_limit_and_the_newest(
     server: Server, fault_instances: int, fault_report: Report
 ) -> None:
-    reconfigure(server, MaximumPatientCount=MAXIMUM_PATIENT_COUNT)
+    reconfigure(server, "recycling", MaximumPatientCount=MAXIMUM_PATIENT_COUNT)
     try:
         # Patients of 4 instances, so that many are recycled.
         items = make_items(fault_instances, seed=53, per_series=2)
@@ -162,7 +180,7 @@ def test_crash_mid_recycling_keeps_the_limit_and_the_newest(
         fault_report("allinone/kill-mid-recycling", len(items), len(ledger.acked),
                      len(ledger.failures))
     finally:
-        reconfigure(server)
+        reconfigure(server, "no-limit")
 
 
 def test_no_orphan_blob_survives_the_crashes(server: Server) -> None:
