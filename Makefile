@@ -9,7 +9,7 @@ VENV := .venv
 CONFIG ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
-.PHONY: install install-runtime run test test-unit test-integration lint test-deps services cluster cluster-stop bench bench-quick clean
+.PHONY: install install-runtime run test test-unit test-integration test-faults lint test-deps services cluster cluster-stop bench bench-quick clean
 
 PROJECT_FILES := pyproject.toml uv.lock libs/common/pyproject.toml $(wildcard services/*/pyproject.toml)
 # uv installs into $(VENV) (make run VENV=... to put it elsewhere).
@@ -51,6 +51,16 @@ test-unit: install
 
 test-integration: install test-deps services
 	$(VENV)/bin/python -m pytest -m integration $(PYTEST_ARGS)
+
+# The fault-injection suite in full (docs/reliability.md): FAULT_INSTANCES instances
+# streamed through each fault (kill -9 of every service, cuts of PostgreSQL, RabbitMQ
+# and Redis, all-in-one crashes mid-stream, mid-DELETE, mid-recycling). `make test`
+# runs its short version (20 instances per fault). Figures: .pytest_cache/d/faults/report.txt
+FAULT_INSTANCES ?= 1000
+test-faults: install test-deps services
+	rm -f .pytest_cache/d/faults/report.txt
+	$(VENV)/bin/python -m pytest tests/integration/faults --fault-instances=$(FAULT_INSTANCES) $(PYTEST_ARGS)
+	cat .pytest_cache/d/faults/report.txt
 
 lint: install
 	$(VENV)/bin/ruff check libs services tests bench

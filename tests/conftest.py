@@ -13,7 +13,7 @@ import pytest
 from backends import SKIP_BACKENDS_VARIABLE, unreachable_backends
 
 #: Instances per fault in the short fault-injection suite (part of make test).
-FAULT_INSTANCES_SHORT = 40
+FAULT_INSTANCES_SHORT = 20
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

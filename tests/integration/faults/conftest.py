@@ -1,6 +1,6 @@
 """The fault-injection suite: every test here is `integration` and `faults`.
 
-`--fault-instances N` sets how many instances stream through each fault (40 by
+`--fault-instances N` sets how many instances stream through each fault (20 by
 default: the short suite that `make test` runs; `make test-faults` runs 1000).
 Each fault's figures (instances, acknowledged, failures reported to the senders,
 lost) are printed and appended to `.pytest_cache/d/faults/report.txt`.
