@@ -13,12 +13,18 @@ from pathlib import Path
 import pytest
 from fault_streams import Report
 
+#: Seconds one fault test may take (pytest-timeout), setup included.
+FAULT_TEST_TIMEOUT = 3600
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent.name == "faults":
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.faults)
+            # Beyond the suite's 300 s: 1,000 instances through a fault, and the
+            # restarts, take minutes on a loaded 2-core machine.
+            item.add_marker(pytest.mark.timeout(FAULT_TEST_TIMEOUT))
 
 
 @pytest.fixture(scope="session")
