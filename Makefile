@@ -9,7 +9,7 @@ VENV := .venv
 CONFIG ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
-.PHONY: install install-runtime run test test-unit test-integration test-large lint test-deps services cluster cluster-stop bench bench-quick clean
+.PHONY: install install-runtime run test test-unit test-integration test-large test-faults lint test-deps services cluster cluster-stop bench bench-quick clean
 
 PROJECT_FILES := pyproject.toml uv.lock libs/common/pyproject.toml $(wildcard services/*/pyproject.toml)
 # uv installs into $(VENV) (make run VENV=... to put it elsewhere).
@@ -57,6 +57,16 @@ test-integration: install test-deps services
 # with 200 MiB; this one takes a few minutes and ~3 GB of disk in TMPDIR.
 test-large: install test-deps services
 	LARGE_UPLOAD_MB=1024 $(VENV)/bin/python -m pytest tests/integration/test_large_uploads.py -s -q --timeout 1800
+
+# The fault-injection suite in full (docs/reliability.md): FAULT_INSTANCES instances
+# streamed through each fault (kill -9 of every service, cuts of PostgreSQL, RabbitMQ
+# and Redis, all-in-one crashes mid-stream, mid-DELETE, mid-recycling). `make test`
+# runs its short version (20 instances per fault). Figures: .pytest_cache/d/faults/report.txt
+FAULT_INSTANCES ?= 1000
+test-faults: install test-deps services
+	rm -f .pytest_cache/d/faults/report.txt
+	$(VENV)/bin/python -m pytest tests/integration/faults --fault-instances=$(FAULT_INSTANCES) $(PYTEST_ARGS)
+	cat .pytest_cache/d/faults/report.txt
 
 lint: install
 	$(VENV)/bin/ruff check libs services tests bench

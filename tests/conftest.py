@@ -12,12 +12,24 @@ import os
 import pytest
 from backends import SKIP_BACKENDS_VARIABLE, unreachable_backends
 
+#: Instances per fault in the short fault-injection suite (part of make test).
+FAULT_INSTANCES_SHORT = 20
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fault-instances", type=int, default=FAULT_INSTANCES_SHORT,
+        help="instances streamed through each fault of tests/integration/faults "
+        f"(default {FAULT_INSTANCES_SHORT}: the short suite of make test; "
+        "make test-faults runs 1000)",
+    )
+
 
 def _needs_backends(item: pytest.Item) -> bool:
     if item.get_closest_marker("integration") is None:
         return False
     callspec = getattr(item, "callspec", None)
-    if item.path.parent.name == "integration" and callspec is not None:
+    if "integration" in item.path.parent.parts and callspec is not None:
         return "distributed" in callspec.params.values()
     return True
 

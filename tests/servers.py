@@ -11,7 +11,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,10 @@ DICOMKEEP = str(VENV_BIN / "dicomkeep")
 
 
 
+
+#: Seconds an all-in-one server may take to answer after its start: generous, as
+#: cluster starts are, for a loaded 2-core machine running two test workers.
+START_TIMEOUT = 180.0
 
 #: Debian's DCMTK leaves Nagle's algorithm on unless told: pass this env to its tools.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -130,7 +134,7 @@ def allinone_server(tmp: Path, extra: dict[str, Any] | None = None) -> Iterator[
         storage_dir=tmp / "storage", config=config, processes=[process],
     )
     try:
-        wait_http(f"{url}/system", time.monotonic() + 60, process, tls_context(config))
+        wait_http(f"{url}/system", time.monotonic() + START_TIMEOUT, process, tls_context(config))
         yield running
     finally:
         # restart_member may have replaced the process: stop the one running now.
@@ -204,21 +208,24 @@ def rabbit_vhost(name: str) -> Iterator[str]:
 
 @contextmanager
 def cluster_server(
-    tmp: Path, extra: dict[str, Any] | None = None, **cluster_options: Any
+    tmp: Path, extra: dict[str, Any] | None = None, *,
+    route: Callable[[dict[str, Any]], None] | None = None, **cluster_options: Any
 ) -> Iterator[Server]:
     """Start a distributed cluster (`dicomkeep cluster start`) on its own database,
     RabbitMQ virtual host and Redis database; tear all of them down afterwards.
 
+    `route`, if given, may rewrite the configuration's backend URLs before it is
+    written (the fault suite sends them through relays it can cut).
     `cluster_options` go to `cluster.start` (e.g. `stability=2`)."""
 
     name = f"dk_it_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
     with rabbit_vhost(name) as amqp_url:
-        yield from _cluster(tmp, name, amqp_url, extra, cluster_options)
+        yield from _cluster(tmp, name, amqp_url, extra, cluster_options, route)
 
 
 def _cluster(
     tmp: Path, name: str, amqp_url: str, extra: dict[str, Any] | None,
-    cluster_options: dict[str, Any],
+    cluster_options: dict[str, Any], route: Callable[[dict[str, Any]], None] | None = None,
 ) -> Iterator[Server]:
     from dicomkeep.allinone import cluster
 
@@ -253,6 +260,8 @@ def _cluster(
                 },
                 **(extra or {}),
             }
+            if route is not None:
+                route(config)
             path = write_config(tmp, config)
             try:
                 state = cluster.start(str(path), state_dir, environ=environ, **options)
@@ -323,7 +332,7 @@ def restart_member(server: Server, name: str = "stability") -> None:
                 stdout=log, stderr=subprocess.STDOUT,
             )
         server.processes[0] = process
-        wait_http(f"{server.url}/system", time.monotonic() + 60, process)
+        wait_http(f"{server.url}/system", time.monotonic() + START_TIMEOUT, process)
         return
     from dicomkeep.allinone import cluster
 

@@ -20,6 +20,7 @@ from backends import backend_unreachable
 from dicomkeep.common.adapters.bus_errors import BusError
 from dicomkeep.common.adapters.local_bus import LocalBus, topic_matches
 from dicomkeep.common.adapters.rabbit_bus import RabbitBus
+from dicomkeep.common.events import Change
 from dicomkeep.common.ports.bus import Bus, BusTimeout
 
 AMQP_URL = os.environ.get("DICOMKEEP_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -249,6 +250,52 @@ async def test_poison_message_is_dead_lettered(kit: Kit) -> None:
     assert dead == [b"poison"]
     assert len(attempts) == 6  # the first delivery and 5 redeliveries
     await eventually(lambda: handled == [b"fine"])
+
+
+async def test_outage_failures_are_retried_past_the_delivery_limit(kit: Kit) -> None:
+    """A handler failing because a backend is unreachable (Redis, the database) gets
+    the message again until the backend is back: never dead-lettered for it."""
+    bus = await kit.bus()
+    exchange = kit.exchange()
+    attempts: list[bytes] = []
+    handled: list[bytes] = []
+
+    async def during_outage(body: bytes, headers: Mapping[str, str]) -> None:
+        attempts.append(body)
+        if len(attempts) <= 7:  # more failures than the delivery limit (5)
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6379")
+        handled.append(body)
+
+    await bus.consume(kit.queue("outage"), [(exchange, "x")], during_outage, prefetch=1)
+    await bus.publish(exchange, "x", b"payload", {})
+
+    await eventually(lambda: handled == [b"payload"], deadline=30)  # backoff up to 2 s
+    assert len(attempts) == 8
+    assert await kit.dead_letter_bodies() == []
+
+
+async def test_undecodable_message_is_dead_lettered_at_once(kit: Kit) -> None:
+    bus = await kit.bus()
+    exchange = kit.exchange()
+    attempts: list[bytes] = []
+    handled: list[bytes] = []
+
+    async def decoding(body: bytes, headers: Mapping[str, str]) -> None:
+        attempts.append(body)
+        handled.append(Change.model_validate_json(body).id.encode())
+
+    await bus.consume(kit.queue("undecodable"), [(exchange, "x")], decoding, prefetch=1)
+    await bus.publish(exchange, "x", b"not a change", {})
+
+    dead: list[bytes] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + DEADLINE
+    while not dead:
+        assert loop.time() < end, "no dead letter within the deadline"
+        dead.extend(await kit.dead_letter_bodies())
+        await asyncio.sleep(0.01)
+    assert dead == [b"not a change"]
+    assert attempts == [b"not a change"]  # no redelivery: it cannot get better
 
 
 async def test_queue_depths_count_the_waiting_messages(kit: Kit) -> None:

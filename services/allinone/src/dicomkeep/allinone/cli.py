@@ -5,7 +5,8 @@ Mirrors Orthanc's synopsis: `dicomkeep [OPTION]... [CONFIGURATION]`, with
 output), `--version`, `--errors`, and Orthanc's logging options (`--verbose`,
 `--trace`, `--logdir=`, `--logfile=`, `--verbose-CATEGORY`...), accepted before or
 after the command and the configuration path. Clients of a running server:
-`upload` (as ImportDicomFiles.py) and `job wait`.
+`upload` (as ImportDicomFiles.py) and `job wait`. Operators of the distributed
+mode: `dlq list|replay|purge` (RabbitMQ's dead letters).
 
 Over 400 lines because it is one argument grammar (Orthanc's options accepted
 before or after the command) with the small handler of each command beside it;
@@ -32,7 +33,7 @@ from dicomkeep.common.option_support import check_options
 from dicomkeep.common.settings import ConfigError, Settings, load_settings, sample_configuration
 from dicomkeep.common.telemetry import TelemetryConfigError, requested_exporters
 
-COMMANDS = ("serve", "run", "cluster", "upload", "job")
+COMMANDS = ("serve", "run", "cluster", "upload", "job", "dlq")
 SERVICES = ("gateway", "ingest", "indexer", "storage", "stability", "jobs")
 ORTHANC_VERSION = "1.12.4"
 
@@ -123,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--state-dir", default=".cluster", help="where pids and logs go")
     cluster.add_argument("--timeout", type=float, default=180.0,
                          help="seconds to wait for every member (default 180)")
+    dlq = command("dlq", help="list, replay or purge RabbitMQ's dead letters (distributed)")
+    dlq.add_argument("action", choices=("list", "replay", "purge"))
+    dlq.add_argument("configuration", nargs="?", help="an Orthanc-style JSON file or folder")
+    dlq.add_argument("--queue", metavar="NAME",
+                     help="only the dead letters of this queue (e.g. dicomkeep.stability.changes)")
     _client_commands(command)
     _add_log_format(parser, top=True)
     return parser
@@ -273,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cluster(args.action, args.configuration, Path(args.state_dir), args.timeout)
     if args.command in ("upload", "job"):
         return _client(args)
+    if args.command == "dlq":
+        return _dead_letters(args.action, _load(args.configuration), args.queue)
     if args.command in (None, "serve"):
         from dicomkeep.allinone.app import AllInOne, run_until_signalled
 
@@ -452,6 +460,28 @@ def _cluster(action: str, configuration: str | None, state_dir: Path, timeout: f
         f"cluster ready: REST {urls}, DICOM port {state.dicom_port}, "
         f"blobs: {blobs}, logs in {state_dir}/\n"
     )
+    return 0
+
+
+def _dead_letters(action: str, settings: Settings, queue: str | None) -> int:
+    """`dlq list|replay|purge`: one line per dead letter, then a summary; exit 1 when
+    the broker is unreachable."""
+    from dicomkeep.common.adapters.rabbit_dead_letters import handle_dead_letters
+
+    try:
+        letters = asyncio.run(handle_dead_letters(
+            settings.rabbitmq.url, action, queue=queue))  # type: ignore[arg-type]
+    except (OSError, ConnectionError) as error:
+        _fail(f"RabbitMQ unreachable at {settings.rabbitmq.url}: {error}")
+    for letter in letters:
+        sys.stdout.write(
+            f"{letter.outcome}\tqueue={letter.queue} reason={letter.reason} "
+            f"routing_key={letter.routing_key} type={letter.type} bytes={letter.size} "
+            f"died={letter.died_at}\n"
+        )
+    done = {"list": "found", "replay": "replayed", "purge": "purged"}[action]
+    count = sum(1 for letter in letters if action == "list" or letter.outcome == done)
+    sys.stdout.write(f"{count} dead letters {done}\n")
     return 0
 
 

@@ -1,14 +1,51 @@
-"""What the Bus adapters share: the text of a responder's error.
+"""What the Bus adapters share: the text of a responder's error, and how a
+consumer's failure is handled.
 
 `BusError` is the port's (`dicomkeep.common.ports.bus`); it is re-exported here
 for the adapters, so that the port imports nothing from `adapters/`.
+
+A consumer's exception falls in one of three kinds (`failure_kind`):
+
+- `TRANSIENT`: a backend the handler needs (Redis, the database, the broker) is
+  unreachable right now (`errors.unavailability`). The message is not the
+  problem: the adapter retries the handler in place, with the project's backoff,
+  until it succeeds or the consumer stops; it is never dead-lettered for it.
+- `POISON`: the message cannot be decoded (not JSON, not the schema, a header
+  missing). No retry can help: it is dead-lettered at once.
+- `FAILED`: anything else. Redelivered up to the delivery limit, then
+  dead-lettered.
 """
 
 from __future__ import annotations
 
-from dicomkeep.common.ports.bus import BusError
+import enum
+import json
 
-__all__ = ["BusError", "describe"]
+from dicomkeep.common.errors import unavailability
+from dicomkeep.common.ports.bus import BusError
+from pydantic import ValidationError
+
+__all__ = ["BusError", "FailureKind", "describe", "failure_kind"]
+
+#: Exceptions a handler raises when the message itself is unreadable.
+_POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError, KeyError)
+
+
+class FailureKind(enum.Enum):
+    """How a consumer's exception is handled (see the module docstring)."""
+
+    TRANSIENT = "transient"
+    POISON = "poison"
+    FAILED = "failed"
+
+
+def failure_kind(exc: BaseException) -> FailureKind:
+    """Classify a consumer's exception: transient outage, poison message, or failure."""
+    if unavailability(exc) is not None:
+        return FailureKind.TRANSIENT
+    if isinstance(exc, _POISON):
+        return FailureKind.POISON
+    return FailureKind.FAILED
 
 
 def describe(exc: BaseException) -> str:

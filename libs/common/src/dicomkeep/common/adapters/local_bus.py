@@ -3,7 +3,8 @@
 Used by the all-in-one mode. It mirrors `RabbitBus` closely enough that both pass
 the same contract suite: topic exchanges (`*` one word, `#` zero or more), named
 queues whose consumers compete round-robin with at most `prefetch` handlers in
-flight each, redelivery when a handler raises (then a logged dead letter), and
+flight each, redelivery when a handler raises (then a logged dead letter; never
+for an unreachable backend, at once for an undecodable message), and
 request/reply over a named queue. Nothing survives the process.
 
 The W3C trace context travels in the headers as on RabbitMQ: each publish and
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
-from dicomkeep.common.adapters.bus_errors import BusError, describe
+from dicomkeep.common.adapters.bus_errors import BusError, FailureKind, describe, failure_kind
 from dicomkeep.common.events import SCHEMA_VERSION, Envelope
 from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
@@ -120,7 +121,8 @@ class LocalBus:
     Publishing never waits for consumers (queues are unbounded). Delivery is at least
     once; a handler that raises gets the message again after a backoff, up to
     `delivery_limit` redeliveries (with header `x-delivery-count`), then the message
-    is logged and kept in `dead_letters`. A responder's exception reaches the
+    is logged and kept in `dead_letters`; without limit while a backend is
+    unreachable, and not at all when the message is undecodable. A responder's exception reaches the
     requester as `BusError`.
     """
 
@@ -318,14 +320,27 @@ class LocalBus:
         """Run `handler`, redelivering in place so that prefetch=1 keeps the order.
 
         Redeliveries follow the project's retry policy (`retries.retrying`): the
-        n-th waits `retry_backoff * 2**(n-1)` s and carries `x-delivery-count: n`;
-        after `delivery_limit` redeliveries the message is dead-lettered.
+        n-th waits `retry_backoff * 2**(n-1)` s (capped) and carries
+        `x-delivery-count: n`. Failures because a backend is unreachable are retried
+        without limit; an undecodable (poison) message is dead-lettered at once; after
+        `delivery_limit` other failures the message is dead-lettered
+        (bus_errors.failure_kind).
         """
+        failures = 0
+
+        def redeliverable(error: BaseException) -> bool:
+            nonlocal failures
+            kind = failure_kind(error)
+            if kind is FailureKind.TRANSIENT:
+                return True
+            failures += 1
+            return kind is FailureKind.FAILED and failures <= self._delivery_limit
+
         policy = retrying(
             f"bus handler of {queue}",
-            attempts=self._delivery_limit + 1,
             first=self._retry_backoff,
             longest=self._retry_backoff * 2 ** max(self._delivery_limit - 1, 0),
+            when=redeliverable,
         )
         try:
             async for attempt in policy:
@@ -339,7 +354,7 @@ class LocalBus:
         except Exception as exc:
             log.error(
                 "bus dead letter queue=%s deliveries=%d error=%s",
-                queue, self._delivery_limit + 1, describe(exc),
+                queue, failures, describe(exc),
             )
             self._dead_letters.append(
                 DeadLetter(queue, delivery.body, delivery.headers, describe(exc))

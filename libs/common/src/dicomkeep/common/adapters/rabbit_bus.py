@@ -11,8 +11,12 @@ Topology:
   durable quorum queue (`x-queue-type: quorum`) with `x-dead-letter-exchange:
   dicomkeep.dlx` and `x-delivery-limit: 5`. Each `consume`/`serve` call opens its own
   channel, whose QoS is the consumer's prefetch; consumers of one queue compete. A
-  message is acked after the handler returned and nacked with requeue when it
-  raised; past the delivery limit the broker dead-letters it.
+  message is acked after the handler returned. A handler that failed because a
+  backend is unreachable (bus_errors.FailureKind.TRANSIENT: Redis or the database
+  down) is run again in place, with backoff and without limit, the message held
+  unacked: an outage never dead-letters. A poison message (undecodable) is nacked
+  without requeue: dead-lettered at once. Any other failure is nacked with
+  requeue; past the delivery limit the broker dead-letters it.
 - Dead letters: fanout exchange `dicomkeep.dlx` (durable) bound to the durable
   quorum queue `dicomkeep.dead-letters`, both declared at `start()`. Dead-lettered
   messages keep their body, headers and an `x-death` header (see
@@ -59,7 +63,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ConsumerTag,
 )
-from dicomkeep.common.adapters.bus_errors import BusError, describe
+from dicomkeep.common.adapters.bus_errors import BusError, FailureKind, describe, failure_kind
 from dicomkeep.common.events import APP_ID, CHANGES_EXCHANGE, SCHEMA_VERSION, Envelope
 from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
@@ -236,8 +240,10 @@ class RabbitBus:
     ) -> None:
         """Declare the quorum queue `queue`, bind it, and consume it on its own channel.
 
-        Acks after `handler` returned; nacks with requeue when it raised (the broker
-        dead-letters the message after the delivery limit).
+        Acks after `handler` returned. While it fails because a backend is unreachable
+        it runs again (backoff, no limit); an undecodable message is dead-lettered at
+        once; another failure is nacked with requeue (the broker dead-letters the
+        message after the delivery limit).
         """
         channel = await self._consumer_channel(prefetch)
         work_queue = await channel.declare_queue(
@@ -251,15 +257,21 @@ class RabbitBus:
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             try:
-                await handler(message.body, _string_headers(message.headers))
+                await _while_unavailable(
+                    queue, lambda: handler(message.body, _string_headers(message.headers))
+                )
             except Exception as exc:
+                poison = failure_kind(exc) is FailureKind.POISON
                 log.warning(
-                    "bus handler failed queue=%s deliveries=%s error=%s",
+                    "bus handler failed queue=%s deliveries=%s poison=%s error=%s",
                     queue,
                     message.headers.get("x-delivery-count", 0),
+                    poison,
                     describe(exc),
                 )
-                await _settle(message.nack(requeue=True), queue)
+                # Poison goes to the dead letters at once; another failure is
+                # redelivered until the delivery limit.
+                await _settle(message.nack(requeue=not poison), queue)
                 return
             await _settle(message.ack(), queue)
 
@@ -460,6 +472,23 @@ def _message(
         correlation_id=correlation_id,
         reply_to=reply_to,
     )
+
+
+async def _while_unavailable(queue: str, action: Callable[[], Awaitable[None]]) -> None:
+    """Run a consumer's handler, again (with the project's backoff, without limit)
+    while it fails because a backend is unreachable (`FailureKind.TRANSIENT`).
+
+    The message stays unacked meanwhile: it is never dead-lettered for an outage,
+    and a process stopped during the wait leaves it to the broker to redeliver.
+    """
+    async for attempt in retrying(
+        f"bus handler of {queue} (backend unavailable)",
+        first=0.05,
+        longest=2.0,
+        when=lambda error: failure_kind(error) is FailureKind.TRANSIENT,
+    ):
+        with attempt:
+            await action()
 
 
 async def _settle(settling: Awaitable[None], queue: str) -> None:
