@@ -200,7 +200,7 @@ _NOT_FUZZED = {"/tools/shutdown", "/tools/reset"}
 
 
 def _openapi() -> dict[str, object]:
-    from dicomkeep import gateway
+    from dicomkeep.gateway import main as gateway
     from dicomkeep.common.settings import Settings
 
     return gateway.build(Settings()).app.openapi()  # type: ignore[no-any-return]
