@@ -200,8 +200,8 @@ _NOT_FUZZED = {"/tools/shutdown", "/tools/reset"}
 
 
 def _openapi() -> dict[str, object]:
-    from dicomkeep.gateway import main as gateway
     from dicomkeep.common.settings import Settings
+    from dicomkeep.gateway import main as gateway
 
     return gateway.build(Settings()).app.openapi()  # type: ignore[no-any-return]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from cryptography.fernet import Fernet
 import httpx
 import pytest
 from backends import PG_ADMIN_DSN, pg_dsn
+from cryptography.fernet import Fernet
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
@@ -25,7 +25,6 @@ from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index, PeerStore
-from dicomkeep.common.secrets import SecretBox, key_source
 from dicomkeep.common.peer_http import HttpOptions, PeerClient, PeerHttpError, send_instance
 from dicomkeep.common.peer_transfer import (
     StoreRequest,
@@ -36,6 +35,7 @@ from dicomkeep.common.peer_transfer import (
     transfer,
 )
 from dicomkeep.common.peers import Peer, config_peers, merge_peers, parse_peer
+from dicomkeep.common.secrets import SecretBox, key_source
 from synthetic import generate_study
 
 FAST = HttpOptions(timeout=5, attempts=3, backoff=0.0)
