@@ -209,16 +209,18 @@ def cluster_server(
     """Start a distributed cluster (`dicomkeep cluster start`) on its own database,
     RabbitMQ virtual host and Redis database; tear all of them down afterwards.
 
-    `cluster_options` go to `cluster.start` (e.g. `stability=2`)."""
+    `cluster_options` go to `cluster.start` (e.g. `stability=2`), except
+    `pg_port`: the port the cluster reaches PostgreSQL on (a test's TCP proxy)."""
 
     name = f"dk_it_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    pg_port = cluster_options.pop("pg_port", None)
     with rabbit_vhost(name) as amqp_url:
-        yield from _cluster(tmp, name, amqp_url, extra, cluster_options)
+        yield from _cluster(tmp, name, amqp_url, extra, cluster_options, pg_port)
 
 
 def _cluster(
     tmp: Path, name: str, amqp_url: str, extra: dict[str, Any] | None,
-    cluster_options: dict[str, Any],
+    cluster_options: dict[str, Any], pg_port: int | None = None,
 ) -> Iterator[Server]:
     from dicomkeep.allinone import cluster
 
@@ -243,7 +245,7 @@ def _cluster(
                 "DicomPort": dicom_port,
                 "DicomAet": "DICOMKEEP",
                 "StableAge": 2,
-                "PostgreSQL": {"ConnectionUri": pg_dsn(name)},
+                "PostgreSQL": {"ConnectionUri": _via_port(pg_dsn(name), pg_port)},
                 "RabbitMQ": {"Url": amqp_url},
                 "Redis": {"Url": redis_url},
                 # The S3 adapter against a real S3 protocol server (moto, in memory).
@@ -272,6 +274,17 @@ def _cluster(
         stop_processes([s3.process])
         s3.log.close()
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _via_port(dsn: str, port: int | None) -> str:
+    """Return `dsn` pointing at 127.0.0.1:`port` instead of its server (None: as is)."""
+    if port is None:
+        return dsn
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"))
 
 
 @dataclass

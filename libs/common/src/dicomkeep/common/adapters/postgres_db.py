@@ -17,10 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-from dicomkeep.common.ports.database import RetryableError, Tx
+from dicomkeep.common.ports.database import InvalidTextError, RetryableError, Tx
 
 #: SQLSTATEs worth a replay: serialization failure, deadlock, unique and FK violations.
 _RETRYABLE = {"40001", "40P01", "23505", "23503"}
+#: SQLSTATEs of a text parameter PostgreSQL cannot hold (a NUL character).
+_INVALID_TEXT = {"22021", "22P05"}
 
 
 class _PgTx:
@@ -107,6 +109,8 @@ class PostgresDatabase:
         except asyncpg.PostgresError as error:
             if getattr(error, "sqlstate", None) in _RETRYABLE:
                 raise RetryableError(str(error)) from error
+            if getattr(error, "sqlstate", None) in _INVALID_TEXT:
+                raise InvalidTextError(str(error)) from error
             raise
 
     async def try_lock(self, name: str) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.ports.database import Database, RetryableError, Tx
+from dicomkeep.common.ports.database import Database, InvalidTextError, RetryableError, Tx
 from dicomkeep.common.retries import retrying
 from tenacity import AsyncRetrying
 
@@ -62,7 +62,8 @@ class Transactions:
         """Run `body` in a transaction, replaying it on serialization failures.
 
         Raises OrthancError DATABASE_CANNOT_SERIALIZE (HTTP 503, OrthancStatus 42)
-        when every replay collided too.
+        when every replay collided too, BAD_REQUEST (400) for a text the database
+        cannot hold (a NUL character in a name or ID, on PostgreSQL).
         """
         try:
             async for attempt in serialization_retry(self.max_retries):
@@ -71,4 +72,8 @@ class Transactions:
                         return await body(tx)
         except RetryableError:
             pass
+        except InvalidTextError as error:
+            raise OrthancError(
+                ErrorCode.BAD_REQUEST, "A text with a NUL character cannot be stored or looked up"
+            ) from error
         raise OrthancError(ErrorCode.DATABASE_CANNOT_SERIALIZE)
