@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,6 +246,3 @@ def test_schemathesis_finds_no_server_error(server: Server) -> None:
     with server.client() as client:
         assert client.get("/system").status_code == 200
 
-
-if os.environ.get("DICOMKEEP_FUZZ") == "long":  # pragma: no cover - make test-fuzz
-    pytestmark = pytest.mark.timeout(3600)
