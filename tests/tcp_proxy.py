@@ -12,46 +12,49 @@ from contextlib import contextmanager
 
 class TcpProxy:
     """Forward 127.0.0.1:`port` to `target`. `cut()` closes every connection and
-    refuses new ones (connection refused, as a stopped server); `heal()` listens again."""
+    closes new ones at once (as a server that went away); `heal()` forwards again."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self.port = 0
-        self.heal()
+        self.down = False
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(64)
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
 
     def heal(self) -> None:
-        """Listen (again, on the same port) and forward new connections."""
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        """Forward new connections again."""
+        self.down = False
 
     def cut(self) -> None:
-        """Stop listening and close every forwarded connection."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
+        """Close every forwarded connection; new ones are closed once accepted."""
         with self._lock:
+            self.down = True
             sockets, self._open = self._open, []
         for sock in sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def close(self) -> None:
+        """Stop listening and close everything."""
+        self.cut()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+
+    def _accept(self) -> None:
         while True:
             try:
-                client, _ = listener.accept()
+                client, _ = self._listener.accept()
             except OSError:
                 return
+            if self.down:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=10)
             except OSError:
@@ -59,6 +62,10 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
+                if self.down:  # cut while connecting
+                    client.close()
+                    upstream.close()
+                    continue
                 self._open += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=_pump, args=(source, sink), daemon=True).start()
@@ -78,9 +85,9 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
 
 @contextmanager
 def tcp_proxy(host: str, port: int) -> Iterator[TcpProxy]:
-    """A proxy to host:port, cut when the block ends."""
+    """A proxy to host:port, closed when the block ends."""
     proxy = TcpProxy((host, port))
     try:
         yield proxy
     finally:
-        proxy.cut()
+        proxy.close()
