@@ -128,3 +128,82 @@ def storage_scp(**options: Any) -> Iterator[StorageScp]:
         yield scp
     finally:
         scp.stop()
+
+
+@dataclass
+class FindRequest:
+    """One C-FIND a FindScp received: who asked, and the identifier by keyword."""
+
+    calling_aet: str
+    identifier: dict[str, str]
+
+
+@dataclass
+class FindScp:
+    """An in-process Study Root C-FIND SCP recording each request.
+
+    Answers one match per request, echoing the identifier with its level's keys
+    filled from `answer` (keyword -> value); a request with a value in `slow` waits
+    `delay` seconds before answering (an SCU timeout, from its side).
+    """
+
+    aet: str = "FINDSCP"
+    answer: dict[str, str] = field(default_factory=dict)
+    slow: set[str] = field(default_factory=set)
+    delay: float = 0.0
+    requests: list[FindRequest] = field(default_factory=list)
+    port: int = 0
+    _server: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> FindScp:
+        from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+            PatientRootQueryRetrieveInformationModelFind,
+            StudyRootQueryRetrieveInformationModelFind,
+        )
+
+        ae = AE(ae_title=self.aet)
+        ae.add_supported_context(Verification)
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind, ALL_TRANSFER_SYNTAXES)
+        ae.require_called_aet = False
+        self.port = free_port()
+        handlers = [(evt.EVT_C_FIND, self._find)]
+        self._server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def clear(self) -> list[FindRequest]:
+        """Return the requests received so far and forget them."""
+        with self._lock:
+            seen, self.requests = self.requests, []
+        return seen
+
+    def _find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        identifier: Dataset = event.identifier
+        keys = {element.keyword or str(element.tag): str(element.value or "") for element in identifier}
+        with self._lock:
+            self.requests.append(FindRequest(str(event.assoc.requestor.ae_title).strip(), keys))
+        if self.slow & set(keys.values()):
+            time.sleep(self.delay)
+        match = Dataset()
+        for element in identifier:
+            match.add(element)
+        for keyword, value in self.answer.items():
+            if keyword in match and not str(match.data_element(keyword).value or ""):
+                setattr(match, keyword, value)
+        yield 0xFF00, match
+
+
+@contextmanager
+def find_scp(**options: Any) -> Iterator[FindScp]:
+    """Run a FindScp until the block ends."""
+    scp = FindScp(**options).start()
+    try:
+        yield scp
+    finally:
+        scp.stop()

@@ -4,8 +4,11 @@ components, Content-Type of empty answers, conditional GETs, modality forms,
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyorthanc
@@ -16,7 +19,7 @@ from orthanc_api_client import OrthancApiClient
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
-from servers import Server, free_port, wait_until
+from servers import DICOMKEEP, Server, free_port, wait_until
 from synthetic import generate_study, write_files
 
 STORESCP_PORT = free_port()
@@ -200,3 +203,55 @@ def test_a_bare_data_set_without_file_meta_is_stored_as_orthanc_does(clean: Serv
         tags = http.get(f"/instances/{instance}/simplified-tags").json()
         assert tags["SOPInstanceUID"] == dataset.SOPInstanceUID
         assert http.post("/instances", content=b"garbage").status_code == 400
+
+
+def _routes(tmp_path: Path) -> dict[str, Any]:
+    """Return the OpenAPI paths of every route (`dicomkeep --openapi=FILE`)."""
+    target = tmp_path / "openapi.json"
+    written = subprocess.run([DICOMKEEP, f"--openapi={target}"], capture_output=True, timeout=300)
+    assert written.returncode == 0, written.stderr
+    paths: dict[str, Any] = json.loads(target.read_text(encoding="utf-8"))["paths"]
+    return paths
+
+
+def test_every_answer_with_a_body_has_a_content_type(clean: Server, tmp_path: Path) -> None:
+    """GET every route (with real IDs, and with unknown ones), then a few refused writes:
+    any answer that carries a body names its Content-Type (issue 11)."""
+    ct = sample_path("CT_small.dcm")
+    patient_id, study_id, series_id, instance_id = expected_ids(ct)
+    ids = {"patients": patient_id, "studies": study_id, "series": series_id, "instances": instance_id}
+    with clean.client() as http:
+        assert http.post("/instances", content=ct.read_bytes()).status_code == 200
+        assert http.put(f"/studies/{study_id}/labels/one").status_code == 200
+        query = http.post("/tools/find", json={"Level": "Study", "Query": {}}).json()
+        assert query == [study_id]
+        checked, missing = 0, []
+        for path, operations in _routes(tmp_path).items():
+            if "get" not in operations:
+                continue
+            level = path.split("/")[1]
+            for known in (True, False):
+                values = {
+                    "public_id": ids.get(level, "nope") if known else "nope",
+                    "name": ("dicom" if "/attachments/" in path else "RemoteAET") if known else "nope",
+                    "path": "0010-0010", "frame": "0", "label": "one" if known else "nope",
+                    "job_id": "nope", "key": "nope", "query_id": "nope", "position": "0",
+                }  # fmt: skip
+                url = path.format(**values)
+                answer = http.get(url)
+                checked += 1
+                if answer.content and "content-type" not in answer.headers:
+                    missing.append((url, answer.status_code))
+        for method, url, body in (
+            ("POST", "/tools/find", b"not json"),
+            ("POST", "/instances", b"not dicom"),
+            ("PUT", f"/patients/{patient_id}/metadata/1024", b"x"),
+            ("DELETE", "/patients/nope", b""),
+            ("POST", "/modalities/nope/echo", b"{}"),
+            ("POST", f"/studies/{study_id}/anonymize", b"[]"),
+        ):
+            answer = http.request(method, url, content=body)
+            checked += 1
+            if answer.content and "content-type" not in answer.headers:
+                missing.append((url, answer.status_code))
+        assert checked > 250 and missing == []

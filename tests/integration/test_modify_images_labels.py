@@ -16,14 +16,26 @@ import pydicom
 import pyorthanc
 import pytest
 from dicomfiles import SAMPLES, expected_ids, sample_path
+from dicomkeep.common.anonymization import DEFAULT_VERSION, ORTHANC_VERSIONS, basic_profile
 from orthanc_api_client import OrthancApiClient
 from orthanc_peer import OrthancPeer, orthanc_available, orthanc_peer
 from PIL import Image
+from pydicom.datadict import dictionary_VR
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from servers import Server, wait_until
 
-#: Tags the 2023 edition of PS3.15 Table E.1-1 removes (X/D) and the 2021b edition,
-#: the default of Debian's Orthanc 1.10.1, kept: Orthanc 1.12 (2023b) removes them too.
-EDITION_2023_REMOVALS = {0x00080012, 0x00080013}
+#: Repeating-group tags of the curve/overlay ranges the 2017c, 2021b and 2023b tables list
+#: as X: Orthanc removes them only inside sequences, DicomKeep at the first level too.
+RANGE_TAGS = {0x50000010: ("US", 1), 0x60003000: ("OW", b"\x00\x00"), 0x60004000: ("LT", "comment")}
+#: A value per VR for the synthetic file that holds every tag the tables name.
+VALUES_BY_VR: dict[str, Any] = {
+    "AE": "AET", "AS": "030Y", "CS": "X", "DA": "20200101", "DT": "20200101120000", "TM": "120000",
+    "DS": "1", "IS": "1", "LO": "x", "SH": "x", "LT": "x", "ST": "x", "UT": "x", "UC": "x",
+    "PN": "Doe^J", "UR": "http://x", "US": 1, "SS": 1, "UL": 1, "SL": 1, "FL": 1.0, "FD": 1.0,
+    "OB": b"\x00\x00", "OW": b"\x00\x00", "UN": b"\x00\x00", "AT": 0x00100010,
+}  # fmt: skip
+#: What each action of a table looks like in `_classify`.
+CLASS_OF_ACTION = {"removals": "removed", "clearings": "emptied", "uids": "changed"}
 #: Not part of the comparison: the pixel data (Orthanc 1.10.1 rewrites big-endian
 #: files as little endian) and the dataset trailing padding.
 NOT_COMPARED = {0x7FE00010, 0xFFFCFFFC}
@@ -39,7 +51,44 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
     with orthanc_peer(tmp_path_factory.mktemp("orthanc")) as peer, peer.client() as client:
         for name in SAMPLES:
             assert client.post("/instances", content=sample_path(name).read_bytes()).status_code == 200
+        assert client.post("/instances", content=_every_profile_tag()).status_code == 200
         yield peer
+
+
+def _every_profile_tag() -> bytes:
+    """Return a file holding every tag any of the four tables names, plus the range tags."""
+    tags: set[int] = set()
+    for version in ORTHANC_VERSIONS:
+        profile = basic_profile(version)
+        tags |= profile.removals | profile.clearings | profile.uids
+    ds = pydicom.Dataset()
+    for number, tag in enumerate(sorted(tags), start=1):
+        if tag >> 16 in (0x0000, 0x0002) or tag in (0xFFFAFFFA, 0xFFFCFFFC):
+            continue  # command and file-meta groups; signatures and padding need real content
+        vr = dictionary_VR(tag).split(" ")[0]
+        if vr == "UI":
+            value: Any = f"1.2.826.0.1.3680043.10.999.{number}"
+        elif vr == "SQ":
+            item = pydicom.Dataset()
+            item.CodeMeaning = "x"
+            value = pydicom.Sequence([item])
+        else:
+            value = VALUES_BY_VR[vr]
+        ds.add_new(tag, vr, value)
+    for tag, (vr, value) in RANGE_TAGS.items():
+        ds.add_new(tag, vr, value)
+    ds.PatientID, ds.PatientName, ds.Modality = "EVERY", "Every^Tag", "OT"
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.10.999.100001"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.10.999.100002"
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.999.100003"
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def _classify(original: pydicom.Dataset, changed: pydicom.Dataset) -> dict[int, str]:
@@ -79,21 +128,54 @@ def _upload_samples(client: httpx.Client) -> dict[str, str]:
     return ids
 
 
-def test_anonymized_tags_match_orthanc(clean: Server, orthanc: OrthancPeer) -> None:
+def _edition_changes(original: pydicom.Dataset, version: str) -> dict[int, str]:
+    """Return what `version` does differently from 2021b (Debian's Orthanc 1.10.1 knows no
+    2023b) to the tags of a file, by the action each table gives them."""
+    def actions(profile_version: str) -> dict[int, str]:
+        profile = basic_profile(profile_version)
+        return {tag: CLASS_OF_ACTION[name] for name in CLASS_OF_ACTION for tag in getattr(profile, name)}
+
+    before, after = actions("2021b"), actions(version)
+    return {
+        tag: after.get(tag, "kept")
+        for tag in original.keys()
+        if before.get(tag) != after.get(tag) and original[tag].value not in (None, "", b"")
+    }
+
+
+@pytest.mark.parametrize("version", ["2008", "2017c", "2021b", None])
+def test_anonymized_tags_match_orthanc(clean: Server, orthanc: OrthancPeer, version: str | None) -> None:
+    """Every DicomVersion both know gives Orthanc's tag set, on the samples and on a file
+    holding every tag the tables name; the default (2023b, unknown to Debian's 1.10.1) is
+    checked as its 2021b output changed by the 2023b edition."""
+    files = {name: sample_path(name).read_bytes() for name in SAMPLES} | {"every-tag": _every_profile_tag()}
+    body = {} if version is None else {"DicomVersion": version}
     with clean.client() as ours, orthanc.client() as theirs:
-        ids = _upload_samples(ours)
+        ids = {}
+        for name, content in files.items():
+            stored = ours.post("/instances", content=content)
+            assert stored.status_code == 200, stored.text
+            ids[name] = stored.json()["ID"]
         for name, instance_id in ids.items():
-            original = pydicom.dcmread(sample_path(name))
-            mine = ours.post(f"/instances/{instance_id}/anonymize", json={})
-            reference = theirs.post(f"/instances/{instance_id}/anonymize", json={})
+            original = _read(files[name])
+            mine = ours.post(f"/instances/{instance_id}/anonymize", json=body)
+            reference = theirs.post(f"/instances/{instance_id}/anonymize", json=body)
             assert mine.status_code == reference.status_code == 200, (name, mine.text)
-            expected = _classify(original, _read(reference.content))
-            for tag in EDITION_2023_REMOVALS & set(original.keys()):
-                expected[tag] = "removed"
-            expected.pop(0x00120063, None)  # DeidentificationMethod names the software
-            actual = _classify(original, _read(mine.content))
-            actual.pop(0x00120063, None)
+            mine_file, reference_file = _read(mine.content), _read(reference.content)
+            expected = _classify(original, reference_file)
+            if version != "2008":
+                expected |= {tag: "removed" for tag in RANGE_TAGS if tag in original}
+            if version is None:
+                changes = _edition_changes(original, DEFAULT_VERSION)
+                expected = {tag: what for tag, what in expected.items() if tag not in changes}
+                expected |= {tag: what for tag, what in changes.items() if what != "kept"}
+            actual = _classify(original, mine_file)
             assert actual == expected, name
+            # "Orthanc 1.10.1 - PS 3.15-2021b Table E.1-1 Basic Profile": same table name.
+            method = str(mine_file.DeidentificationMethod)
+            assert method.startswith("DicomKeep - ")
+            if version is not None:
+                assert method.split(" - ", 1)[1] == str(reference_file.DeidentificationMethod).split(" - ", 1)[1]
         # Instance-level anonymization and modification store nothing.
         assert sorted(ours.get("/instances").json()) == sorted(set(ids.values()))
 

@@ -323,7 +323,7 @@ def test_query_and_retrieve_from_dicomkeep_itself(
         assert full["0020,000d"]["Value"] == study[0].study_uid
         # Drill down (Orthanc 1.5+): a new C-FIND at a lower level for the answer's identifiers.
         assert "query-series" in other.get(f"/queries/{query_id}/answers/0").json()
-        series = other.post(f"/queries/{query_id}/answers/0/query-series", content=b"")
+        series = other.post(f"/queries/{query_id}/answers/0/query-series", json={})
         assert series.status_code == 200, series.text
         series_id = series.json()["ID"]
         assert series.json() == {"ID": series_id, "Path": f"/queries/{series_id}"}
@@ -340,16 +340,15 @@ def test_query_and_retrieve_from_dicomkeep_itself(
         assert client.get(f"/queries/{instances['ID']}/level").json() == "Instance"
         every = client.post(f"/queries/{query_id}/answers/0/query-instances", json={}).json()
         assert len(client.get(f"/queries/{every['ID']}/answers").json()) == 3
-        studies = client.post(f"/queries/{query_id}/answers/0/query-studies").json()
-        assert client.get(f"/queries/{studies['ID']}/answers?expand&simplify").json()[0]["StudyInstanceUID"] == (
-            study[0].study_uid
-        )
+        # Studies of a study answer: not a drill-down Orthanc allows (404), nor an empty body.
+        assert client.post(f"/queries/{query_id}/answers/0/query-studies", json={}).status_code == 404
+        assert client.post(f"/queries/{query_id}/answers/0/query-series").status_code == 400
         bad = client.post(f"/queries/{query_id}/answers/0/query-series", json={"Query": ["x"]})
         assert bad.status_code == 400 and bad.json()["HttpStatus"] == 400
-        # No such answer or query: Orthanc's empty answer to a POST, 400.
-        assert client.post(f"/queries/{query_id}/answers/7/query-series").status_code == 400
-        assert client.post("/queries/nope/answers/0/query-series").status_code == 400
-        assert len(client.get("/queries").json()) == 5  # the refused drill-downs kept nothing
+        # No such answer (400 Parameter out of range) or query (404), as Orthanc.
+        assert client.post(f"/queries/{query_id}/answers/7/query-series", json={}).status_code == 400
+        assert client.post("/queries/nope/answers/0/query-series", json={}).status_code == 404
+        assert len(client.get("/queries").json()) == 4  # the refused drill-downs kept nothing
         retrieved = other.post(f"/queries/{query_id}/retrieve", json={"TargetAet": "STORESCP"})
         assert retrieved.status_code == 200, retrieved.text
         assert retrieved.json()["TargetAet"] == "STORESCP"

@@ -104,7 +104,63 @@ def test_modify_requests_refused_as_orthanc(body: object, level: Level, status: 
 def test_unknown_dicom_version() -> None:
     with pytest.raises(OrthancError) as unknown:
         parse_anonymize_request({"DicomVersion": "1999"})
+    assert unknown.value.http_status == 400
     assert unknown.value.details == "Unknown specific version of the DICOM standard: 1999"
-    with pytest.raises(OrthancError) as unsupported:
-        parse_anonymize_request({"DicomVersion": "2021b"})
-    assert unsupported.value.http_status == 400 and "2023b" in (unsupported.value.details or "")
+
+
+def _anonymized(version: str) -> Dataset:
+    modification, _ = parse_anonymize_request({"DicomVersion": version})
+    ds = dataset()
+    ds.StudyDescription = "study"
+    ds.AcquisitionDate = "20200101"
+    ds.InstanceCreationDate = "20200101"
+    ds.IrradiationEventUID = "1.2.77"
+    ds.add_new(0x50000010, "US", 1)  # curve data, a repeating group
+    ds.add_new(0x60003000, "OW", b"\x00\x00")  # overlay data
+    ds.add_new(0x60000010, "US", 1)  # overlay rows: not in the table
+    modification.apply(ds)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("version", "method"),
+    [
+        ("2008", "DicomKeep - PS 3.15-2008 Table E.1-1"),
+        ("2017c", "DicomKeep - PS 3.15-2017c Table E.1-1 Basic Profile"),
+        ("2021b", "DicomKeep - PS 3.15-2021b Table E.1-1 Basic Profile"),
+        ("2023b", "DicomKeep - PS 3.15-2023b Table E.1-1 Basic Profile"),
+    ],
+)
+def test_every_orthanc_dicom_version(version: str, method: str) -> None:
+    """Each DicomVersion applies its own edition of Orthanc's table."""
+    ds = _anonymized(version)
+    assert ds.DeidentificationMethod == method and ds.PatientIdentityRemoved == "YES"
+    assert "StudyDescription" not in ds and "InstitutionName" not in ds
+    assert ds.FrameOfReferenceUID != "1.2.9" and ds.PatientID != "P1"
+    assert 0x60000010 in ds
+    # 2008 removes what later editions empty (Type 2 dates) and knows no repeating groups.
+    if version == "2008":
+        assert "StudyDate" in ds and ds.StudyDate == "20200101"
+        assert "AcquisitionDate" in ds and 0x50000010 in ds and 0x60003000 in ds
+        assert ds.IrradiationEventUID == "1.2.77"
+    else:
+        assert ds.StudyDate in ("", None) and "AcquisitionDate" not in ds
+        assert 0x50000010 not in ds and 0x60003000 not in ds
+        assert ds.IrradiationEventUID not in ("1.2.77", "")
+    # Only the 2023b edition removes the Instance Creation Date (X/D).
+    assert ("InstanceCreationDate" in ds) == (version != "2023b")
+
+
+def test_cleared_tags_inside_sequences_as_orthanc() -> None:
+    """In a sequence, a cleared string is emptied, any other cleared element removed."""
+    modification, _ = parse_anonymize_request({"DicomVersion": "2021b"})
+    ds = dataset()
+    item = Dataset()
+    item.StudyDate = "20200101"
+    item.ContentSequence = Sequence([Dataset()])  # D in 2021b: cleared
+    item.ReferencedSOPInstanceUID = "1.2.3.4.6"
+    ds.SourceImageSequence = Sequence([item])
+    modification.apply(ds)
+    inner = ds.SourceImageSequence[0]
+    assert inner.StudyDate in ("", None) and "ContentSequence" not in inner
+    assert inner.ReferencedSOPInstanceUID == ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID

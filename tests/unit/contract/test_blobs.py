@@ -144,6 +144,22 @@ async def test_large_blob_round_trips(store: BlobStore) -> None:
     assert await store.get(key, (LARGE - 1000, LARGE)) == data[-1000:]
 
 
+async def test_put_file_streams_a_file_into_a_blob(store: BlobStore, tmp_path: Path) -> None:
+    """A large job output (an archive) is written from a file, multipart on S3."""
+    key = _key()
+    data = os.urandom(12 * 1024 * 1024 + 5)
+    source = tmp_path / "archive.zip"
+    source.write_bytes(data)
+    with source.open("rb") as file:
+        await store.put_file(key, file, len(data))
+    assert await store.get(key, (0, 100)) == data[:100]
+    assert await store.get(key) == data
+    with source.open("rb") as file:  # overwrites, as put
+        file.seek(len(data) - 10)
+        await store.put_file(key, file, 10)
+    assert await store.get(key) == data[-10:]
+
+
 async def test_keys_lists_every_blob_once(store: BlobStore) -> None:
     assert await _keys(store) == set()
     written = {_key() for _ in range(25)}

@@ -278,3 +278,44 @@ async def test_queries_are_kept_with_their_answers_up_to_a_limit(index: Index) -
     assert await store.delete_query("q1")
     assert not await store.delete_query("q1")
     assert await store.list_queries() == ["q2"]
+
+
+async def test_job_outputs_are_kept_up_to_a_limit_and_their_blobs_released(index: Index) -> None:
+    """Archive outputs (blob keyed by the job ID): MediaArchiveSize newest kept, the
+    others' blobs queued for deletion; referenced_blobs protects the kept ones."""
+    async with index.db.transaction() as tx:
+        await tx.execute("DELETE FROM pending_blobs")
+    store = index.jobs
+    jobs = [await store.submit_job("Archive", {}, {}) for _ in range(3)]
+    ids = [job.id for job in jobs]
+    assert await store.set_output(ids[0], {"archive": {"Size": 1}}, 2) == []
+    assert await store.set_output(ids[1], {"archive": {"Size": 2}}, 2) == []
+    assert await store.set_output(ids[2], {"archive": {"Size": 3}}, 2) == [ids[0]]
+    assert await index.pending_blobs(10) == [ids[0]]
+    assert (await store.get_job(ids[0])).output == {}  # type: ignore[union-attr]
+    assert (await store.get_job(ids[2])).output["archive"] == {"Size": 3}  # type: ignore[union-attr]
+    assert await index.referenced_blobs(ids) == {ids[1], ids[2]}
+    assert await store.delete_output(ids[1])
+    assert not await store.delete_output(ids[1])
+    assert not await store.delete_output("unknown")
+    assert sorted(await index.pending_blobs(10)) == sorted(ids[:2])
+    # A job that leaves the history releases its output.
+    await store.control_job(ids[2], JobAction.CANCEL, 10)
+    assert await store.delete_job(ids[2])
+    assert sorted(await index.pending_blobs(10)) == sorted(ids)
+    assert await index.referenced_blobs(ids) == set()
+
+
+async def test_history_trim_releases_outputs(index: Index) -> None:
+    async with index.db.transaction() as tx:
+        await tx.execute("DELETE FROM pending_blobs")
+    store = index.jobs
+    first = await store.submit_job("Archive", {}, {})
+    await store.claim_job("w1", 30)
+    await store.set_output(first.id, {"archive": {"Size": 1}}, 5)
+    await store.finish_job(first.id, "w1", done(), 1)
+    second = await store.submit_job("T", {}, {})
+    await store.claim_job("w1", 30)
+    await store.finish_job(second.id, "w1", done(), 1)
+    assert await store.get_job(first.id) is None
+    assert await index.pending_blobs(10) == [first.id]

@@ -187,8 +187,12 @@ async def test_move_body_errors(gateway: Gateway) -> None:
         assert answer.status_code == 400, body
     assert (await client.get("/jobs")).json() == []
     unknown = await client.post("/queries/nope/retrieve", content=b"")
-    assert unknown.status_code == 400 and unknown.content == b""
+    # Orthanc's QueryAccessor: an unknown query is 404 Unknown resource, for any method.
+    assert (unknown.status_code, unknown.json()["OrthancStatus"]) == (404, 17)
     assert (await client.get("/queries/nope/answers")).status_code == 404
+    # Orthanc's SharedArchive::Remove: forgetting an unknown query is no error.
+    forgotten = await client.delete("/queries/nope")
+    assert (forgotten.status_code, forgotten.content) == (200, b"")
     assert (await client.post("/modalities/dead/query", json={"Level": "Study", "Query": {}})).status_code == 500
     assert (await client.post("/modalities/conf/query", json={"Query": {}})).status_code == 400
     assert (await client.get("/queries")).json() == []

@@ -1,37 +1,40 @@
-"""The basic profile of DICOM PS3.15 Annex E (Table E.1-1), applied as Orthanc does.
+"""The basic profiles of DICOM PS3.15 Table E.1-1, applied as Orthanc 1.12 does.
 
-The table itself comes from the `dicom-anonymizer` package (its 2023 edition of
-the standard's table). Orthanc turns the table's action codes into three sets
-(OrthancFramework DicomModification::SetupAnonymization2023b), and so does this
-module:
-- every code that allows removal (X, X/Z, X/D, X/Z/D) -> the tag is removed;
-- Z, D and Z/D -> the tag is emptied, when present (Orthanc "clears" rather than
+Orthanc knows four editions of the table (`DicomVersion`: 2008, 2017c, 2021b and
+the default 2023b); each one ships here as data, `anonymization_profiles/<version>.json`,
+transcribed from Orthanc 1.12.4's sources (OrthancFramework/Sources/DicomParsing:
+DicomModification.cpp SetupAnonymization2008(), and the generated
+DicomModification_Anonymization<version>.impl.h files), with Orthanc's own sets:
+- `Remove` -> the tag is removed;
+- `Clear` -> the tag is emptied, when present (Orthanc "clears" rather than
   inventing dummy values);
-- U -> the UID is replaced by a new one, the same new one for every occurrence
-  of the same original UID within the anonymized resource, inside sequences too;
-- X/Z/U* (Referenced Image Sequence, Source Image Sequence) -> kept, with the
-  UIDs inside them mapped.
-Repeating groups the table lists as X (curve data 50xx, overlay data and comments
-60xx) are removed too: Orthanc leaves them (a TODO in its table), DicomKeep
-follows the standard there.
+- `MapUid` -> the UID is replaced by a new one, the same new one for every
+  occurrence of the same original UID within the anonymized resource, inside
+  sequences too;
+- `RemoveRanges` -> repeating groups the table lists as X (curve data 50xx,
+  overlay data and comments 60xx).
+Referenced Image Sequence and Source Image Sequence (X/Z/U*) are kept with the
+UIDs inside them mapped. Orthanc applies the ranges inside sequences only (its
+IsRemoved(), never consulted for first-level tags); DicomKeep removes them at
+the first level too, as the standard says (docs/rest.md).
 PatientID and PatientName get new values; StudyInstanceUID, SeriesInstanceUID
 and SOPInstanceUID are mapped by the modification itself (modification.py).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
+from typing import Any
 
-from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from pydicom.datadict import dictionary_VR
 
 #: The DicomVersion Orthanc 1.12 applies when the request names none.
 DEFAULT_VERSION = "2023b"
-#: DicomVersion values Orthanc knows; DicomKeep implements only the 2023 table.
+#: DicomVersion values Orthanc 1.12 knows, each shipped as a table.
 ORTHANC_VERSIONS = ("2008", "2017c", "2021b", "2023b")
-_TABLES = {"2023b": "dicomfields_2023"}
 
 PATIENT_NAME = 0x00100010
 PATIENT_ID = 0x00100020
@@ -47,77 +50,73 @@ RELATIONSHIP_SEQUENCES = frozenset({0x00081140, 0x00082112})
 
 
 @dataclass(frozen=True)
+class TagRange:
+    """Tags whose group and element both fall within bounds (Orthanc's DicomTagRange)."""
+
+    group_from: int
+    group_to: int
+    element_from: int
+    element_to: int
+
+    def __contains__(self, tag: object) -> bool:
+        if not isinstance(tag, int):
+            return False
+        group, element = tag >> 16, tag & 0xFFFF
+        return self.group_from <= group <= self.group_to and self.element_from <= element <= self.element_to
+
+
+@dataclass(frozen=True)
 class Profile:
-    """What the basic profile does to a dataset: tags removed, emptied, UIDs mapped."""
+    """What a basic profile does to a dataset: tags removed, emptied, UIDs mapped."""
 
     version: str
     removals: frozenset[int]
     clearings: frozenset[int]
     uids: frozenset[int]
-    #: (value, mask) pairs of repeating-group tags to remove: tag & mask == value.
-    removed_masks: tuple[tuple[int, int], ...] = ()
+    removed_ranges: tuple[TagRange, ...] = ()
+    #: The table's name in the DeidentificationMethod, as Orthanc writes it.
+    table: str = ""
 
     def is_removed(self, tag: int) -> bool:
         """Tell whether the profile removes a tag (listed, or in a removed repeating group)."""
-        return tag in self.removals or any(tag & mask == value for value, mask in self.removed_masks)
+        return tag in self.removals or any(tag in span for span in self.removed_ranges)
 
     @property
     def method(self) -> str:
         """The DeidentificationMethod (0012,0063) value written into anonymized files."""
-        return f"DicomKeep - PS 3.15-{self.version} Table E.1-1 Basic Profile"
+        return f"DicomKeep - {self.table}"
 
 
-def _tags(entries: list[tuple[int, ...]]) -> set[int]:
-    return {entry[0] << 16 | entry[1] for entry in entries if len(entry) == 2}
+def _tag(text: str) -> int:
+    group, element = text.split(",")
+    return int(group, 16) << 16 | int(element, 16)
 
 
-def _masks(entries: list[tuple[int, ...]]) -> tuple[tuple[int, int], ...]:
-    """Return the (value, mask) pairs of `(group, element, group mask, element mask)` entries."""
-    return tuple(
-        (entry[0] << 16 | entry[1], entry[2] << 16 | entry[3]) for entry in entries if len(entry) == 4
-    )
+def _range(entry: dict[str, Any]) -> TagRange:
+    groups, elements = entry["Groups"], entry["Elements"]
+    return TagRange(int(groups[0], 16), int(groups[1], 16), int(elements[0], 16), int(elements[1], 16))
 
 
-def _is_uid(tag: int) -> bool:
-    try:
-        return dictionary_VR(tag) == "UI"
-    except KeyError:
-        return False
-
-
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=len(ORTHANC_VERSIONS))
 def basic_profile(version: str = DEFAULT_VERSION) -> Profile:
-    """Return the basic profile of a DicomVersion.
+    """Return the basic profile of a DicomVersion, read from the package's tables.
 
     Raises OrthancError *Parameter out of range* for a version Orthanc does not
-    know (Orthanc's message), and *Bad request* for one Orthanc knows but
-    DicomKeep does not implement (only the 2023 table ships with DicomKeep).
+    know, with Orthanc's message (StringToDicomVersion).
     """
     if version not in ORTHANC_VERSIONS:
         raise OrthancError(
             ErrorCode.PARAMETER_OUT_OF_RANGE,
             f"Unknown specific version of the DICOM standard: {version}",
         )
-    if version not in _TABLES:
-        raise OrthancError(
-            ErrorCode.BAD_REQUEST,
-            f"DicomVersion {version} is not supported by DicomKeep: use "
-            + ", ".join(sorted(_TABLES)),
-        )
-    table = dicom_anonymization_database_selector(_TABLES[version])
-    removable = table["X_TAGS"] + table["X_Z_TAGS"] + table["X_D_TAGS"] + table["X_Z_D_TAGS"]
-    removals = _tags(removable)
-    clearings = _tags(table["D_TAGS"] + table["Z_TAGS"] + table["Z_D_TAGS"])
-    uids: set[int] = set()
-    for tag in _tags(table["U_TAGS"]):
-        if tag >> 16 in (0x0000, 0x0002) or tag in HIERARCHY_UIDS:
-            continue  # command/file-meta groups; the hierarchy is mapped level by level
-        (uids if _is_uid(tag) else removals).add(tag)
+    source = resources.files("dicomkeep.common") / "anonymization_profiles" / f"{version}.json"
+    table = json.loads(source.read_text(encoding="utf-8"))
     special = {PATIENT_NAME, PATIENT_ID} | HIERARCHY_UIDS | RELATIONSHIP_SEQUENCES
     return Profile(
         version=version,
-        removals=frozenset(removals - special - uids),
-        clearings=frozenset(clearings - special - uids - removals),
-        uids=frozenset(uids),
-        removed_masks=_masks(removable),
+        removals=frozenset(_tag(text) for text in table["Remove"]) - special,
+        clearings=frozenset(_tag(text) for text in table["Clear"]) - special,
+        uids=frozenset(_tag(text) for text in table["MapUid"]) - special,
+        removed_ranges=tuple(_range(entry) for entry in table["RemoveRanges"]),
+        table=table["DeidentificationMethod"],
     )

@@ -26,3 +26,32 @@ def parse_encoding(text: str) -> str:
     if name is None:
         raise OrthancError(ErrorCode.PARAMETER_OUT_OF_RANGE, f"Unknown encoding: {text.strip()}")
     return name
+
+
+#: Orthanc's `DefaultEncoding` names -> SpecificCharacterSet (Orthanc's
+#: GetDicomSpecificCharacterSet).
+CHARACTER_SETS = {
+    "ascii": "ISO_IR 6",
+    "utf8": "ISO_IR 192",
+    "latin1": "ISO_IR 100",
+    "latin2": "ISO_IR 101",
+    "latin3": "ISO_IR 109",
+    "latin4": "ISO_IR 110",
+    "latin5": "ISO_IR 148",
+    "cyrillic": "ISO_IR 144",
+    "windows1251": "ISO_IR 144",
+    "arabic": "ISO_IR 127",
+    "greek": "ISO_IR 126",
+    "hebrew": "ISO_IR 138",
+    "thai": "ISO_IR 166",
+    "japanese": "ISO_IR 13",
+    "chinese": "GB18030",
+    "korean": "ISO 2022 IR 149",
+    "japanesekanji": "ISO 2022 IR 87",
+    "simplifiedchinese": "ISO 2022 IR 58",
+}
+
+
+def character_set(default_encoding: str) -> str:
+    """Return the SpecificCharacterSet of C-FIND queries and answers for `DefaultEncoding` (Latin1 if unknown)."""
+    return CHARACTER_SETS.get(default_encoding.strip().lower(), "ISO_IR 100")

@@ -59,6 +59,10 @@ _PATH_ITEM = re.compile(r"^(?P<tag>[^\[\]]+)\[(?P<index>\*|[0-9]+)\]$")
 _INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
 _FLOAT_VRS = frozenset({"FL", "FD"})
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+#: The VRs Orthanc's tag visitor hands over as strings (VisitString).
+_STRING_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
 _UID_TAGS_BY_LEVEL = {
     Level.STUDY: STUDY_INSTANCE_UID,
     Level.SERIES: SERIES_INSTANCE_UID,
@@ -255,7 +259,12 @@ class Modification:
                     del ds[tag]
                     continue
                 if tag in self.clearings:
-                    _clear(ds, tag)
+                    # Orthanc's visitor empties a cleared string in a sequence and
+                    # removes any other cleared element (GetDefaultAction).
+                    if element.VR in _STRING_VRS:
+                        _clear(ds, tag)
+                    else:
+                        del ds[tag]
                     continue
             if element.VR == "SQ":
                 for item in element.value or []:

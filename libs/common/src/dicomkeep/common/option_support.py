@@ -32,8 +32,6 @@ IGNORED_OPTIONS: dict[str, str] = {
     "SaveJobs": "jobs are always kept in the index, as the distributed mode needs",
     "DicomModalitiesInDatabase": "modalities changed through REST are always kept in the index",
     "OrthancPeersInDatabase": "peers changed through REST are always kept in the index",
-    "MediaArchiveSize": "DicomKeep keeps no asynchronous archives",
-    "SynchronousZipStream": "DicomKeep builds no ZIP archives of resources",
     "DicomAssociationCloseDelay": (
         "DicomKeep's SCU closes each association when its operation ends"
     ),

@@ -22,6 +22,7 @@ from dicomkeep.common.metrics import ORTHANC_METRICS
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.telemetry import instrument_app
 from dicomkeep.gateway.api import (
+    archives,
     attachments,
     changes,
     find,
@@ -86,7 +87,7 @@ def create_app(ctx: GatewayContext | None = None, *, settings: Settings | None =
     app.state.control = ProcessControl()
     app.state.describe_errors = effective.http_describe_errors
     routers = (
-        resources.router, metadata.router, attachments.router, instances.router,
+        archives.router, resources.router, metadata.router, attachments.router, instances.router,
         changes.router, system.router, peers.router, find.router,
         jobs.router, modalities.router, queries.router, modify.router, tools.router,
         images.router, labels.router, scp_options.router, monitoring.router,

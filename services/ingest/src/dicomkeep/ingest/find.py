@@ -20,6 +20,7 @@ from io import BytesIO
 from typing import Any, TypeVar
 
 from dicomkeep.common import scp_options
+from dicomkeep.common.encodings import character_set
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.find import (
     QUERY_RETRIEVE_LEVEL,
@@ -66,33 +67,6 @@ _FLOAT_VRS = frozenset({"FL", "FD"})
 _PN_DELIMITERS = {0x5C, 0x3D, 0x5E}
 _TEXT_DELIMITERS = {0x5C, 0x09, 0x0A, 0x0C, 0x0D}
 
-#: Orthanc's `DefaultEncoding` names -> SpecificCharacterSet (Orthanc's
-#: GetDicomSpecificCharacterSet).
-CHARACTER_SETS = {
-    "ascii": "ISO_IR 6",
-    "utf8": "ISO_IR 192",
-    "latin1": "ISO_IR 100",
-    "latin2": "ISO_IR 101",
-    "latin3": "ISO_IR 109",
-    "latin4": "ISO_IR 110",
-    "latin5": "ISO_IR 148",
-    "cyrillic": "ISO_IR 144",
-    "windows1251": "ISO_IR 144",
-    "arabic": "ISO_IR 127",
-    "greek": "ISO_IR 126",
-    "hebrew": "ISO_IR 138",
-    "thai": "ISO_IR 166",
-    "japanese": "ISO_IR 13",
-    "chinese": "GB18030",
-    "korean": "ISO 2022 IR 149",
-    "japanesekanji": "ISO 2022 IR 87",
-    "simplifiedchinese": "ISO 2022 IR 58",
-}
-
-
-def character_set(default_encoding: str) -> str:
-    """Return the SpecificCharacterSet of C-FIND answers for `DefaultEncoding` (Latin1 if unknown)."""
-    return CHARACTER_SETS.get(default_encoding.strip().lower(), "ISO_IR 100")
 
 
 @dataclass(frozen=True)

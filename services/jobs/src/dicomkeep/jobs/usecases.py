@@ -10,13 +10,15 @@ cancel or pause is honoured between two steps (ORTHANC_API.md §10).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dicomkeep.common import peer_transfer
+from dicomkeep.common import archives, peer_transfer
 from dicomkeep.common.dicom import scu as dicom_scu
 from dicomkeep.common.dicom.receiving import Receiver
 from dicomkeep.common.dicom.scu import DicomNetworkError, Peer, StoreSession
@@ -301,11 +303,57 @@ async def run_resource_modification(job: JobRecord, run: JobRun, deps: Deps) -> 
     return success(update())
 
 
+async def run_archive(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
+    """Build a ZIP archive or DICOMDIR media into the blob store (Orthanc's ArchiveJob).
+
+    The ZIP is written to a temporary file, then copied into the blob keyed by
+    the job ID (piece by piece), which `GET /jobs/{id}/archive` answers. Only
+    the `MediaArchiveSize` newest archives are kept. A cancel (Failure 37) or a
+    pause is honoured between two files; a resumed archive starts over.
+    """
+    payload = job.payload
+    media = bool(payload.get("Media"))
+    target = payload.get("Transcode")
+    try:
+        archive_plan = await archives.plan(deps.index, list(payload["Resources"]), media=media)
+    except OrthancError as error:
+        unchanged = JobUpdate(job.progress, job.content, payload)
+        return failure(unchanged, error.code, error.details or "")
+    progress = archives.Progress()
+    total = max(1, len(archive_plan.entries))
+
+    def update(done: bool = False) -> JobUpdate:
+        content = archives.job_content(archive_plan, target, progress.archive_size)
+        return JobUpdate(100 if done else progress.files * 99 // total, content, payload)
+
+    chunks = archives.stream_zip(
+        deps.index, deps.blobs, archive_plan, media=media, target=target,
+        extended=bool(payload.get("Extended")), progress=progress,
+    )  # fmt: skip
+    async with contextlib.aclosing(chunks):
+        with tempfile.TemporaryFile() as spool:
+            async for chunk in chunks:
+                await asyncio.to_thread(spool.write, chunk)
+                action = run.stop_requested()
+                if action is not None:
+                    return stopped(action, update())
+                run.checkpoint(*_parts(update()))
+            size = spool.tell()
+            spool.seek(0)
+            await deps.blobs.put_file(job.id, spool, size)
+    await deps.index.jobs.set_output(
+        job.id, {archives.OUTPUT_KEY: {"Size": size}}, deps.settings.media_archive_size
+    )
+    return success(update(done=True))
+
+
 EXECUTORS: dict[str, Executor] = {
     DICOM_MODALITY_STORE: run_modality_store,
     DICOM_MOVE_SCU: run_move_scu,
     peer_transfer.JOB_TYPE: run_peer_store,
     MODIFICATION_JOB: run_resource_modification,
+    archives.ARCHIVE_JOB: run_archive,
+    archives.MEDIA_JOB: run_archive,
 }
 
 

@@ -13,9 +13,10 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Self
+from typing import BinaryIO, Self
 
 from dicomkeep.common.retries import retrying_sync
 
@@ -72,6 +73,11 @@ class FileBlobStore:
         path = self.path_of(key)
         await asyncio.to_thread(_write_durably, path, data)
 
+    async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
+        """Copy the file into the blob durably, 1 MiB at a time (`size` is not needed)."""
+        path = self.path_of(key)
+        await asyncio.to_thread(_write_durably, path, file)
+
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""
         path = self.path_of(key)
@@ -116,7 +122,7 @@ class FileBlobStore:
         """Release nothing: files need no connection. Provided for the port."""
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def _write_durably(path: Path, data: bytes | BinaryIO) -> None:
     folder = path.parent
     temp = folder / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
     # A concurrent delete may remove a (then empty) folder between our mkdir of it
@@ -129,7 +135,10 @@ def _write_durably(path: Path, data: bytes) -> None:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            if isinstance(data, bytes | bytearray | memoryview):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, 1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
         # The folder holds our temporary file now, so no delete can remove it.

@@ -11,7 +11,7 @@ import asyncio
 import io
 from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import islice
-from typing import Any, Self, TypeVar
+from typing import Any, BinaryIO, Self, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
@@ -21,6 +21,8 @@ from minio.error import MinioException, S3Error, ServerError
 
 _T = TypeVar("_T")
 _LIST_BATCH = 1000
+#: Multipart part size of `put_file` (S3 minimum: 5 MiB): the memory one upload uses.
+_PART_SIZE = 8 * 1024 * 1024
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
 _TIMEOUT_SECONDS = 300.0
 #: Attempts of one call when S3 is unreachable or answers a server error.
@@ -131,6 +133,12 @@ class S3BlobStore:
         """
         await self._run(self._put, key, data)
 
+    async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
+        """Write the object from a file, multipart above 5 MiB (one part in memory at
+        a time); a retried attempt reads the file again from its start."""
+        start = file.tell()
+        await self._run(self._put_file, key, file, size, start)
+
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the object, or bytes [start, end) of it; raise KeyError if absent."""
         if span is not None and (span[0] < 0 or span[1] < span[0]):
@@ -186,6 +194,13 @@ class S3BlobStore:
     def _put(self, key: str, data: bytes) -> None:
         try:
             self._client.put_object(self.bucket, key, io.BytesIO(data), len(data))
+        except (MinioException, urllib3.exceptions.HTTPError) as error:
+            raise _translated(error) from error
+
+    def _put_file(self, key: str, file: BinaryIO, size: int, start: int) -> None:
+        file.seek(start)
+        try:
+            self._client.put_object(self.bucket, key, file, size, part_size=_PART_SIZE)
         except (MinioException, urllib3.exceptions.HTTPError) as error:
             raise _translated(error) from error
 

@@ -218,7 +218,8 @@ class ChangeLog(Transactions):
         await self._run(body)
 
     async def referenced_blobs(self, keys: Sequence[str]) -> set[str]:
-        """Return the subset of keys that an attachment row refers to."""
+        """Return the subset of keys that an attachment row, or a job output (an
+        archive, keyed by its job's ID), refers to."""
         if not keys:
             return set()
 
@@ -226,6 +227,10 @@ class ChangeLog(Transactions):
             found: set[str] = set()
             for key in keys:
                 if await tx.fetchval("SELECT 1 FROM attachments WHERE uuid = $1", key):
+                    found.add(key)
+                elif await tx.fetchval(
+                    "SELECT 1 FROM jobs WHERE id = $1 AND output <> '{}'", key
+                ):
                     found.add(key)
             return found
 

@@ -15,6 +15,7 @@ import time
 from dicomkeep.common.errors import ErrorCode
 from dicomkeep.common.events import ChangeType
 from dicomkeep.common.index.changes import PendingChanges
+from dicomkeep.common.index.hierarchy import release_blob
 from dicomkeep.common.index.job_records import (
     JOB_COLUMNS,
     JobAction,
@@ -32,6 +33,15 @@ from dicomkeep.common.timestamps import job_stamp
 #: The resource type of job events on the bus (`Job.JobSubmitted`), as Orthanc's SDK.
 JOB_RESOURCE = "Job"
 CANCELED = ErrorCode.CANCELED_JOB.status
+
+
+async def release_output(tx: Tx, job_id: str) -> None:
+    """Forget a job's output; its blob (keyed by the job ID) goes to the storage
+    service's deletion queue when the job had one (archives.py)."""
+    output = await tx.fetchval("SELECT output FROM jobs WHERE id = $1", job_id)
+    if output is not None and json.loads(output):
+        await tx.execute("UPDATE jobs SET output = '{}' WHERE id = $1", job_id)
+        await release_blob(tx, job_id)
 
 
 async def announce(tx: Tx, change_type: ChangeType, job_id: str) -> None:
@@ -217,6 +227,8 @@ class JobLeases(Transactions):
         )
         stale = [(r[0],) for r in rows[history_size:]]
         if stale:
+            for (job_id,) in stale:
+                await release_output(tx, job_id)
             await tx.executemany("DELETE FROM jobs WHERE id = $1", stale)
 
     async def release_job(self, job_id: str, worker: str, update: JobUpdate | None) -> None:

@@ -93,7 +93,9 @@ class JobOutcome:
 class QueryRecord:
     """A REST query (`/queries/{id}`): the C-FIND sent to a modality and its answers.
 
-    `answers` hold each answer as a DICOM file (bytes) as received.
+    `answers` hold each answer as a DICOM file (bytes) as received; `normalize` and
+    `timeout` (seconds, None when the request named none) are the options its
+    drill-downs inherit (Orthanc's QueryAnswerChildren).
     """
 
     id: str
@@ -101,6 +103,8 @@ class QueryRecord:
     level: str
     query: dict[str, str]
     answers: list[bytes] = field(default_factory=list)
+    normalize: bool = True
+    timeout: int | None = None
 
 
 class LeaseLost(Exception):

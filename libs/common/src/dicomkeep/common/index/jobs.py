@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 from dicomkeep.common.events import ChangeType
-from dicomkeep.common.index.job_leases import CANCELED, JobLeases, announce
+from dicomkeep.common.index.job_leases import CANCELED, JobLeases, announce, release_output
 from dicomkeep.common.index.job_records import (
     JOB_COLUMNS,
     JobAction,
@@ -145,7 +145,47 @@ class JobStore(JobLeases, QueryStore):
             )
             if found is None:
                 return False
+            await release_output(tx, job_id)
             await tx.execute("DELETE FROM jobs WHERE id = $1", job_id)
+            return True
+
+        result: bool = await self._run(body)
+        return result
+
+    async def set_output(
+        self, job_id: str, output: dict[str, Any], keep: int
+    ) -> list[str]:
+        """Record a job's output (stored in the blob keyed by the job ID) and keep only
+        the `keep` newest outputs (Orthanc's MediaArchiveSize); return the job IDs
+        whose output was dropped, their blobs queued for deletion."""
+
+        async def body(tx: Tx) -> list[str]:
+            stamped = {**output, "Created": time.time()}
+            await tx.execute(
+                "UPDATE jobs SET output = $2 WHERE id = $1", job_id, json.dumps(stamped)
+            )
+            rows = await tx.fetch("SELECT id, output FROM jobs WHERE output <> '{}'")
+            ordered = sorted(
+                rows, key=lambda row: float(json.loads(row[1]).get("Created", 0)), reverse=True
+            )
+            dropped = [row[0] for row in ordered[max(keep, 0):]]
+            for other in dropped:
+                await release_output(tx, other)
+            return dropped
+
+        result: list[str] = await self._run(body)
+        return result
+
+    async def delete_output(self, job_id: str) -> bool:
+        """Forget a job's output and queue its blob for deletion; False if it had none."""
+
+        async def body(tx: Tx) -> bool:
+            output = await tx.fetchval(
+                "SELECT output FROM jobs WHERE id = $1" + self.for_update, job_id
+            )
+            if output is None or not json.loads(output):
+                return False
+            await release_output(tx, job_id)
             return True
 
         result: bool = await self._run(body)

@@ -24,14 +24,15 @@ class QueryStore(Transactions):
         async def body(tx: Tx) -> None:
             answers = [base64.b64encode(a).decode("ascii") for a in query.answers]
             await tx.execute(
-                "INSERT INTO queries(id, created_at, modality, level, query, answers) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO queries(id, created_at, modality, level, query, answers, options) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 query.id,
                 time.time(),
                 query.modality,
                 query.level,
                 json.dumps(query.query),
                 json.dumps(answers),
+                json.dumps({"Normalize": query.normalize, "Timeout": query.timeout}),
             )
             rows = await tx.fetch("SELECT id FROM queries ORDER BY created_at DESC, id DESC")
             stale = [(r[0],) for r in rows[max(keep, 1) :]]
@@ -45,17 +46,20 @@ class QueryStore(Transactions):
 
         async def body(tx: Tx) -> QueryRecord | None:
             row = await tx.fetchrow(
-                "SELECT id, modality, level, query, answers FROM queries WHERE id = $1",
+                "SELECT id, modality, level, query, answers, options FROM queries WHERE id = $1",
                 query_id,
             )
             if row is None:
                 return None
+            options = json.loads(row[5])
             return QueryRecord(
                 id=row[0],
                 modality=row[1],
                 level=row[2],
                 query=json.loads(row[3]),
                 answers=[base64.b64decode(a) for a in json.loads(row[4])],
+                normalize=bool(options.get("Normalize", True)),
+                timeout=options.get("Timeout"),
             )
 
         result: QueryRecord | None = await self._run(body, readonly=True)

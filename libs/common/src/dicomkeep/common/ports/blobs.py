@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 
 class BlobStore(Protocol):
@@ -14,6 +14,10 @@ class BlobStore(Protocol):
 
     async def put(self, key: str, data: bytes) -> None:
         """Write the blob durably; overwrite any blob with the same key."""
+
+    async def put_file(self, key: str, file: BinaryIO, size: int) -> None:
+        """Write the blob from a binary file positioned at its start (`size` bytes),
+        reading it piece by piece (large job outputs); same guarantees as `put`."""
 
     async def get(self, key: str, span: tuple[int, int] | None = None) -> bytes:
         """Return the blob, or bytes [start, end) of it; raise KeyError if absent."""

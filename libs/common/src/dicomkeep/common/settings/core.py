@@ -80,9 +80,11 @@ class CoreOptions(BaseModel):
     jobs_history_size: Count = 10
     """Finished jobs kept. Default 10."""
     media_archive_size: Count = 1
-    """Archives kept for later download. Default 1."""
+    """Archives of asynchronous Archive/Media jobs kept for `GET /jobs/{id}/archive`
+    (in the blob store, oldest dropped first). Default 1."""
     synchronous_zip_stream: bool = True
-    """Stream ZIP archives while they are built. Default true."""
+    """Stream synchronous ZIP archives while they are built; false = build the whole
+    ZIP in a temporary file, then send it with its Content-Length. Default true."""
     log_exported_resources: bool = False
     """Log exported resources in /exports. Default false."""
 

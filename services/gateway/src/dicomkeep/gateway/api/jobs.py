@@ -8,8 +8,10 @@ answer: the job's content once it succeeded (synchronous, the default) or
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+from dicomkeep.common.archives import OUTPUT_KEY
 from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
 from dicomkeep.common.index import JobAction, JobRecord, JobState
 from dicomkeep.common.jobs import job_path, wait_for_job, wake_workers
@@ -19,9 +21,10 @@ from dicomkeep.gateway.context import GatewayContext
 from dicomkeep.gateway.deps import ContextDep, IndexDep, SettingsDep
 from dicomkeep.gateway.responses import OrthancJSONResponse, empty
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 router = APIRouter()
+CHUNK = 1024 * 1024
 
 _CODES = {code.status: code for code in ErrorCode}
 
@@ -113,18 +116,32 @@ for _action in JobAction:
 
 
 @router.get("/jobs/{job_id}/{key}")
-async def get_output(job_id: str, key: str, index: IndexDep) -> Response:
-    """Answer a job output; the job types DicomKeep runs have none -> 404 JSON."""
-    job = await index.jobs.get_job(job_id)
-    if job is None or key not in job.output:
+async def get_output(job_id: str, key: str, ctx: ContextDep) -> Response:
+    """Answer a job output: the ZIP of an Archive/Media job (`archive`), read from
+    the blob store so that any gateway answers it; missing -> 404 JSON."""
+    job = await ctx.index.jobs.get_job(job_id)
+    if job is None or key != OUTPUT_KEY or key not in job.output:
         raise OrthancError(ErrorCode.INEXISTENT_ITEM, f"No output {key} for job {job_id}")
-    return OrthancJSONResponse(job.output[key])
+    size = int(job.output[key].get("Size", 0))
+    try:
+        first = await ctx.blobs.get(job_id, (0, min(size, CHUNK)) if ctx.blobs.range_reads else None)
+    except KeyError as error:
+        raise OrthancError(ErrorCode.INEXISTENT_ITEM, f"No output {key} for job {job_id}") from error
+    headers = {"Content-Disposition": 'filename="archive.zip"', "Content-Length": str(size)}
+    if not ctx.blobs.range_reads or size <= CHUNK:
+        return Response(first, media_type="application/zip", headers=headers)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield first
+        for start in range(CHUNK, size, CHUNK):
+            yield await ctx.blobs.get(job_id, (start, min(size, start + CHUNK)))
+
+    return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
 
 
 @router.delete("/jobs/{job_id}/{key}")
 async def delete_output(job_id: str, key: str, index: IndexDep) -> Response:
-    """Delete a job output; none exists for DicomKeep's job types -> 404 JSON."""
-    job = await index.jobs.get_job(job_id)
-    if job is None or key not in job.output:
+    """Delete a job output (Orthanc 1.12.1); its blob goes with it. Missing -> 404 JSON."""
+    if key != OUTPUT_KEY or not await index.jobs.delete_output(job_id):
         raise OrthancError(ErrorCode.INEXISTENT_ITEM, f"No output {key} for job {job_id}")
-    raise OrthancError(ErrorCode.NOT_IMPLEMENTED, "Job outputs cannot be deleted")
+    return empty()

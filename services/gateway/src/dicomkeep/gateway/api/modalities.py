@@ -206,7 +206,7 @@ async def query(name: str, request: Request, settings: SettingsDep, index: Index
     """
     modality = await get_modality(settings, index.jobs, name)
     body = json_object(await request.body())
-    record = await run_query(settings, index.jobs, name, peer_for(settings, modality, body), body)
+    record = await run_query(settings, index, name, peer_for(settings, modality, body), body)
     return OrthancJSONResponse({"ID": record.id, "Path": f"/queries/{record.id}"})
 
 

@@ -12,14 +12,16 @@ import asyncio
 import uuid
 from typing import Any
 
+from dicomkeep.common import scp_options
 from dicomkeep.common.dicom import scu as dicom_scu
 from dicomkeep.common.dicom.instance import MAIN_DICOM_TAGS
 from dicomkeep.common.dicom.orthanc_json import parse_tag, tag_name, tags_json
 from dicomkeep.common.dicom.scu import DicomNetworkError, Peer
-from dicomkeep.common.errors import ErrorCode, NoAnswer, OrthancError
+from dicomkeep.common.encodings import character_set
+from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.find import COMPUTED_TAGS
 from dicomkeep.common.ids import Level
-from dicomkeep.common.index import JobStore, QueryRecord
+from dicomkeep.common.index import Index, QueryRecord
 from dicomkeep.common.jobs import DICOM_MOVE_SCU, move_job, submit
 from dicomkeep.common.modalities import get_modality
 from dicomkeep.common.settings import Settings
@@ -88,17 +90,34 @@ def build_query(body: dict[str, Any]) -> tuple[Level, dict[str, str]]:
     return level, {"QueryRetrieveLevel": QR_LEVEL[level], **fields}
 
 
+def timeout_field(body: dict[str, Any]) -> int | None:
+    """Return the body's `Timeout` (seconds), None when absent; 400 as Orthanc's
+    ReadUnsignedInteger when it is not an unsigned integer."""
+    if "Timeout" not in body:
+        return None
+    value = body["Timeout"]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Integer value expected in field: Timeout")
+    if value < 0:
+        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Unsigned integer value expected in field: Timeout")
+    return value
+
+
 async def run_query(
-    settings: Settings, store: JobStore, modality_name: str, peer: Peer, body: dict[str, Any]
+    settings: Settings, index: Index, modality_name: str, peer: Peer, body: dict[str, Any]
 ) -> QueryRecord:
     """Send the C-FIND of a `/query` body and keep it with its answers.
 
-    Raises 400 for a malformed body, 500 *Error in the network protocol* when the
-    C-FIND fails (nothing is kept then).
+    The identifier carries the SpecificCharacterSet of the current `DefaultEncoding`
+    unless the query names one, as Orthanc's C-FIND SCU does (its ParsedDicomFile
+    built with GetDefaultDicomEncoding()). Raises 400 for a malformed body, 500
+    *Error in the network protocol* when the C-FIND fails (nothing is kept then).
     """
     level, fields = build_query(body)
+    encoding = (await scp_options.current(settings, index)).default_encoding
+    sent = {"SpecificCharacterSet": character_set(encoding), **fields}
     try:
-        identifier = dicom_scu.identifier(fields)
+        identifier = dicom_scu.identifier(sent)
     except (KeyError, ValueError) as error:
         raise OrthancError(ErrorCode.BAD_REQUEST, f"Bad query: {error}") from None
     try:
@@ -111,23 +130,33 @@ async def run_query(
         level=level.value,
         query={k: v for k, v in fields.items() if k != "QueryRetrieveLevel"},
         answers=[dicom_scu.encode_answer(answer) for answer in answers],
+        normalize=body.get("Normalize", True),
+        timeout=timeout_field(body),
     )
-    await store.save_query(record, settings.query_retrieve_size)
+    await index.jobs.save_query(record, settings.query_retrieve_size)
     return record
 
 
 async def _query(index: Any, query_id: str) -> QueryRecord:
+    """Return a kept query; unknown -> 404 *Unknown resource* (Orthanc's QueryAccessor)."""
     record: QueryRecord | None = await index.jobs.get_query(query_id)
     if record is None:
-        raise NoAnswer()
+        raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
     return record
 
 
+def _position(record: QueryRecord, position: str) -> int:
+    """Return an answer's index: not a number -> 400 *Bad type for a parameter*, beyond
+    the answers -> 400 *Parameter out of range* (Orthanc's lexical_cast, GetAnswer)."""
+    if not position.isdigit():
+        raise OrthancError(ErrorCode.BAD_PARAMETER_TYPE, "Syntax error in some user-supplied data")
+    if int(position) >= len(record.answers):
+        raise OrthancError(ErrorCode.PARAMETER_OUT_OF_RANGE)
+    return int(position)
+
+
 def _answer(record: QueryRecord, position: str) -> bytes:
-    if not position.isdigit() or int(position) >= len(record.answers):
-        raise NoAnswer()
-    answer: bytes = record.answers[int(position)]
-    return answer
+    return record.answers[_position(record, position)]
 
 
 @router.get("/queries")
@@ -138,16 +167,15 @@ async def list_queries(index: IndexDep) -> Response:
 
 @router.get("/queries/{query_id}")
 async def query_routes(query_id: str, index: IndexDep) -> Response:
-    """Answer the sub-routes of a query; unknown -> empty 404."""
+    """Answer the sub-routes of a query; unknown -> 404 *Unknown resource*."""
     await _query(index, query_id)
     return OrthancJSONResponse(["answers", "level", "modality", "query", "retrieve"])
 
 
 @router.delete("/queries/{query_id}")
 async def delete_query(query_id: str, index: IndexDep) -> Response:
-    """Forget a query; unknown -> empty 404."""
-    if not await index.jobs.delete_query(query_id):
-        raise NoAnswer()
+    """Forget a query; an unknown one is no error (Orthanc's SharedArchive::Remove)."""
+    await index.jobs.delete_query(query_id)
     return empty()
 
 
@@ -182,8 +210,14 @@ async def answers(query_id: str, request: Request, index: IndexDep) -> Response:
 @router.get("/queries/{query_id}/answers/{position}")
 async def answer_routes(query_id: str, position: str, index: IndexDep) -> Response:
     """Answer the sub-routes of one answer; unknown -> empty 404."""
-    _answer(await _query(index, query_id), position)
-    return OrthancJSONResponse(["content", "query-instances", "query-series", "query-studies", "retrieve"])
+    record = await _query(index, query_id)
+    _answer(record, position)
+    # Orthanc's ListQueryAnswerOperations: the drill-downs the level allows (Orthanc
+    # spells the patient one "query-study"; DicomKeep names the route that exists).
+    children = {Level.PATIENT: ["query-studies", "query-series", "query-instances"],
+                Level.STUDY: ["query-series", "query-instances"],
+                Level.SERIES: ["query-instances"]}  # fmt: skip
+    return OrthancJSONResponse(["content", "retrieve", *children.get(Level(record.level), [])])
 
 
 @router.get("/queries/{query_id}/answers/{position}/content")
@@ -198,39 +232,73 @@ def _move_query(level: Level, answer: bytes) -> dict[str, str]:
     return {key: str(tags.get(key) or "") for key in MOVE_KEYS[level]}
 
 
-def _child_query(level: Level, child: Level, answer: bytes, raw: bytes) -> dict[str, Any]:
-    """Return the `/query` body of a drill-down (Orthanc's QueryAnswerChildren): the
-    identifiers of the answer (as a C-MOVE of it would send) then the body's `Query`."""
-    query: dict[str, str] = {key: value for key, value in _move_query(level, answer).items() if value}
-    text = raw.decode("utf-8", errors="replace").strip()
-    body: Any = None
-    if text:
+#: The parent levels from which each drill-down is allowed (Orthanc's QueryAnswerChildren).
+_PARENT_LEVELS = {
+    Level.STUDY: {Level.PATIENT},
+    Level.SERIES: {Level.PATIENT, Level.STUDY},
+    Level.INSTANCE: {Level.PATIENT, Level.STUDY, Level.SERIES},
+}
+_BAD_QUERY = "Associative array of DICOM tags to strings expected in field: Query"
+
+
+def _child_body(raw: bytes) -> dict[str, Any]:
+    """Parse the body of a drill-down: a JSON object, else 400 *Bad file format*.
+
+    An empty or non-JSON body is refused as Orthanc does; a JSON value that is not an
+    object makes Orthanc fail with a 500 (an unhandled JsonCpp exception): 400 here.
+    """
+    try:
+        body = parse_json(raw.decode("utf-8", errors="replace")) if raw.strip() else None
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, "Must provide a JSON object")
+    return body
+
+
+def _child_query(record: QueryRecord, child: Level, answer: bytes, body: dict[str, Any]) -> dict[str, Any]:
+    """Return the `/query` body of a drill-down (Orthanc's QueryAnswerChildren): the body's
+    `Query`, then the identifiers of the answer (as a C-MOVE of it would send) over it;
+    `Normalize` is the parent query's, the body's `LocalAet` and `Normalize` are ignored."""
+    query: dict[str, str] = {}
+    extra = body.get("Query", {})
+    if not isinstance(extra, dict):
+        raise OrthancError(ErrorCode.BAD_FILE_FORMAT, _BAD_QUERY)
+    for key, value in extra.items():
+        if not isinstance(value, str):
+            raise OrthancError(ErrorCode.BAD_FILE_FORMAT, _BAD_QUERY)
         try:
-            body = parse_json(text)
-        except ValueError:
-            body = None  # Orthanc ignores a body that is not JSON
-    if isinstance(body, dict) and "Query" in body:
-        extra = body["Query"]
-        if not isinstance(extra, dict):
-            raise OrthancError(ErrorCode.BAD_REQUEST, 'The field "Query" must be a JSON object')
-        for key, value in extra.items():
-            if not isinstance(value, str):
-                raise OrthancError(ErrorCode.BAD_FILE_FORMAT, 'Field "Query" must be an object of strings')
-            try:
-                keyword = tag_name(parse_tag(key))
-            except KeyError:
-                raise OrthancError(ErrorCode.BAD_REQUEST, f"Unknown DICOM tag: {key}") from None
-            query[keyword if not keyword.startswith("Unknown") else key] = value
-    return {"Level": child.value, "Query": query}
+            keyword = tag_name(parse_tag(key))
+        except KeyError:
+            raise OrthancError(ErrorCode.BAD_FILE_FORMAT, _BAD_QUERY) from None
+        query[keyword if not keyword.startswith("Unknown") else key] = value
+    query.update(_move_query(Level(record.level), answer))
+    return {"Level": child.value, "Query": query, "Normalize": record.normalize}
 
 
 async def _query_children(query_id: str, position: str, child: Level, request: Request, ctx: Any) -> Response:
+    """Run a drill-down C-FIND and keep it as a new query -> `{"ID", "Path"}`.
+
+    Errors as Orthanc: unknown query 404, bad answer index 400, a drill-down the
+    parent's level does not allow 404 *Unknown resource*, a body that is not a JSON
+    object or a bad `Query`/`Timeout` 400 *Bad file format*. The C-FIND uses the
+    modality's LocalAet (else DicomAet) and the body's `Timeout`, else the parent's.
+    """
     record = await _query(ctx.index, query_id)
-    answer = _answer(record, position)
-    body = _child_query(Level(record.level), child, answer, await request.body())
+    index = _position(record, position)
+    if Level(record.level) not in _PARENT_LEVELS[child]:
+        raise OrthancError(ErrorCode.UNKNOWN_RESOURCE)
+    body = _child_body(await request.body())
+    timeout = timeout_field(body)
+    if timeout is None:
+        timeout = record.timeout
+    query = _child_query(record, child, record.answers[index], body)
+    if timeout is not None:
+        query["Timeout"] = timeout
     settings = ctx.settings
     modality = await get_modality(settings, ctx.index.jobs, record.modality)
-    child_record = await run_query(settings, ctx.index.jobs, record.modality, peer_for(settings, modality, {}), body)
+    peer = peer_for(settings, modality, {} if timeout is None else {"Timeout": timeout})
+    child_record = await run_query(settings, ctx.index, record.modality, peer, query)
     return OrthancJSONResponse({"ID": child_record.id, "Path": f"/queries/{child_record.id}"})
 
 
