@@ -338,7 +338,7 @@ async def test_index_outage_is_one_line_and_backoff(
     started = time.monotonic()
     engine.start()
     try:
-        await until(lambda: _ran(ran, job_id))
+        await until(lambda: _ran(ran, job_id), timeout=60)  # a loaded machine
     finally:
         await engine.stop()
     assert store.claims > 6
@@ -347,7 +347,7 @@ async def test_index_outage_is_one_line_and_backoff(
     outage = [r for r in worker_lines if "index unavailable" in r.getMessage()]
     assert len(outage) == 1 and outage[0].exc_info is None
     assert [r for r in worker_lines if "available again" in r.getMessage()]
-    assert not [r for r in caplog.records if r.exc_info is not None]
+    assert not [r for r in worker_lines if r.exc_info is not None]
 
 
 async def _ran(ran: list[str], job_id: str) -> bool:
