@@ -3,7 +3,8 @@ schemathesis against the gateway's own OpenAPI document.
 
 - Path traversal (`..`, `%2e%2e`, an encoded `/` or `\\`, NUL) in every name
   parameter (modality, peer, metadata, attachment, label, job id, query id)
-  answers 4xx, never 2xx or 5xx, and creates no file outside the server's folders.
+  answers 4xx, never 5xx (`DELETE /queries/{id}` of an unknown id answers 200,
+  as Orthanc), and creates no file outside the server's folders.
 - C-STORE of fuzzed datasets (pynetdicom SCU streaming mutated bytes of real
   files): each gets a DIMSE success or failure status on a live association, the
   server keeps answering C-ECHO, and every stored instance is a whole, readable
@@ -105,7 +106,9 @@ def test_path_traversal_in_names_is_a_4xx(server: Server, instance_id: str) -> N
         for name in HOSTILE_NAMES:
             target = template.replace("{name}", name)
             status, answer = _raw(server, method, target, body)
-            if not 400 <= status < 500:
+            # Orthanc forgets an unknown query without error (SharedArchive::Remove).
+            forgets = (method, template) == ("DELETE", "/queries/{name}") and status == 200
+            if not 400 <= status < 500 and not forgets:
                 wrong.append(f"{method} {target} -> {status} {answer[:120]!r}")
     assert wrong == [], "\n".join(wrong)
     assert _files_outside(server) == before
