@@ -9,7 +9,7 @@ VENV := .venv
 CONFIG ?=
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
-.PHONY: install install-runtime run test test-unit test-integration test-large test-faults lint test-deps services cluster cluster-stop bench bench-quick clean
+.PHONY: install install-runtime run test test-unit test-integration test-large test-faults test-fuzz lint test-deps services cluster cluster-stop bench bench-quick clean
 
 PROJECT_FILES := pyproject.toml uv.lock libs/common/pyproject.toml $(wildcard services/*/pyproject.toml)
 # uv installs into $(VENV) (make run VENV=... to put it elsewhere).
@@ -67,6 +67,12 @@ test-faults: install test-deps services
 	rm -f .pytest_cache/d/faults/report.txt
 	$(VENV)/bin/python -m pytest tests/integration/faults --fault-instances=$(FAULT_INSTANCES) $(PYTEST_ARGS)
 	cat .pytest_cache/d/faults/report.txt
+
+# The bad-input suite (issue 15) with many more examples and random seeds, both modes:
+# the quick version of the same tests runs in `make test`. See docs/reliability.md.
+FUZZ_TESTS := tests/unit/common/test_dicom_fuzz.py tests/integration/test_badinput.py
+test-fuzz: install test-deps services
+	DICOMKEEP_FUZZ=long $(VENV)/bin/python -m pytest $(FUZZ_TESTS) --timeout 7200 $(FUZZ_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check libs services tests bench

@@ -216,16 +216,19 @@ def cluster_server(
 
     `route`, if given, may rewrite the configuration's backend URLs before it is
     written (the fault suite sends them through relays it can cut).
-    `cluster_options` go to `cluster.start` (e.g. `stability=2`)."""
+    `cluster_options` go to `cluster.start` (e.g. `stability=2`), except
+    `pg_port`: the port the cluster reaches PostgreSQL on (a test's TCP proxy)."""
 
     name = f"dk_it_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    pg_port = cluster_options.pop("pg_port", None)
     with rabbit_vhost(name) as amqp_url:
-        yield from _cluster(tmp, name, amqp_url, extra, cluster_options, route)
+        yield from _cluster(tmp, name, amqp_url, extra, cluster_options, route, pg_port)
 
 
 def _cluster(
     tmp: Path, name: str, amqp_url: str, extra: dict[str, Any] | None,
     cluster_options: dict[str, Any], route: Callable[[dict[str, Any]], None] | None = None,
+    pg_port: int | None = None,
 ) -> Iterator[Server]:
     from dicomkeep.allinone import cluster
 
@@ -250,7 +253,7 @@ def _cluster(
                 "DicomPort": dicom_port,
                 "DicomAet": "DICOMKEEP",
                 "StableAge": 2,
-                "PostgreSQL": {"ConnectionUri": pg_dsn(name)},
+                "PostgreSQL": {"ConnectionUri": _via_port(pg_dsn(name), pg_port)},
                 "RabbitMQ": {"Url": amqp_url},
                 "Redis": {"Url": redis_url},
                 # The S3 adapter against a real S3 protocol server (moto, in memory).
@@ -281,6 +284,17 @@ def _cluster(
         stop_processes([s3.process])
         s3.log.close()
         _pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _via_port(dsn: str, port: int | None) -> str:
+    """Return `dsn` pointing at 127.0.0.1:`port` instead of its server (None: as is)."""
+    if port is None:
+        return dsn
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    user = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"))
 
 
 @dataclass

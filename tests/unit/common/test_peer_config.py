@@ -17,13 +17,14 @@ import asyncpg
 import httpx
 import pytest
 from backends import PG_ADMIN_DSN, pg_dsn
+from cryptography.fernet import Fernet
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.ids import Level
-from dicomkeep.common.index import Index
+from dicomkeep.common.index import Index, PeerStore
 from dicomkeep.common.peer_http import HttpOptions, PeerClient, PeerHttpError, send_instance
 from dicomkeep.common.peer_transfer import (
     StoreRequest,
@@ -34,6 +35,7 @@ from dicomkeep.common.peer_transfer import (
     transfer,
 )
 from dicomkeep.common.peers import Peer, config_peers, merge_peers, parse_peer
+from dicomkeep.common.secrets import SecretBox, key_source
 from synthetic import generate_study
 
 FAST = HttpOptions(timeout=5, attempts=3, backoff=0.0)
@@ -138,7 +140,7 @@ async def index(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         finally:
             await admin.close()
         db = PostgresDatabase(pg_dsn("dicomkeep_peers"), size=2)
-    idx = Index(db)
+    idx = Index(db, secrets=SecretBox(Fernet.generate_key()))
     await idx.open()
     try:
         yield idx
@@ -155,6 +157,69 @@ async def test_peer_store_keeps_overrides_and_deletions(index: Index) -> None:
     # The schema is idempotent: opening again keeps the rows.
     await index.open()
     assert "b" in await index.peers.peer_overrides()
+
+
+async def _raw_rows(index: Index) -> dict[str, str | None]:
+    async def body(tx: Any) -> dict[str, str | None]:
+        return {r[0]: r[1] for r in await tx.fetch("SELECT name, value FROM peers")}
+
+    return await index.peers._run(body, readonly=True)
+
+
+async def test_peer_secrets_are_sealed_in_the_index(index: Index) -> None:
+    value = {"Url": "http://b/", "Username": "u", "Password": "pass-WORD-1",
+             "HttpHeaders": {"Authorization": "Bearer tok-EN-2"},
+             "CertificateFile": "/c", "CertificateKeyPassword": "key-PASS-3"}
+    await index.peers.set_peer("b", value)
+    raw = (await _raw_rows(index))["b"]
+    assert raw is not None and "fernet:" in raw
+    for secret in ("pass-WORD-1", "tok-EN-2", "key-PASS-3"):
+        assert secret not in raw
+    assert (await index.peers.peer_overrides())["b"] == value
+
+
+async def test_rows_in_clear_still_work_and_are_sealed_at_open(index: Index) -> None:
+    from dicomkeep.common.index.peers import write_override
+
+    async def body(tx: Any) -> None:  # a row as a DicomKeep before issue 15 wrote it
+        await write_override(tx, "peers", "old", {"Url": "http://o/", "Username": "u",
+                                                  "Password": "clear-PW"})
+
+    await index.peers._run(body)
+    assert (await index.peers.peer_overrides())["old"]["Password"] == "clear-PW"  # type: ignore[index]
+    await index.open()
+    assert "clear-PW" not in str((await _raw_rows(index))["old"])
+    assert (await index.peers.peer_overrides())["old"]["Password"] == "clear-PW"  # type: ignore[index]
+
+
+async def test_without_a_key_a_peer_password_is_refused(index: Index) -> None:
+    store = PeerStore(index.db)  # the distributed mode without DicomKeep.SecretKey
+    with pytest.raises(OrthancError) as refused:
+        await store.set_peer("p", {"Url": "http://p/", "Username": "u", "Password": "x"})
+    assert refused.value.code is ErrorCode.BAD_REQUEST
+    await store.set_peer("p", {"Url": "http://p/"})  # no secret: accepted
+    assert (await store.peer_overrides())["p"] == {"Url": "http://p/"}
+
+
+def test_key_sources(tmp_path: Path) -> None:
+    from dicomkeep.common.settings import Settings
+
+    allinone = key_source(Settings(IndexDirectory=str(tmp_path)))  # type: ignore[call-arg]
+    assert allinone is not None and allinone.create
+    box = allinone.load()
+    key_file = tmp_path / "dicomkeep-secret.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert allinone.load().open(box.seal("x")) == "x"  # the same key at the next start
+    distributed = Settings(DicomKeep={"Mode": "distributed"})  # type: ignore[call-arg]
+    assert key_source(distributed) is None
+    configured = Settings(DicomKeep={"Mode": "distributed", "SecretKeyFile": str(key_file)})  # type: ignore[call-arg]
+    assert configured_box(configured).open(box.seal("y")) == "y"
+
+
+def configured_box(settings: Any) -> SecretBox:
+    source = key_source(settings)
+    assert source is not None and not source.create
+    return source.load()
 
 
 # -- the HTTP client ----------------------------------------------------------------------

@@ -13,10 +13,14 @@ from dicomkeep.common.adapters.local_bus import LocalBus
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 from dicomkeep.common.dicom.receiving import Receiver, Submit
 from dicomkeep.common.index import Index
+from dicomkeep.common.secrets import KeySource
 from dicomkeep.common.settings import Settings
 from dicomkeep.gateway.app import create_app
 from dicomkeep.gateway.context import GatewayContext
 from gateway_support import LOCAL_CLIENT, Gateway, client_for
+
+#: A fixed Fernet key (32 bytes, url-safe base64) for the peers' secrets.
+TEST_KEY = "tCVk6Xo0PaTe1iJ4hfm3pW5x2bK3Bd8c3MPRdpZnUGk="
 
 
 @pytest.fixture
@@ -35,7 +39,8 @@ def submit() -> Submit | None:
 async def gateway(
     tmp_path: Path, settings: Settings, submit: Submit | None
 ) -> AsyncIterator[Gateway]:
-    index = Index(SqliteDatabase(tmp_path / "index"))
+    # As all-in-one: a key seals the passwords of peers set over REST.
+    index = Index(SqliteDatabase(tmp_path / "index"), secrets=KeySource(key=TEST_KEY))
     await index.open()
     blobs = FileBlobStore(tmp_path / "storage")
     bus = LocalBus()

@@ -299,3 +299,56 @@ async def test_store_job_to_nobody_fails_with_network_error(index: Index, deps: 
     assert outcome.state is JobState.FAILURE
     assert outcome.error_code == ErrorCode.NETWORK_PROTOCOL.status
     assert "NOBODY" in outcome.error_details
+
+
+class _UnreachableIndex:
+    """The job store of an index that refuses connections for the first `down` claims."""
+
+    def __init__(self, store: Any, down: int) -> None:
+        self.store = store
+        self.down = down
+        self.claims = 0
+
+    async def claim_job(self, worker: str, lease: float) -> JobRecord | None:
+        self.claims += 1
+        if self.claims <= self.down:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        return await self.store.claim_job(worker, lease)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def test_index_outage_is_one_line_and_backoff(
+    index: Index, deps: Deps, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15: while the index is unreachable the workers log one warning (no
+    traceback), wait longer and longer between claims, and resume when it is back."""
+    ran: list[str] = []
+
+    async def executor(job: JobRecord, run: JobRun, deps: Deps) -> JobOutcome:
+        ran.append(job.id)
+        return success(JobUpdate(100, {}, job.payload))
+
+    store = _UnreachableIndex(index.jobs, down=6)
+    engine = JobWorkers(store, deps, concurrency=2, history_size=10, lease=LEASE,  # type: ignore[arg-type]
+                        poll=0.01, execute_job=executor)
+    caplog.set_level(logging.INFO, logger="dicomkeep")
+    job_id = (await index.jobs.submit_job("Fake", {}, {})).id
+    started = time.monotonic()
+    engine.start()
+    try:
+        await until(lambda: _ran(ran, job_id), timeout=60)  # a loaded machine
+    finally:
+        await engine.stop()
+    assert store.claims > 6
+    assert time.monotonic() - started >= 0.01 + 0.02  # at least two growing waits
+    worker_lines = [r for r in caplog.records if r.name == "dicomkeep.jobs.worker"]
+    outage = [r for r in worker_lines if "index unavailable" in r.getMessage()]
+    assert len(outage) == 1 and outage[0].exc_info is None
+    assert [r for r in worker_lines if "available again" in r.getMessage()]
+    assert not [r for r in worker_lines if r.exc_info is not None]
+
+
+async def _ran(ran: list[str], job_id: str) -> bool:
+    return job_id in ran

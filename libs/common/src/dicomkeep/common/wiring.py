@@ -43,8 +43,10 @@ def is_distributed(settings: Settings) -> bool:
 def make_index(settings: Settings) -> Index:
     """Return the (unopened) index: PostgreSQL or SQLite under IndexDirectory."""
     from dicomkeep.common.index import StorageLimits
+    from dicomkeep.common.secrets import key_source
 
     limits = StorageLimits.from_settings(settings)
+    secrets = key_source(settings)
     if is_distributed(settings):
         from dicomkeep.common.adapters.postgres_db import PostgresDatabase
 
@@ -53,11 +55,13 @@ def make_index(settings: Settings) -> Index:
             PostgresDatabase(pg.dsn(), size=pg.index_connections_count),
             max_retries=pg.maximum_connection_retries,
             limits=limits,
+            secrets=secrets,
         )
     from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
 
     return Index(
-        SqliteDatabase(Path(settings.effective_index_directory) / "index"), limits=limits
+        SqliteDatabase(Path(settings.effective_index_directory) / "index"), limits=limits,
+        secrets=secrets,
     )
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dicomkeep.common.option_support import check_options
+from dicomkeep.common.secrets import create_key_file
 from dicomkeep.common.settings import Settings, load_settings
 
 STATE_FILE = "cluster.json"
@@ -147,6 +148,7 @@ def start(
     env = {**base_env, **overrides}
     settings: Settings = check_options(load_settings(config, environ=env), warn=lambda _: None)
     overrides.update(_blob_overrides(settings, state_dir))
+    overrides.update(_secret_overrides(settings, state_dir))
     env.update(overrides)
     state = ClusterState(dicom_port=settings.dicom_port, env=overrides)
     if "ORTHANC__STORAGE_DIRECTORY" in overrides:
@@ -184,6 +186,17 @@ def start(
         stop(state_dir)
         raise
     return state
+
+
+def _secret_overrides(settings: Settings, state_dir: Path) -> dict[str, str]:
+    """Return the variable naming `<state_dir>/secret.key` (created once, kept across
+    restarts) when the configuration gives no DicomKeep.SecretKey: every member then
+    seals and opens the REST peers' passwords with the same key."""
+    if settings.dicomkeep.secret_key or settings.dicomkeep.secret_key_file:
+        return {}
+    path = state_dir / "secret.key"
+    create_key_file(path)
+    return {"ORTHANC__DICOM_KEEP__SECRET_KEY_FILE": str(path)}
 
 
 def _blob_overrides(settings: Settings, state_dir: Path) -> dict[str, str]:

@@ -19,17 +19,21 @@ import socket
 import time
 import uuid
 
-from dicomkeep.common.errors import ErrorCode
+from dicomkeep.common.errors import ErrorCode, unavailability
 from dicomkeep.common.index import JobOutcome, JobRecord, JobStore, JobUpdate, LeaseLost
 from dicomkeep.common.metrics import JOB_SECONDS, JOBS_FINISHED, JOBS_RUNNING
+from dicomkeep.common.retries import retrying
 from dicomkeep.common.telemetry import tracer
 from dicomkeep.jobs.usecases import Deps, Executor, JobRun, execute, failure
+from tenacity import RetryCallState
 
 log = logging.getLogger(__name__)
 
 #: Seconds a claimed job stays ours without a heartbeat (a dead worker's jobs
 #: are resumed elsewhere after this).
 LEASE_SECONDS = 10.0
+#: Longest wait between two claims while the index is unreachable (seconds).
+OUTAGE_WAIT = 30.0
 
 
 def worker_name() -> str:
@@ -61,6 +65,8 @@ class JobWorkers:
         self._execute = execute_job
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        #: True while the index is unreachable (logged once for every worker task).
+        self._outage = False
 
     def start(self) -> None:
         """Start the worker tasks."""
@@ -86,7 +92,7 @@ class JobWorkers:
     async def _loop(self) -> None:
         while True:
             try:
-                job = await self.store.claim_job(self.name, self.lease)
+                job = await self._claim()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -99,6 +105,33 @@ class JobWorkers:
                 continue
             self._wake.set()  # another idle worker may take the next job
             await self.run(job)
+
+    async def _claim(self) -> JobRecord | None:
+        """Claim the next job. While the index cannot be reached, wait and try again
+        with exponential backoff (up to OUTAGE_WAIT seconds between attempts):
+        one warning line when the outage starts and one when it ends, for all the
+        workers of the process, never a traceback per attempt (issue 15)."""
+
+        def note_outage(state: RetryCallState) -> None:
+            if not self._outage:
+                self._outage = True
+                error = state.outcome.exception() if state.outcome is not None else None
+                log.warning(
+                    "index unavailable, jobs wait and retry with backoff worker=%s error=%s: %s",
+                    self.name, type(error).__name__, error,
+                )
+
+        policy = retrying(
+            "claim a job", first=min(self.poll, 0.5), longest=OUTAGE_WAIT,
+            when=lambda error: unavailability(error) is not None,
+        ).copy(before_sleep=note_outage)
+        async for attempt in policy:
+            with attempt:
+                job = await self.store.claim_job(self.name, self.lease)
+        if self._outage:
+            self._outage = False
+            log.warning("index available again, jobs resume worker=%s", self.name)
+        return job
 
     async def run(self, job: JobRecord) -> JobRecord | None:
         """Run one claimed job to its outcome and record it; None if the lease was lost."""
@@ -155,6 +188,7 @@ class JobWorkers:
     async def _heartbeat(self, job: JobRecord, run: JobRun) -> None:
         """Renew the lease, save the checkpoint, pass on cancel/pause requests."""
         interval = min(1.0, self.lease / 3)
+        outage = False
         while True:
             await asyncio.sleep(interval)
             update, run.update = run.update, None
@@ -166,9 +200,15 @@ class JobWorkers:
             except asyncio.CancelledError:
                 run.update = run.update or update
                 raise
-            except Exception:
+            except Exception as error:
                 run.update = run.update or update
-                log.exception("heartbeat failed job_id=%s", job.id)
+                if unavailability(error) is None:
+                    log.exception("heartbeat failed job_id=%s", job.id)
+                elif not outage:  # one line per outage, not a traceback per beat
+                    log.warning("heartbeat waits for the index job_id=%s error=%s: %s",
+                                job.id, type(error).__name__, error)
+                outage = True
                 continue
+            outage = False
             if action is not None:
                 run.requested = action

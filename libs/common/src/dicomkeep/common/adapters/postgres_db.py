@@ -10,6 +10,7 @@ replays the transaction (index/transactions.py), as Orthanc's PostgreSQL plugin 
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -17,10 +18,34 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-from dicomkeep.common.ports.database import RetryableError, Tx
+from dicomkeep.common.ports.database import InvalidTextError, RetryableError, Tx
 
 #: SQLSTATEs worth a replay: serialization failure, deadlock, unique and FK violations.
 _RETRYABLE = {"40001", "40P01", "23505", "23503"}
+#: SQLSTATEs of a text parameter PostgreSQL cannot hold (a NUL character).
+_INVALID_TEXT = {"22021", "22P05"}
+
+
+class _OneLine(logging.Filter):
+    """Turn asyncpg's pool warnings into one line: while the server is down, the pool
+    retries restoring its connection floor (backoff 1 s to 60 s) and would log a
+    traceback each time (issue 15)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} error={type(error).__name__}: {error}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_pool_log() -> None:
+    """Install `_OneLine` on asyncpg's pool logger (once per process)."""
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _OneLine) for f in pool_log.filters):
+        pool_log.addFilter(_OneLine())
 
 
 class _PgTx:
@@ -64,6 +89,7 @@ class PostgresDatabase:
             self._pool = await self._create_pool()
 
     async def _create_pool(self) -> asyncpg.Pool:
+        _quiet_pool_log()
         pool: asyncpg.Pool = await asyncpg.create_pool(
             self._dsn, min_size=1, max_size=self._size, statement_cache_size=256
         )
@@ -122,6 +148,8 @@ class PostgresDatabase:
         except asyncpg.PostgresError as error:
             if getattr(error, "sqlstate", None) in _RETRYABLE:
                 raise RetryableError(str(error)) from error
+            if getattr(error, "sqlstate", None) in _INVALID_TEXT:
+                raise InvalidTextError(str(error)) from error
             raise
 
     async def try_lock(self, name: str) -> bool:

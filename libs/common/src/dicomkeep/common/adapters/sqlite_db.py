@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dicomkeep.common.ports.database import Tx
+from dicomkeep.common.retries import retrying_sync
 
 T = TypeVar("T")
 _PLACEHOLDER = re.compile(r"\$(\d+)")
@@ -45,13 +46,19 @@ class _Connection:
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
-            # The busy timeout first: switching a new file to WAL takes an exclusive
-            # lock, and two processes opening it together must wait for each other.
             conn = sqlite3.connect(
                 self._path, isolation_level=None, check_same_thread=False, timeout=30.0
             )
             conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA journal_mode=WAL")
+            # Switching a new file to WAL can still answer "database is locked" at
+            # once (SQLite skips the busy handler there) while another process
+            # switches it: try again until that one is done.
+            for attempt in retrying_sync(
+                "switching the SQLite index to WAL", within=30.0, first=0.02, longest=0.5,
+                on=(sqlite3.OperationalError,), when=lambda e: "locked" in str(e),
+            ):
+                with attempt:
+                    conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             return conn

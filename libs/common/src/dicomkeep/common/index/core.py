@@ -22,6 +22,7 @@ from dicomkeep.common.index.schema import migrate
 from dicomkeep.common.index.stability import StabilityLedger
 from dicomkeep.common.index.store import Store
 from dicomkeep.common.ports.database import Database, Tx
+from dicomkeep.common.secrets import KeySource, SecretBox
 
 
 class Index(Store, Resources, Annotations, Recycling, StabilityLedger, ChangeLog, ExportLog):
@@ -32,17 +33,26 @@ class Index(Store, Resources, Annotations, Recycling, StabilityLedger, ChangeLog
     """
 
     def __init__(
-        self, db: Database, *, max_retries: int = 10, limits: StorageLimits | None = None
+        self, db: Database, *, max_retries: int = 10, limits: StorageLimits | None = None,
+        secrets: SecretBox | KeySource | None = None,
     ) -> None:
         super().__init__(db, max_retries=max_retries)
+        #: Seals the peer secrets set over REST (dicomkeep.common.secrets); None = no
+        #: key. A KeySource is loaded (its key file created) when the index opens.
+        self._key_source = secrets if isinstance(secrets, KeySource) else None
+        self.secrets = secrets if isinstance(secrets, SecretBox) else None
         #: MaximumStorageSize/MaximumPatientCount, applied in the store transaction.
         self.recycler = Recycler(db, limits)
 
     async def open(self) -> None:
         """Connect and apply the missing schema migrations (schema.py)."""
+        if self._key_source is not None and self.secrets is None:
+            self.secrets = self._key_source.load()
         await self.db.open()
         try:
             await migrate(self.db)
+            if self.secrets is not None:
+                await self.peers.seal_clear_rows()
         except BaseException:
             await self.db.close()
             raise
@@ -72,7 +82,7 @@ class Index(Store, Resources, Annotations, Recycling, StabilityLedger, ChangeLog
     @property
     def peers(self) -> PeerStore:
         """Orthanc peers set or deleted through REST, kept in the index (peers.py)."""
-        return PeerStore(self.db, max_retries=self.max_retries)
+        return PeerStore(self.db, max_retries=self.max_retries, secrets=self.secrets)
 
     # -- global properties ---------------------------------------------------------
     async def get_property(self, name: str) -> str | None:

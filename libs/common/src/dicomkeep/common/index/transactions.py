@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.ports.database import Database, RetryableError, Tx
+from dicomkeep.common.ports.database import Database, InvalidTextError, RetryableError, Tx
 from dicomkeep.common.retries import retrying
 from tenacity import AsyncRetrying
 
@@ -78,7 +78,8 @@ class Transactions:
         `Database.transaction`), never a listing.
 
         Raises OrthancError DATABASE_CANNOT_SERIALIZE (HTTP 503, OrthancStatus 42)
-        when every replay collided too.
+        when every replay collided too, BAD_REQUEST (400) for a text the database
+        cannot hold (a NUL character in a name or ID, on PostgreSQL).
 
         The first attempt runs without the retry policy: building tenacity's
         machinery cost ~120 us per transaction, as much as a small transaction
@@ -86,7 +87,18 @@ class Transactions:
         the policy takes over with the same schedule (5 ms, 10 ms, 20 ms...).
         """
         try:
-            async with self.db.transaction(readonly=readonly, durable=durable, point=point) as tx:
+            return await self._attempts(body, readonly=readonly, durable=durable, point=point)
+        except InvalidTextError as error:
+            raise OrthancError(
+                ErrorCode.BAD_REQUEST, "A text with a NUL character cannot be stored or looked up"
+            ) from error
+
+    async def _attempts(
+        self, body: Callable[[Tx], Awaitable[T]], *, readonly: bool, durable: bool, point: bool
+    ) -> T:
+        options = {"readonly": readonly, "durable": durable, "point": point}
+        try:
+            async with self.db.transaction(**options) as tx:
                 return await body(tx)
         except RetryableError as error:
             if self.max_retries < 1:
@@ -99,7 +111,7 @@ class Transactions:
         try:
             async for attempt in serialization_retry(self.max_retries - 1, first=2 * FIRST_WAIT):
                 with attempt:
-                    async with self.db.transaction(readonly=readonly, durable=durable, point=point) as tx:
+                    async with self.db.transaction(**options) as tx:
                         return await body(tx)
         except RetryableError:
             pass

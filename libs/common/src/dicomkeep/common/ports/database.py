@@ -73,3 +73,8 @@ class Database(Protocol):
 
 class RetryableError(Exception):
     """The transaction collided with another one and may be replayed."""
+
+
+class InvalidTextError(ValueError):
+    """A text the database cannot hold (PostgreSQL refuses the NUL character, which
+    SQLite keeps): bad input, never an internal error."""

@@ -24,6 +24,7 @@ DIRECT_VARIABLES: Mapping[str, tuple[str, ...]] = {
     "DICOMKEEP_S3_BUCKET": ("AwsS3Storage", "BucketName"),
     "DICOMKEEP_S3_ACCESS_KEY": ("AwsS3Storage", "AccessKey"),
     "DICOMKEEP_S3_SECRET_KEY": ("AwsS3Storage", "SecretKey"),
+    "DICOMKEEP_SECRET_KEY": ("DicomKeep", "SecretKey"),
 }
 
 
@@ -155,6 +156,14 @@ class DicomKeepSettings(BaseModel):
     """Largest `POST /instances` body accepted, in MB (like MaximumStorageSize); a
     larger one answers 413, before it is read when Content-Length declares it;
     0 = no limit. Default 2048."""
+    secret_key: str = ""
+    """Fernet key (44 url-safe base64 characters) that seals the passwords of peers
+    set over REST in the index (dicomkeep.common.secrets). Default "": the
+    SecretKeyFile, else all-in-one creates `<IndexDirectory>/dicomkeep-secret.key`
+    and distributed refuses REST peers with a password. Environment:
+    DICOMKEEP_SECRET_KEY."""
+    secret_key_file: str = ""
+    """File holding the SecretKey (e.g. a container secret). Default ""."""
     log_format: Literal["text", "json"] = "text"
     """Log lines as "text" (`time LEVEL logger message`) or "json" (one JSON object
     per line, with the trace and span ids). `--log-format` overrides it.

@@ -18,6 +18,7 @@ from dicomkeep.common.find import Constraint, format_tag, parse_rest_query, tag_
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index.labels import check_label
 from dicomkeep.common.search import NEVER, FileReader, effective_limit, find_resources, tag_values
+from dicomkeep.gateway import openapi_bodies
 from dicomkeep.gateway.args import TagFormat
 from dicomkeep.gateway.bodies import parse_json
 from dicomkeep.gateway.deps import BlobsDep, IndexDep, SettingsDep
@@ -154,7 +155,7 @@ def format_requested(values: dict[int, str], tags: list[int], fmt: TagFormat) ->
     return result
 
 
-@router.post("/tools/find")
+@router.post("/tools/find", openapi_extra=openapi_bodies.FIND)
 async def tools_find(
     request: Request, index: IndexDep, blobs: BlobsDep, settings: SettingsDep
 ) -> Response:
@@ -184,7 +185,7 @@ async def tools_find(
     return OrthancJSONResponse(expanded)
 
 
-@router.post("/tools/count-resources")
+@router.post("/tools/count-resources", openapi_extra=openapi_bodies.FIND)
 async def count_resources(
     request: Request, index: IndexDep, blobs: BlobsDep, settings: SettingsDep
 ) -> Response:

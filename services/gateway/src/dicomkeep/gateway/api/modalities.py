@@ -27,6 +27,7 @@ from dicomkeep.common.modalities import (
 from dicomkeep.common.orthanc import DimseStatus
 from dicomkeep.common.peer_transfer import expand_instances, parse_store_body
 from dicomkeep.common.settings import Settings
+from dicomkeep.gateway import openapi_bodies
 from dicomkeep.gateway.api.jobs import job_answer
 from dicomkeep.gateway.api.queries import run_query
 from dicomkeep.gateway.args import bool_arg
@@ -77,7 +78,7 @@ async def modality_configuration(name: str, settings: SettingsDep, index: IndexD
     return OrthancJSONResponse((await get_modality(settings, index.jobs, name)).to_json())
 
 
-@router.put("/modalities/{name}")
+@router.put("/modalities/{name}", openapi_extra=openapi_bodies.MODALITY)
 async def put_modality(name: str, request: Request, index: IndexDep) -> Response:
     """Create or replace a modality (array or object form); bad name or body -> 400."""
     check_name(name)
@@ -197,7 +198,7 @@ async def store_straight(name: str, request: Request, settings: SettingsDep, ind
     return OrthancJSONResponse({"SOPClassUID": sop_class, "SOPInstanceUID": sop_instance})
 
 
-@router.post("/modalities/{name}/query")
+@router.post("/modalities/{name}/query", openapi_extra=openapi_bodies.QUERY)
 async def query(name: str, request: Request, settings: SettingsDep, index: IndexDep) -> Response:
     """C-FIND a modality now; answers kept under `/queries/{id}` -> `{"ID", "Path"}`.
 

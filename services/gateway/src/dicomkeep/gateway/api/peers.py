@@ -23,6 +23,7 @@ from dicomkeep.common.peer_transfer import (
 )
 from dicomkeep.common.peers import Peer, check_name, find_peer, load_peers, parse_peer
 from dicomkeep.common.settings import Settings
+from dicomkeep.gateway import openapi_bodies
 from dicomkeep.gateway.api.jobs import job_answer
 from dicomkeep.gateway.args import bool_arg
 from dicomkeep.gateway.bodies import parse_json
@@ -68,7 +69,7 @@ async def peer_configuration(name: str, settings: SettingsDep, index: IndexDep) 
     return OrthancJSONResponse((await _peer(settings, index, name)).public_json())
 
 
-@router.put("/peers/{name}")
+@router.put("/peers/{name}", openapi_extra=openapi_bodies.PEER)
 async def put_peer(name: str, request: Request, index: IndexDep) -> Response:
     """Create or replace a peer from its array or object form; 200 with an empty body.
 
