@@ -47,7 +47,7 @@ def test_parallel_associations_lose_no_response(
             for _ in range(2):  # each file twice: also over re-used associations
                 statuses[n] += [session.send(item.data) for item in studies[n]]
 
-    caplog.set_level(logging.WARNING, logger="dicomkeep.common.dicom.scu")
+    caplog.set_level(logging.WARNING)  # scu.py and its retry policy (common/retries.py)
     threads = [threading.Thread(target=send, args=(n,)) for n in range(len(studies))]
     for thread in threads:
         thread.start()

@@ -33,6 +33,7 @@ from typing import Any
 from dicomkeep.common.dicom.orthanc_json import parse_tag
 from dicomkeep.common.dicom.sending import EncodedInstance, FileMeta, read_file_meta, send_file
 from dicomkeep.common.orthanc import DimseStatus
+from dicomkeep.common.retries import retrying_sync
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -66,6 +67,10 @@ class DicomNetworkError(Exception):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _NoResponse(Exception):
+    """No C-STORE response came on the association (it is dropped; try a new one)."""
 
 
 @dataclass(frozen=True)
@@ -419,26 +424,34 @@ class StoreSession:
         try on a fresh association).
         """
         meta = meta if meta is not None else read_file_meta(data)
-        for attempt in (1, 2):
-            assoc = self._association()
-            self._message_id = self._message_id % 65535 + 1
-            try:
-                status = send_file(
-                    assoc, data, msg_id=self._message_id, originator=self.originator,
-                    transcode=self.peer.allow_transcoding, meta=meta,
-                )  # fmt: skip
-            except (ValueError, AttributeError) as error:  # no accepted context, not DICOM
-                log.warning("C-STORE to %s not sent: %s", self.peer.aet, error)
-                return DimseStatus.SOP_CLASS_NOT_SUPPORTED
-            code = _status(status)
-            if code is not None:
-                return code
-            log.warning(
-                "no C-STORE response from %s (attempt %d): retrying on a new association",
-                self.peer.aet, attempt,
-            )
-            self._drop()
+        try:
+            for attempt in retrying_sync(
+                f"C-STORE to {self.peer.aet} on a new association",
+                attempts=2, first=0.0, longest=0.0, on=(_NoResponse,),
+            ):
+                with attempt:
+                    return self._send_once(data, meta)
+        except _NoResponse:
+            pass
         raise DicomNetworkError(f"C-STORE to {self.peer.aet}: no response")
+
+    def _send_once(self, data: bytes, meta: FileMeta) -> int:
+        """One try of `send` on the current association (a new one if needed)."""
+        assoc = self._association()
+        self._message_id = self._message_id % 65535 + 1
+        try:
+            status = send_file(
+                assoc, data, msg_id=self._message_id, originator=self.originator,
+                transcode=self.peer.allow_transcoding, meta=meta,
+            )  # fmt: skip
+        except (ValueError, AttributeError) as error:  # no accepted context, not DICOM
+            log.warning("C-STORE to %s not sent: %s", self.peer.aet, error)
+            return DimseStatus.SOP_CLASS_NOT_SUPPORTED
+        code = _status(status)
+        if code is None:
+            self._drop()
+            raise _NoResponse(f"no C-STORE response from {self.peer.aet}")
+        return code
 
     def _drop(self) -> None:
         if self._assoc is not None:
