@@ -139,6 +139,7 @@ def make_ae(ae_title: str, *, timeout: float) -> AE:
     ae = AE(ae_title=ae_title)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
+        assert context.abstract_syntax is not None  # pynetdicom's own list: always set
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     # C-FIND (ingest/find.py): identifiers in the uncompressed transfer syntaxes.
     ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
