@@ -12,6 +12,9 @@ ArchiveJob and HierarchicalZipWriter:
   `DICOMDIR` at the root, written last (built with pydicom's FileSet).
 Patients, studies and series are visited in the order of their Orthanc IDs
 (Orthanc's std::map), instances in the order they were stored.
+
+Over 400 lines because the naming rules, the resource walk and the streamed ZIP
+writer are one of Orthanc's behaviours, read and changed together.
 """
 
 from __future__ import annotations

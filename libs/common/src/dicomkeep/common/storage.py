@@ -10,6 +10,9 @@ that store to a modality or a peer, and C-FIND's file reads. The index row says
 how each blob was stored (`compression`), so toggling StorageCompression keeps
 old attachments readable. Hashing and (de)compression of more than 64 KiB run in
 a thread: the event loop never does the heavy work.
+
+Over 400 lines because it is the one place attachment bytes are encoded and
+decoded: whole, in ranges, and streamed from and to files, for every caller.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ blocking DICOM calls go to worker threads. Steps are idempotent: a job resumed
 after its worker died re-sends at most the instances sent since its last
 recorded checkpoint (a receiver answers a repeated C-STORE with success). A
 cancel or pause is honoured between two steps (ORTHANC_API.md §10).
+
+Over 400 lines because the executors share one checkpoint-and-step loop and its
+helpers; split by job type, each module would import the loop back.
 """
 
 from __future__ import annotations
