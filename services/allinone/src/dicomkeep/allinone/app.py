@@ -55,7 +55,8 @@ class AllInOne:
         self._stack = AsyncExitStack()
 
     async def start(self) -> None:
-        """Open the adapters, then start indexer, storage, stability, jobs, gateway, ingest.
+        """Open the adapters, then start indexer, storage, stability, jobs, gateway, ingest,
+        and the HTTP server last.
 
         Each service is stopped, and each adapter closed, in reverse order by `stop`
         (or here, if a start fails).
@@ -91,7 +92,9 @@ class AllInOne:
             ]
             if settings.http_server_enabled:  # Orthanc's HttpServerEnabled: DICOM only if false
                 http = HttpServer(api.app, settings, http_host(settings), settings.http_port)
-                services.insert(services.index(api) + 1, http)
+                # Last: once /system answers, the DICOM port listens too (clients and
+                # scripts wait for the REST API, then send over DICOM).
+                services.append(http)
             for service in services:
                 await _started(stack, service)
             self._stack = stack.pop_all()
