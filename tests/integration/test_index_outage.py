@@ -1,6 +1,6 @@
 """An index outage seen by the jobs worker and the REST API (issue 15), distributed mode.
 
-The cluster reaches PostgreSQL through a TCP proxy of this test: cutting it is an
+The cluster reaches PostgreSQL through a TCP relay of this test (tests/tcp_cut.py): cutting it is an
 outage for this cluster only (the shared server keeps running). While it lasts,
 REST answers 503 with Orthanc's body and the jobs worker logs one line (no
 traceback loop) and retries with backoff; once healed, a job submitted runs to its
@@ -18,17 +18,18 @@ import httpx
 import pytest
 from backends import PG_ADMIN_DSN
 from servers import Server, cluster_server, wait_until
-from tcp_proxy import TcpProxy, tcp_proxy
+from tcp_cut import CuttableRelay, relays
 
 
 @pytest.fixture(scope="module")
-def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, TcpProxy]]:
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, CuttableRelay]]:
     target = urlsplit(PG_ADMIN_DSN)
-    with tcp_proxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+    with relays({"postgres": (target.hostname or "127.0.0.1", target.port or 5432)}) as started:
+        proxy = started["postgres"]
         tmp = tmp_path_factory.mktemp("outage")
         with cluster_server(tmp, pg_port=proxy.port) as server:
             yield server, proxy
-        proxy.heal()  # the teardown drops the database through the proxy's target
+        proxy.restore()  # the teardown drops the database through the relay's target
 
 
 def _jobs_log(server: Server) -> str:
@@ -44,7 +45,7 @@ def _answers(client: httpx.Client, path: str) -> int:
 
 
 def test_jobs_worker_and_rest_ride_out_an_index_outage(
-    proxied: tuple[Server, TcpProxy],
+    proxied: tuple[Server, CuttableRelay],
 ) -> None:
     server, proxy = proxied
     before = _jobs_log(server)
@@ -63,7 +64,7 @@ def test_jobs_worker_and_rest_ride_out_an_index_outage(
         # assertions below are on the log, not on time.
         time.sleep(8)
     finally:
-        proxy.heal()
+        proxy.restore()
     during = _jobs_log(server)[len(before):]
     assert during.count("index unavailable") == 1, during[-3000:]
     assert "Traceback" not in during, during[-3000:]
