@@ -65,7 +65,7 @@ from aio_pika.abc import (
 )
 from dicomkeep.common.adapters.bus_errors import BusError, FailureKind, describe, failure_kind
 from dicomkeep.common.events import APP_ID, CHANGES_EXCHANGE, SCHEMA_VERSION, Envelope
-from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
+from dicomkeep.common.ports.bus import BusNotSent, BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
 
 log = logging.getLogger(__name__)
@@ -284,14 +284,21 @@ class RabbitBus:
         """Send a request to the quorum queue `queue` and wait for the correlated reply.
 
         Raises BusTimeout after `timeout` seconds (the request stays queued and may
-        still be processed), BusError when the responder raised.
+        still be processed), BusError when the responder raised, BusNotSent when the
+        request queue could not be declared (nothing was published). Any other
+        failure (a connection lost, a confirm never received, a nack) comes once the
+        publish began: the broker may hold the request, and its responder may still
+        act on it.
         """
         correlation_id = uuid.uuid4().hex
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = reply
         try:
             async with asyncio.timeout(timeout):
-                await self._declare_request_queue(queue)
+                try:
+                    await self._declare_request_queue(queue)
+                except Exception as error:  # nothing was published yet
+                    raise BusNotSent(describe(error)) from error
                 message = _message(
                     body, headers, correlation_id=correlation_id, reply_to=self._reply_queue
                 )
