@@ -1,6 +1,6 @@
-"""A store whose command reached the indexer but whose publish then failed (issue 15).
+"""Distributed services and a link to RabbitMQ that fails (issue 15).
 
-Distributed mode. The gateway `gateway-1` and the ingest service reach RabbitMQ
+1. A store whose command reached the indexer but whose publish then failed. The gateway `gateway-1` and the ingest service reach RabbitMQ
 through a relay of this test (tests/tcp_cut.py); the indexers reach it directly.
 The relay holds back what the broker answers (the publisher confirm never comes
 back), an upload and a C-STORE are sent, the indexer commits both (the commands
@@ -13,6 +13,13 @@ committed must read back whole: their blobs may not be removed on such an error
 StoreTimeout is above the publish's wait here, so that the connection error, not
 the reply timeout (which always left the blobs), ends the store. The all-in-one
 path (the in-process bus) is covered by tests/unit/services/test_store_flow.py.
+
+2. A service started while the broker is unreachable: the indexer is started
+again through the relay while it is cut, the relay healed a few seconds later;
+the indexer retries its connection and consumer set-up (one warning line per
+attempt) instead of exiting, and then commits what is stored. (The retry of a
+broker error on basic.consume, and the exit on a configuration error:
+tests/unit/contract/test_rabbit_setup.py.)
 """
 
 from __future__ import annotations
@@ -142,3 +149,41 @@ def test_ambiguous_publish_failure_keeps_the_file(
     for name in SENDERS:
         log = (server.state_dir / f"{name}.log").read_text(encoding="utf-8", errors="replace")
         assert "store outcome unknown" in log, f"{name} did not meet the ambiguous failure"
+
+
+def test_service_started_while_the_broker_is_unreachable_waits_for_it(
+    relayed: tuple[Server, CuttableRelay],
+) -> None:
+    from dicomkeep.allinone import cluster
+
+    server, relay = relayed
+    assert server.state_dir is not None
+    (item,) = make_items(1, seed=78)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMKEEP_")}
+    environ["DICOMKEEP_AMQP_URL"] = _via(server.config["RabbitMQ"]["Url"], relay)
+    # Only indexer-1 may answer the store: it must be the one that waited.
+    for name in ("indexer-2", "indexer-1"):
+        cluster.kill_member(server.state_dir, name)
+    relay.cut()
+    started: dict[str, Any] = {}
+
+    def restart() -> None:
+        try:
+            cluster.restart_member(server.state_dir, "indexer-1", environ=environ, timeout=240)
+            started["ok"] = True
+        except Exception as error:  # reported by the assertion below
+            started["error"] = error
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    log_path = server.state_dir / "indexer-1.log"
+    wait_until(lambda: "broker unreachable or failing" in log_path.read_text(errors="replace"),
+               timeout=120, what="indexer-1 to retry its connection")
+    relay.restore()
+    thread.join(300)
+    assert started.get("ok"), started
+    with server.client(1) as client:
+        client.timeout = 120
+        answer = client.post("/instances", content=item.data)
+        assert answer.status_code == 200, answer.text
+        assert client.get(f"/instances/{item.instance}/file").content == item.data
