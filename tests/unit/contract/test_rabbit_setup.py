@@ -5,7 +5,7 @@ Seen in a whole-suite run: RabbitMQ answered 541 INTERNAL_ERROR (`badmatch
 `start`, `consume` and `serve` now retry such errors (and an unreachable broker)
 on a new channel or connection, with one warning line per attempt, for up to
 `setup_within` seconds; bad credentials and a queue declared with other arguments
-still raise at once. Needs RabbitMQ (`integration`).
+still raise at once. The tests with a broker need RabbitMQ (`integration`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import aiormq
 import pytest
 from dicomkeep.common.adapters.rabbit_bus import RabbitBus
 from tcp_cut import CuttableRelay
-
-pytestmark = pytest.mark.integration
 
 AMQP_URL = os.environ.get("DICOMKEEP_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RETRY_LINE = "broker unreachable or failing"
@@ -59,6 +57,7 @@ async def _echo(body: bytes, headers: Mapping[str, str]) -> bytes:
     return body
 
 
+@pytest.mark.integration
 async def test_start_waits_for_an_unreachable_broker(
     names: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -86,6 +85,7 @@ async def test_start_waits_for_an_unreachable_broker(
     assert all("RabbitMQ connection" in line for line in _retries(caplog))
 
 
+@pytest.mark.integration
 async def test_consume_retries_a_broker_error_on_a_new_channel(
     names: dict[str, str], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,6 +123,7 @@ async def test_consume_retries_a_broker_error_on_a_new_channel(
     assert f"consumer of {names['queue']}" in line and "541" in line
 
 
+@pytest.mark.integration
 async def test_bad_credentials_raise_at_once(
     names: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -135,6 +136,7 @@ async def test_bad_credentials_raise_at_once(
     assert _retries(caplog) == []
 
 
+@pytest.mark.integration
 async def test_queue_with_other_arguments_raises_at_once(
     names: dict[str, str], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -149,3 +151,29 @@ async def test_queue_with_other_arguments_raises_at_once(
     finally:
         await bus.close()
     assert _retries(caplog) == []
+
+
+@pytest.mark.parametrize(("error", "retried"), [
+    (ConnectionRefusedError(111, "Connection refused"), True),
+    (ConnectionResetError(104, "Connection reset by peer"), True),
+    (TimeoutError(), True),
+    (aiormq.exceptions.ConnectionInternalError("INTERNAL_ERROR - badmatch {error,noproc}"), True),
+    (aiormq.exceptions.ChannelClosed(541, "INTERNAL_ERROR"), True),
+    (aiormq.exceptions.ChannelNotFoundEntity("NOT_FOUND - no queue"), True),
+    (aiormq.exceptions.ChannelInvalidStateError("No active transport in channel"), True),
+    (RuntimeError("No active transport for connection"), True),
+    (aiormq.exceptions.ProbableAuthenticationError("ACCESS_REFUSED - Login was refused"), False),
+    (aiormq.exceptions.AuthenticationError(["AMQPLAIN"], ["PLAIN"]), False),
+    (aiormq.exceptions.ConnectionNotAllowed("NOT_ALLOWED - vhost / not found"), False),
+    (aiormq.exceptions.ChannelAccessRefused("ACCESS_REFUSED - no configure permission"), False),
+    (aiormq.exceptions.ChannelPreconditionFailed("PRECONDITION_FAILED - x-queue-type"), False),
+    (ValueError("cannot bind a queue to the default exchange"), False),
+])  # fmt: skip
+def test_which_set_up_errors_are_retried(error: BaseException, retried: bool) -> None:
+    bus = RabbitBus(AMQP_URL)
+    bus._connection = object()  # type: ignore[assignment]  # connected: aio-pika's RuntimeErrors
+    assert bus._is_setup_outage(error) is retried
+
+
+def test_not_started_is_not_retried() -> None:
+    assert RabbitBus(AMQP_URL)._is_setup_outage(RuntimeError("RabbitBus is not started")) is False

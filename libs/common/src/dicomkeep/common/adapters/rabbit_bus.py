@@ -37,6 +37,9 @@ writes the W3C `traceparent`/`tracestate` of a producer span into the headers of
 every message and runs each handler in a consumer span continuing it. Publishing uses publisher confirms. The connection
 is robust (`connect_robust`): after a broker restart it reconnects, re-declares the
 queues and bindings and resumes the consumers.
+At start (`start`, `consume`, `serve`), an unreachable or failing broker is
+retried with backoff for up to `SETUP_WITHIN` seconds; a configuration error
+(credentials, permissions, queue arguments) raises at once.
 
 Over 400 lines because the topology above (exchanges, quorum queues, dead
 letters, request/reply) and the reconnect handling it needs are one driver.
@@ -81,6 +84,8 @@ PUBLISH_TIMEOUT = 30.0
 #: Seconds `start`, `consume` and `serve` keep trying while the broker is unreachable
 #: or fails (then they raise, and the service exits).
 SETUP_WITHIN = 120.0
+#: Seconds a set-up retry waits at most for a robust connection to come back.
+RECONNECT_WAIT = 30.0
 #: The reply header carrying a responder's exception.
 ERROR_HEADER = "x-dicomkeep-error"
 SCHEMA_HEADER = "x-dicomkeep-schema"
@@ -221,7 +226,7 @@ class RabbitBus:
             await asyncio.sleep(backoff)
             if self._connection is not None:  # a robust connection comes back by itself
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._connection.ready(), self._setup_within)
+                    await asyncio.wait_for(self._connection.ready(), RECONNECT_WAIT)
 
         return retrying(
             f"{what} (broker unreachable or failing)",
@@ -309,10 +314,10 @@ class RabbitBus:
         """Declare the quorum queue `queue`, bind it, and consume it on its own channel.
 
         The set-up is retried on a new channel while the broker is unreachable or
-        fails, as `start` is. Acks after `handler` returned. While it fails because a backend is unreachable
-        it runs again (backoff, no limit); an undecodable message is dead-lettered at
-        once; another failure is nacked with requeue (the broker dead-letters the
-        message after the delivery limit).
+        fails, as `start` is. Acks after `handler` returned. While it fails because a
+        backend is unreachable it runs again (backoff, no limit); an undecodable
+        message is dead-lettered at once; another failure is nacked with requeue (the
+        broker dead-letters the message after the delivery limit).
         """
         if any(exchange == "" for exchange, _ in bindings):
             raise ValueError("cannot bind a queue to the default exchange")
