@@ -216,7 +216,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="runs per target at the larger scales (default 2)")
     parser.add_argument("--large-modes", default=None,
                         help="modes also measured at the larger scales "
-                             "(default allinone,distributed)")
+                             "(default allinone)")
     parser.add_argument("--batch", type=int, default=None, help="instances per ingest run")
     parser.add_argument("--requests", type=int, default=None, help="requests per latency run")
     parser.add_argument("--size", type=int, default=256,
@@ -243,7 +243,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; choose from {list(pairs)}")
     args.pairs = [(m, pairs[m]) for m in modes]
-    args.large_modes = (args.large_modes or "allinone,distributed").split(",")
+    args.large_modes = (args.large_modes or "allinone").split(",")
     unknown = [m for m in args.large_modes if m not in pairs]
     if unknown:
         parser.error(f"unknown mode(s) {unknown}; choose from {list(pairs)}")

@@ -139,9 +139,9 @@ def test_larger_scales_run_in_the_large_modes_with_their_own_repeat() -> None:
     from bench.cli import parse, scales_of
 
     args = parse([])
-    assert args.scale == [1000, 10000] and args.large_modes == ["allinone", "distributed"]
+    assert args.scale == [1000, 10000] and args.large_modes == ["allinone"]
     assert scales_of("allinone", args) == [(1000, 3), (10000, 2)]
-    assert scales_of("compression", args) == [(1000, 3)]
+    assert scales_of("compression", args) == scales_of("distributed", args) == [(1000, 3)]
     args = parse(["--scale", "400,100,900", "--repeat", "2", "--repeat-large", "1",
                   "--large-modes", "compression"])
     assert scales_of("compression", args) == [(100, 2), (400, 1), (900, 1)]
