@@ -177,7 +177,10 @@ class StoreInstance(BaseModel):
 
     Sent by ingest and gateway to the indexer, which answers a `StoreReply`.
     `main_tags` hold, per level, the keyword → value pairs of ORTHANC_API.md §2.1;
-    `metadata` the core metadata per level (key → value).
+    `metadata` the core metadata per level (key → value). `issued_at` is the
+    sender's Unix time (s) taken before it wrote the blobs; the indexer refuses a
+    command older than OrphanGracePeriod allows (index/staleness.py). None in
+    messages of the earlier format, which are judged by `received_at`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -196,6 +199,7 @@ class StoreInstance(BaseModel):
     overwrite: bool = False
     received_at: str = ""
     traceparent: str | None = None
+    issued_at: float | None = None
 
 
 class StoreReply(BaseModel):

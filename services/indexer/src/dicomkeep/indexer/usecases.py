@@ -46,11 +46,17 @@ class GroupCommit:
     command starts at once. Concurrent senders (several associations, clients or
     ingest processes) share the disk flush of the commit, which bounds a store on
     one flush per transaction rather than per instance.
+
+    `max_age`: commands older than this many seconds are refused, inside the
+    transaction (`Index.store_instances`; index/staleness.py); None judges none.
     """
 
-    def __init__(self, index: Index, *, max_group: int = 64) -> None:
+    def __init__(
+        self, index: Index, *, max_group: int = 64, max_age: float | None = None
+    ) -> None:
         self.index = index
         self.max_group = max_group
+        self.max_age = max_age
         self._waiting: list[tuple[StoreInstance, asyncio.Future[StoreReply]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._closed = False
@@ -83,7 +89,9 @@ class GroupCommit:
                 group = self._waiting[: self.max_group]
                 del self._waiting[: self.max_group]
                 try:
-                    replies = await self.index.store_instances([c for c, _ in group])
+                    replies = await self.index.store_instances(
+                        [c for c, _ in group], max_age=self.max_age
+                    )
                 except BaseException as error:
                     for _, reply in group:
                         if not reply.done():
