@@ -73,3 +73,20 @@ def test_a_built_command_carries_the_time_before_its_blobs() -> None:
     built = build_command(parsed, [], Origin("RestApi"), overwrite=False, issued_at=NOW)
     assert built.issued_at == NOW
     assert build_command(parsed, [], Origin("RestApi"), overwrite=False).issued_at is not None
+
+
+async def test_the_indexer_takes_issued_at_from_the_header() -> None:
+    from dicomkeep.common.events import ISSUED_AT_HEADER, StoreReply, StoreStatus
+    from dicomkeep.indexer.usecases import store
+
+    seen: list[StoreInstance] = []
+
+    async def commit(received: StoreInstance) -> StoreReply:
+        seen.append(received)
+        return StoreReply(status=StoreStatus.SUCCESS, instance_id=received.instance_id)
+
+    body = command().model_dump_json(exclude={"issued_at"}).encode()
+    await store(commit, body, {ISSUED_AT_HEADER: repr(NOW - 1.5)})
+    await store(commit, body, {ISSUED_AT_HEADER: "not a time"})
+    await store(commit, body)  # a message of the earlier format
+    assert [c.issued_at for c in seen] == [NOW - 1.5, None, None]

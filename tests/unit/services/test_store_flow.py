@@ -16,6 +16,7 @@ from dicomkeep.common.dicom.receiving import Origin, Receiver, bus_submitter
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import (
     CHANGES_EXCHANGE,
+    ISSUED_AT_HEADER,
     STORE_QUEUE,
     StoreInstance,
     StoreReply,
@@ -235,7 +236,9 @@ async def test_store_older_than_the_grace_period_is_refused(
 
     async def stuck(body: bytes, headers: Mapping[str, str]) -> bytes:
         await release.wait()
-        reply = await store(group.store, body)
+        assert b"issued_at" not in body  # in a header: earlier indexers read the body
+        assert float(headers[ISSUED_AT_HEADER]) > 0
+        reply = await store(group.store, body, headers)
         answered.append(StoreReply.model_validate_json(reply))
         done.set()
         return reply

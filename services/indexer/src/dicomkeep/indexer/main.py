@@ -97,7 +97,7 @@ class IndexerService:
 
     async def _handle_store(self, body: bytes, headers: Mapping[str, str]) -> bytes:
         assert self._group is not None, "IndexerService is not started"
-        reply = await store(self._group.store, body)
+        reply = await store(self._group.store, body, headers)
         self.wake()
         return reply
 

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, cast
 from dicomkeep.common.dicom.instance import ParsedInstance, dicom_prefix, parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import (
+    ISSUED_AT_HEADER,
     STORE_QUEUE,
     AttachmentInfo,
     StoreInstance,
@@ -152,10 +153,13 @@ def bus_submitter(bus: Bus, timeout: float) -> Submit:
             kind=SpanKind.CLIENT,
             attributes={"dicomkeep.instance_id": command.instance_id},
         ) as span:
+            headers = {"x-dicomkeep-type": "StoreInstance"}
+            if command.issued_at is not None:
+                headers[ISSUED_AT_HEADER] = repr(command.issued_at)
             body = await bus.request(
                 STORE_QUEUE,
-                command.model_dump_json().encode(),
-                {"x-dicomkeep-type": "StoreInstance"},
+                command.model_dump_json(exclude={"issued_at"}).encode(),
+                headers,
                 timeout,
             )
             reply = StoreReply.model_validate_json(body)
