@@ -107,11 +107,16 @@ class OrthancMetrics:
             return
         now = time.time()
         with self._lock:
+            # A sliding-window maximum: the deque keeps only the values that can
+            # still be the maximum (decreasing), so each call is O(1) amortized
+            # instead of a scan of every request of the window.
             recent = self._recent.setdefault(name, deque())
+            while recent and recent[-1][1] <= value:
+                recent.pop()
             recent.append((now, value))
-            while recent and recent[0][0] < now - self._window:
+            while recent[0][0] < now - self._window:
                 recent.popleft()
-            self._values[name] = (max(v for _, v in recent), now)
+            self._values[name] = (recent[0][1], now)
 
     def add(self, name: str, delta: float) -> None:
         """Add `delta` to a value (a gauge of things in progress)."""
