@@ -58,6 +58,37 @@ def pids_matching(fragment: str) -> list[int]:
     return found
 
 
+def parent_pid(pid: int) -> int | None:
+    """The PPid of a process, None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def with_descendants(roots: Iterable[int]) -> list[int]:
+    """The processes `roots` and every live descendant of theirs (a server's worker
+    processes use CPU and memory that their parent's /proc entry does not show until
+    they end)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            parent = parent_pid(int(entry.name))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    pending = list(roots)
+    while pending:
+        pid = pending.pop()
+        if pid not in found:
+            found.append(pid)
+            pending.extend(children.get(pid, []))
+    return found
+
+
 @dataclass
 class ProcessGroup:
     """Processes of one target, by role ("server", "postgresql", ...); `pids` is

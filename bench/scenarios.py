@@ -71,7 +71,8 @@ def storescu(target: Target, params: Params, associations: int) -> float:
         subprocess.run(
             [dcmtk("storescu"), "-aet", "BENCH", "-aec", target["aet"], "127.0.0.1",
              str(target["dicom_port"]), *chunks[i]],
-            check=True, capture_output=True, timeout=900, env=DCMTK_ENV,
+            # A guard against a hang: a preload sends thousands (1 s each, at worst).
+            check=True, capture_output=True, timeout=max(900, len(chunks[i])), env=DCMTK_ENV,
         )
 
     return len(files) / _parallel(associations, send)

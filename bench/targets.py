@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.measure import ProcessGroup, pids_matching, pids_named
+from bench.measure import ProcessGroup, pids_matching, pids_named, with_descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -65,13 +66,27 @@ def _common(move_port: int) -> dict[str, Any]:
                                 "bench": [CLIENT_AET, "127.0.0.1", 104]}}
 
 
+#: PostgreSQL's own processes that work for every client's writes (WAL, checkpoints,
+#: dirty buffers): counted with the target's backends, on both sides.
+PG_WORKERS = ("walwriter", "checkpointer", "background writer")
+
+
 def _pg_backends(database: str) -> list[int]:
+    """The backends connected to `database` (autovacuum's workers on it too) and the
+    server's WAL writer, checkpointer and background writer."""
+    workers = ", ".join(f"'{name}'" for name in PG_WORKERS)
     done = subprocess.run(
         ["psql", PG_ADMIN_DSN, "-Atc",
-         f"SELECT pid FROM pg_stat_activity WHERE datname = '{database}'"],
+         f"SELECT pid FROM pg_stat_activity WHERE datname = '{database}' "
+         f"OR backend_type IN ({workers})"],
         capture_output=True, text=True, timeout=30,
     )
     return [int(line) for line in done.stdout.split()] if done.returncode == 0 else []
+
+
+def _rabbitmq() -> list[int]:
+    """RabbitMQ's Erlang VM, its helper processes (erl_child_setup...) and epmd."""
+    return with_descendants(pids_named("beam.smp")) + pids_named("epmd")
 
 
 @contextmanager
@@ -92,10 +107,10 @@ def dicomkeep(mode: str, tmp: Path) -> Iterator[Target]:
             database = server.config["PostgreSQL"]["ConnectionUri"].rsplit("/", 1)[1]
             s3_port = server.s3_endpoint.rsplit(":", 1)[1] if server.s3_endpoint else "-"
             group = ProcessGroup({
-                "dicomkeep": lambda: members,
+                "dicomkeep": lambda: with_descendants(members),
                 "s3 (moto)": lambda: pids_matching(f"moto_server -H 127.0.0.1 -p {s3_port}"),
                 "postgresql": lambda: _pg_backends(database),
-                "rabbitmq": lambda: pids_named("beam.smp"),
+                "rabbitmq": _rabbitmq,
                 "redis": lambda: pids_named("redis-server"),
             })
             yield Target(f"dicomkeep-{mode}", None, _endpoint(server.url, server.dicom_port,
@@ -103,7 +118,7 @@ def dicomkeep(mode: str, tmp: Path) -> Iterator[Target]:
         return
     with _allinone(folder, extra) as (url, dicom_port, pid):
         yield Target(f"dicomkeep-{mode}", None, _endpoint(url, dicom_port, "DICOMKEEP", move_port),
-                     ProcessGroup({"dicomkeep": lambda: [pid]}))
+                     ProcessGroup({"dicomkeep": lambda: with_descendants([pid])}))
 
 
 @contextmanager
@@ -182,31 +197,51 @@ def orthanc(mode: str, tmp: Path) -> Iterator[Target]:
         stack.callback(stop_processes, [process])
         endpoint = _endpoint(f"http://127.0.0.1:{http_port}", dicom_port, "ORTHANC", move_port)
         yield Target(f"orthanc-{mode}", ns, endpoint,
-                     ProcessGroup({"orthanc": lambda: [process.pid], **roles}))
+                     ProcessGroup({"orthanc": lambda: with_descendants([process.pid]), **roles}))
+
+
+#: What the benchmark runs besides DicomKeep: (Debian package, a file it installs).
+REQUIRED = [("orthanc", ORTHANC), ("orthanc-postgresql", PG_PLUGIN),
+            ("dcmtk", "/usr/bin/storescu"), ("postgresql-client", "/usr/bin/psql"),
+            ("iproute2", "/bin/ip")]
+
+
+def missing_packages() -> list[str]:
+    return [package for package, path in REQUIRED if not Path(path).exists()]
 
 
 def ensure_installed() -> None:
-    """Install Orthanc, its PostgreSQL plugin and DCMTK with apt-get when missing."""
-    missing = [package for package, path in (("orthanc", ORTHANC), ("orthanc-postgresql", PG_PLUGIN),
-                                             ("dcmtk", "/usr/bin/storescu"))
-               if not Path(path).exists()]
-    if missing:
-        sys.stderr.write(f"installing {' '.join(missing)} with apt-get\n")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
-        # The benchmark starts Orthanc itself: the package's service must not start
-        # (policy-rc.d exit 101 = action forbidden), as scripts/test-deps.sh does.
-        policy = Path("/usr/sbin/policy-rc.d")
-        created = not policy.exists()
-        if created:
-            policy.write_text("#!/bin/sh\nexit 101\n")
-            policy.chmod(0o755)
-        try:
-            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-            subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
-        finally:
-            if created:
-                policy.unlink()
+    """Install Orthanc, its PostgreSQL plugin and DCMTK with apt-get when missing;
+    exit with a message saying what to do when that is not possible."""
     if os.geteuid() != 0:
-        raise SystemExit("the benchmark runs Orthanc in a network namespace: it needs root")
-
-
+        raise SystemExit("the benchmark needs root: Orthanc runs in a network namespace "
+                         "(and missing packages are installed with apt-get)")
+    missing = missing_packages()
+    if not missing:
+        return
+    if shutil.which("apt-get") is None:
+        raise SystemExit(f"missing {', '.join(missing)} and no apt-get here: install them "
+                         "(Debian package names), then run again")
+    sys.stderr.write(f"installing {' '.join(missing)} with apt-get\n")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "RUNLEVEL": "1"}
+    # The benchmark starts Orthanc itself: the package's service must not start
+    # (policy-rc.d exit 101 = action forbidden), as scripts/test-deps.sh does.
+    policy = Path("/usr/sbin/policy-rc.d")
+    created = not policy.exists()
+    if created:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        for command in (["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", *missing]):
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"`{' '.join(command)}` failed ({done.returncode}):\n"
+                                 f"{done.stderr.strip()[-2000:]}\ninstall {', '.join(missing)} "
+                                 "yourself, then run again")
+    finally:
+        if created:
+            policy.unlink()
+    still = missing_packages()
+    if still:
+        raise SystemExit(f"apt-get ran but {', '.join(still)} is still missing")

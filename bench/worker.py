@@ -30,9 +30,16 @@ def wait(url: str, timeout: float) -> bool:
     raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
 
 
-def instance_ids(url: str, count: int) -> list[str]:
-    ids: list[str] = httpx.get(f"{url}/instances", timeout=120).json()
-    return ids[:count]
+def instance_ids(url: str, uids: list[str]) -> list[str]:
+    """The server's IDs of the instances of these SOPInstanceUIDs (/tools/lookup)."""
+    ids = []
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for uid in uids:
+            found = client.post("/tools/lookup", content=uid).json()
+            ids += [item["ID"] for item in found if item["Type"] == "Instance"]
+    if len(ids) != len(uids):
+        raise RuntimeError(f"{len(uids) - len(ids)} of {len(uids)} probe instances not found")
+    return ids
 
 
 def delete_study(url: str, study_uid: str) -> int:
@@ -50,7 +57,7 @@ def handle(request: dict[str, Any]) -> Any:
     if op == "wait":
         return wait(request["url"], request["timeout"])
     if op == "ids":
-        return instance_ids(request["url"], request["count"])
+        return instance_ids(request["url"], request["uids"])
     if op == "delete_study":
         return delete_study(request["url"], request["study_uid"])
     return BY_NAME[request["scenario"]].run(request["target"], request["params"])

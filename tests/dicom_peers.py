@@ -1,4 +1,10 @@
-"""Remote DICOM peers for the tests: DCMTK's storescp and an in-process storage SCP."""
+"""Remote DICOM peers for the tests: DCMTK's storescp and an in-process storage SCP.
+
+The in-process SCPs may be used as soon as `start()` returns: pynetdicom's
+`start_server(block=False)` binds and listens (socketserver's bind_and_activate)
+before it starts the accepting thread, so an early association waits in the
+listen backlog rather than being refused.
+"""
 
 from __future__ import annotations
 

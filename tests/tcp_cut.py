@@ -4,7 +4,9 @@ PostgreSQL, RabbitMQ and Redis are shared by every test worker (and by other
 checkouts on the machine): the fault suite never stops them. Instead each
 cluster reaches them through a `CuttableRelay`, whose `cut()` resets every relayed
 connection and every new one until `restore()`, as a crashed or unreachable
-server would look from the cluster.
+server would look from the cluster. `hold_replies()` keeps relaying what the
+clients send but holds back what the server answers (a confirm or a reply lost
+on the way back) until the next `cut()` or `restore()`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class CuttableRelay:
         self.cut_count = 0
         self._is_cut = False
         self._writers: set[asyncio.StreamWriter] = set()
+        #: Set while the server's bytes flow back to the clients.
+        self._answering: asyncio.Event | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -46,8 +50,14 @@ class CuttableRelay:
         self.cut_count += 1
 
     def restore(self) -> None:
-        """Relay new connections again."""
+        """Relay new connections again (and the held answers, if any)."""
         self._is_cut = False
+        self._loop.call_soon_threadsafe(self._answers_flow)
+
+    def hold_replies(self) -> None:
+        """Keep relaying to the server; hold every byte it sends back, on every
+        connection, until `cut()` (which drops them) or `restore()`."""
+        self._call(self._hold())
 
     def close(self) -> None:
         self._call(self._close())
@@ -56,6 +66,18 @@ class CuttableRelay:
 
     def _call(self, coroutine):  # type: ignore[no-untyped-def]
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(30)
+
+    async def _hold(self) -> None:
+        self._answers().clear()
+
+    def _answers(self) -> asyncio.Event:
+        if self._answering is None:
+            self._answering = asyncio.Event()
+            self._answering.set()
+        return self._answering
+
+    def _answers_flow(self) -> None:
+        self._answers().set()
 
     async def _listen(self) -> asyncio.Server:
         server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
@@ -67,6 +89,7 @@ class CuttableRelay:
         for writer in list(self._writers):
             _reset(writer)
         self._writers.clear()
+        self._answers().set()  # the held answers went with their connections
 
     async def _close(self) -> None:
         await self._cut()
@@ -89,16 +112,24 @@ class CuttableRelay:
         pair = {client_w, server_w}
         self._writers |= pair
         try:
-            await asyncio.gather(_pump(client_r, server_w), _pump(server_r, client_w))
+            await asyncio.gather(
+                _pump(client_r, server_w), _pump(server_r, client_w, self._answers())
+            )
         finally:
             self._writers -= pair
             for writer in pair:
                 writer.close()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event | None = None
+) -> None:
     try:
         while data := await reader.read(65536):
+            if flowing is not None:
+                await flowing.wait()
+                if writer.transport.is_closing():  # cut while held
+                    return
             writer.write(data)
             await writer.drain()
         if writer.can_write_eof():

@@ -24,14 +24,23 @@ ANSWER = {
     "PatientID": "P1", "PatientName": "Doe^J", "StudyInstanceUID": "1.2.3", "AccessionNumber": "A1",
     "SeriesInstanceUID": "1.2.3.4", "SOPInstanceUID": "1.2.3.4.5", "StudyDescription": "desc",
 }  # fmt: skip
-#: A value that makes the SCP wait before answering, beyond a 1-second timeout.
+#: A value that makes the SCP wait `SLOW_DELAY` seconds before answering.
 SLOW = "SLOW"
+#: The patient parent's Timeout. It also bounds the association of its own C-FIND
+#: (Orthanc's semantics: the ACSE and connection timeouts too), so it must leave
+#: room for a slow machine: at 1 s, one whole-suite run in three on a loaded
+#: 2-core machine saw that first association of the cluster "not established".
+PARENT_TIMEOUT = 4
+#: Beyond PARENT_TIMEOUT (the inherited timeout always expires first: the answer
+#: leaves at least this long after the request arrived), within DicomScuTimeout
+#: (10 s by default) with room to spare.
+SLOW_DELAY = 5
 #: Orthanc's DicomAet (its default); DicomKeep's is the test server's.
 ORTHANC_AET = "ORTHANC"
 #: The parent queries, by name: Normalize false, a LocalAet and a Timeout on the patient one.
 PARENTS = {
     "patient": {"Level": "Patient", "Query": {"PatientID": "P1"}, "Normalize": False,
-                "LocalAet": "PARENTAET", "Timeout": 1},
+                "LocalAet": "PARENTAET", "Timeout": PARENT_TIMEOUT},
     "study": {"Level": "Study", "Query": {"PatientID": "P1"}},
     "series": {"Level": "Series", "Query": {"PatientID": "P1"}},
     "instance": {"Level": "Instance", "Query": {"PatientID": "P1"}},
@@ -40,7 +49,7 @@ PARENTS = {
 
 @pytest.fixture(scope="module")
 def finder() -> Iterator[FindScp]:
-    with find_scp(answer=ANSWER, slow={SLOW}, delay=4) as scp:
+    with find_scp(answer=ANSWER, slow={SLOW}, delay=SLOW_DELAY) as scp:
         yield scp
 
 
@@ -155,8 +164,8 @@ def test_drill_down_as_orthanc(server: Server, orthanc: OrthancPeer, finder: Fin
 
 
 def test_drill_down_timeout_inherited_as_orthanc(server: Server, orthanc: OrthancPeer, finder: FindScp) -> None:
-    """The parent's Timeout (1 s on the patient query) applies to a drill-down unless its
-    body names another; the SCP answers a SLOW query after 4 s."""
+    """The parent's Timeout (PARENT_TIMEOUT on the patient query) applies to a drill-down
+    unless its body names another; the SCP answers a SLOW query after SLOW_DELAY."""
     with server.client() as ours, orthanc.client() as theirs:
         assert ours.put("/modalities/finder", json=[finder.aet, "127.0.0.1", finder.port]).status_code == 200
         for client in (ours, theirs):

@@ -21,7 +21,7 @@ from dicomkeep.common.adapters.bus_errors import BusError
 from dicomkeep.common.adapters.local_bus import LocalBus, topic_matches
 from dicomkeep.common.adapters.rabbit_bus import RabbitBus
 from dicomkeep.common.events import Change
-from dicomkeep.common.ports.bus import Bus, BusTimeout
+from dicomkeep.common.ports.bus import Bus, BusNotSent, BusTimeout
 
 AMQP_URL = os.environ.get("DICOMKEEP_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DEADLINE = 5.0
@@ -385,6 +385,15 @@ async def test_responder_exception_reaches_the_requester(kit: Kit) -> None:
     # The responder keeps serving after a failure.
     with pytest.raises(BusError, match="bad request 43"):
         await bus.request(queue, b"43", {}, timeout=DEADLINE)
+
+
+async def test_request_on_a_closed_bus_was_never_sent(kit: Kit) -> None:
+    """BusNotSent: the one request failure after which a sender may undo what it
+    prepared (the blobs of a store); it never reaches a responder."""
+    bus = await kit.bus()
+    await bus.close()
+    with pytest.raises(BusNotSent):
+        await bus.request(kit.queue("rpc"), b"?", {}, timeout=DEADLINE)
 
 
 async def test_prefetch_one_keeps_the_publish_order(kit: Kit) -> None:

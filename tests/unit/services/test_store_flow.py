@@ -12,16 +12,24 @@ import pytest
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.local_bus import LocalBus
 from dicomkeep.common.adapters.sqlite_db import SqliteDatabase
-from dicomkeep.common.dicom.receiving import Origin, Receiver
+from dicomkeep.common.dicom.receiving import Origin, Receiver, bus_submitter
 from dicomkeep.common.errors import ErrorCode, OrthancError
-from dicomkeep.common.events import CHANGES_EXCHANGE, StoreInstance, StoreReply, StoreStatus
+from dicomkeep.common.events import (
+    CHANGES_EXCHANGE,
+    STORE_QUEUE,
+    StoreInstance,
+    StoreReply,
+    StoreStatus,
+)
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
+from dicomkeep.common.ports.bus import BusError, BusNotSent
 from dicomkeep.indexer.usecases import relay_outbox
 from dicomkeep.storage.usecases import collect_orphans, purge_released
 from pydicom.data import get_testdata_file
 
 CT = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+MR = Path(str(get_testdata_file("MR_small.dcm"))).read_bytes()
 
 
 @pytest.fixture
@@ -116,3 +124,96 @@ async def test_purge_and_orphan_collection(index: Index, blobs: FileBlobStore) -
     assert await purge_released(index, blobs) == 1
     assert await keys(blobs) == []
     assert await index.pending_blobs(10) == []
+
+
+# An ambiguous failure of the command (issue 15): the blobs stay for the orphan
+# collector, since the indexer may have committed (or may still commit) it.
+
+AMBIGUOUS = {
+    "connection lost after the publish": ConnectionResetError("connection reset by peer"),
+    "the indexer raised": BusError("InterfaceError: connection lost during COMMIT"),
+    "a nack": BusError("the broker nacked the message"),
+    "a reply that cannot be read": ValueError("not a StoreReply"),
+}
+
+
+async def _readable(index: Index, blobs: FileBlobStore, instance_id: str) -> bytes:
+    """The committed instance's file, read back through its attachment row."""
+    instance = await index.get_resource(Level.INSTANCE, instance_id)
+    assert instance is not None and instance.dicom is not None, "the instance is not indexed"
+    return await blobs.get(instance.dicom.uuid)
+
+
+@pytest.mark.parametrize("error", list(AMBIGUOUS))
+async def test_ambiguous_failure_keeps_the_blobs(
+    index: Index, blobs: FileBlobStore, error: str
+) -> None:
+    async def commit_then_fail(command: StoreInstance) -> StoreReply:
+        await index.store_instance(command)  # the command did reach the indexer
+        raise AMBIGUOUS[error]
+
+    receiver = Receiver(blobs, commit_then_fail)
+    with pytest.raises(type(AMBIGUOUS[error])):
+        await receiver.receive(CT, Origin("RestApi"))
+    (instance,) = await index.list_resources(Level.INSTANCE)
+    assert await _readable(index, blobs, instance) == CT
+
+
+async def test_command_never_sent_removes_the_blobs(index: Index, blobs: FileBlobStore) -> None:
+    async def refuse_before_publishing(command: StoreInstance) -> StoreReply:
+        raise BusNotSent("ChannelInvalidStateError: the queue could not be declared")
+
+    with pytest.raises(BusNotSent):
+        await Receiver(blobs, refuse_before_publishing).receive(CT, Origin("RestApi"))
+    assert await keys(blobs) == []
+
+
+async def test_local_bus_ambiguous_and_unsent(index: Index, blobs: FileBlobStore) -> None:
+    """The all-in-one path (bus_submitter over the in-process bus): a responder
+    that committed and then failed keeps the blob; a closed bus removes it."""
+    bus = LocalBus()
+    await bus.start()
+
+    async def commit_then_fail(body: bytes, headers: Mapping[str, str]) -> bytes:
+        await index.store_instance(StoreInstance.model_validate_json(body))
+        raise ConnectionError("lost after the commit")
+
+    await bus.serve(STORE_QUEUE, commit_then_fail)
+    receiver = Receiver(blobs, bus_submitter(bus, timeout=10))
+    with pytest.raises(BusError):
+        await receiver.receive(CT, Origin("RestApi"))
+    (instance,) = await index.list_resources(Level.INSTANCE)
+    assert await _readable(index, blobs, instance) == CT
+    before = await keys(blobs)
+    await bus.close()
+    with pytest.raises(BusNotSent):
+        await receiver.receive(MR, Origin("RestApi"))
+    assert await keys(blobs) == before
+
+
+async def test_timed_out_store_committed_later_is_readable(
+    index: Index, blobs: FileBlobStore
+) -> None:
+    """The reply comes after StoreTimeout (a slow indexer): the sender is told
+    TIMEOUT, the commit happens anyway, and the file is there."""
+    bus = LocalBus()
+    await bus.start()
+    release = asyncio.Event()
+    committed = asyncio.Event()
+
+    async def slow(body: bytes, headers: Mapping[str, str]) -> bytes:
+        await release.wait()
+        reply = await index.store_instance(StoreInstance.model_validate_json(body))
+        committed.set()
+        return reply.model_dump_json().encode()
+
+    await bus.serve(STORE_QUEUE, slow)
+    receiver = Receiver(blobs, bus_submitter(bus, timeout=0.2))
+    with pytest.raises(OrthancError) as refused:
+        await receiver.receive(CT, Origin("RestApi"))
+    assert refused.value.code is ErrorCode.TIMEOUT
+    release.set()
+    await asyncio.wait_for(committed.wait(), 10)
+    await bus.close()
+    (instance,) = await index.list_resources(Level.INSTANCE)
+    assert await _readable(index, blobs, instance) == CT

@@ -24,7 +24,7 @@ from typing import Self
 
 from dicomkeep.common.adapters.bus_errors import BusError, FailureKind, describe, failure_kind
 from dicomkeep.common.events import SCHEMA_VERSION, Envelope
-from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
+from dicomkeep.common.ports.bus import BusNotSent, BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
 from dicomkeep.common.telemetry import LOCAL_MESSAGING_SYSTEM, consumer_span, producer_span
 
@@ -227,9 +227,11 @@ class LocalBus:
         """Queue a request on `queue` and wait for a responder's reply.
 
         Raises BusTimeout when no reply comes within `timeout` seconds (the request
-        stays queued, as on RabbitMQ) and BusError when the responder raised.
+        stays queued, as on RabbitMQ), BusError when the responder raised or the bus
+        closed meanwhile, BusNotSent when the bus was already closed.
         """
-        self._check_open()
+        if self._is_closed:
+            raise BusNotSent("LocalBus is closed")
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._requests.add(reply)
         stamped = _stamp(headers)

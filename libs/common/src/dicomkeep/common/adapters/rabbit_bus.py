@@ -37,6 +37,9 @@ writes the W3C `traceparent`/`tracestate` of a producer span into the headers of
 every message and runs each handler in a consumer span continuing it. Publishing uses publisher confirms. The connection
 is robust (`connect_robust`): after a broker restart it reconnects, re-declares the
 queues and bindings and resumes the consumers.
+At start (`start`, `consume`, `serve`), an unreachable or failing broker is
+retried with backoff for up to `SETUP_WITHIN` seconds; a configuration error
+(credentials, permissions, queue arguments) raises at once.
 
 Over 400 lines because the topology above (exchanges, quorum queues, dead
 letters, request/reply) and the reconnect handling it needs are one driver.
@@ -65,7 +68,7 @@ from aio_pika.abc import (
 )
 from dicomkeep.common.adapters.bus_errors import BusError, FailureKind, describe, failure_kind
 from dicomkeep.common.events import APP_ID, CHANGES_EXCHANGE, SCHEMA_VERSION, Envelope
-from dicomkeep.common.ports.bus import BusTimeout, Consumer, Responder
+from dicomkeep.common.ports.bus import BusNotSent, BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,11 @@ DELIVERY_LIMIT = 5
 RECONNECT_INTERVAL = 1.0
 #: Seconds a publish waits for the connection to come back before it raises.
 PUBLISH_TIMEOUT = 30.0
+#: Seconds `start`, `consume` and `serve` keep trying while the broker is unreachable
+#: or fails (then they raise, and the service exits).
+SETUP_WITHIN = 120.0
+#: Seconds a set-up retry waits at most for a robust connection to come back.
+RECONNECT_WAIT = 30.0
 #: The reply header carrying a responder's exception.
 ERROR_HEADER = "x-dicomkeep-error"
 SCHEMA_HEADER = "x-dicomkeep-schema"
@@ -91,6 +99,17 @@ _CONNECTION_LOST = (
     aiormq.exceptions.ConnectionClosed,
     ConnectionError,
 )
+#: Broker answers that no retry can change, raised at once by `start`, `consume` and
+#: `serve`: bad credentials (or a user refused the virtual host), an entity the user
+#: may not use, a queue that exists with other arguments.
+_CONFIGURATION_ERRORS = (
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.IncompatibleProtocolError,
+    aiormq.exceptions.ConnectionNotAllowed,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ChannelPreconditionFailed,
+)
 
 
 class RabbitBus:
@@ -101,7 +120,9 @@ class RabbitBus:
     `dead_letter_exchange`/`dead_letter_queue` exist to isolate tests. A queue that
     already exists with other arguments (e.g. a classic queue) makes the declaration
     fail with RabbitMQ's PRECONDITION_FAILED: queue arguments cannot change in place.
-    `publish_timeout` bounds how long a publish waits for a reconnection.
+    `publish_timeout` bounds how long a publish waits for a reconnection,
+    `setup_within` how long `start`, `consume` and `serve` retry a broker that is
+    unreachable or fails (see `start`).
     """
 
     def __init__(
@@ -115,6 +136,7 @@ class RabbitBus:
         delivery_limit: int = DELIVERY_LIMIT,
         reconnect_interval: float = RECONNECT_INTERVAL,
         publish_timeout: float = PUBLISH_TIMEOUT,
+        setup_within: float = SETUP_WITHIN,
     ) -> None:
         self._url = url
         self._prefetch = prefetch
@@ -124,6 +146,7 @@ class RabbitBus:
         self._delivery_limit = delivery_limit
         self._reconnect_interval = reconnect_interval
         self._publish_timeout = publish_timeout
+        self._setup_within = setup_within
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
@@ -148,13 +171,27 @@ class RabbitBus:
     async def start(self) -> None:
         """Connect; declare `dicomkeep.changes`, the dead-letter topology, the reply queue.
 
-        Raises the connection error (e.g. `ConnectionError`) if the broker is
-        unreachable; reconnection is automatic only once connected.
+        While the broker is unreachable or answers an error (e.g. 541
+        INTERNAL_ERROR), it connects and declares again, with the project's backoff
+        and one warning line per attempt, for up to `setup_within` seconds; then it
+        raises the last error. A configuration error (bad credentials, a refused
+        virtual host or entity, a queue declared with other arguments) raises at
+        once. Once connected, reconnection is automatic.
         """
+        async for attempt in self._setting_up("RabbitMQ connection"):
+            with attempt:
+                try:
+                    await self._connect()
+                except BaseException:
+                    await self._drop_connection()
+                    raise
+
+    async def _connect(self) -> None:
         connection = await aio_pika.connect_robust(
             self._url,
             client_properties={"connection_name": self._name},
             reconnect_interval=self._reconnect_interval,
+            timeout=self._publish_timeout,
         )
         self._connection = connection
         channel = await connection.channel(publisher_confirms=True)
@@ -173,6 +210,42 @@ class RabbitBus:
         )
         self._reply_queue = reply_queue.name
         await reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def _drop_connection(self) -> None:
+        """Close a connection that failed half-way through `start`."""
+        connection, self._connection, self._channel = self._connection, None, None
+        self._exchanges.clear()
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+    def _setting_up(self, what: str) -> Any:
+        """The retry policy of `start`, `consume` and `serve` (see `start`)."""
+
+        async def until_reconnected(backoff: float) -> None:
+            await asyncio.sleep(backoff)
+            if self._connection is not None:  # a robust connection comes back by itself
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._connection.ready(), RECONNECT_WAIT)
+
+        return retrying(
+            f"{what} (broker unreachable or failing)",
+            within=self._setup_within,
+            first=0.5,
+            longest=5.0,
+            when=self._is_setup_outage,
+            sleep=until_reconnected,
+        )
+
+    def _is_setup_outage(self, error: BaseException) -> bool:
+        """Tell whether a set-up error may go away by itself (see `start`)."""
+        if isinstance(error, _CONFIGURATION_ERRORS):
+            return False
+        if isinstance(error, aiormq.exceptions.AMQPError | ConnectionError | OSError | TimeoutError):
+            return True
+        # aio-pika's RuntimeErrors while a robust connection reconnects
+        # ("No active transport", "Connection is not ready"); not "not started".
+        return isinstance(error, RuntimeError) and self._connection is not None
 
     async def __aenter__(self) -> Self:
         """Enter the adapter's life: start it; `async with` closes it on exit."""
@@ -240,20 +313,14 @@ class RabbitBus:
     ) -> None:
         """Declare the quorum queue `queue`, bind it, and consume it on its own channel.
 
-        Acks after `handler` returned. While it fails because a backend is unreachable
-        it runs again (backoff, no limit); an undecodable message is dead-lettered at
-        once; another failure is nacked with requeue (the broker dead-letters the
-        message after the delivery limit).
+        The set-up is retried on a new channel while the broker is unreachable or
+        fails, as `start` is. Acks after `handler` returned. While it fails because a
+        backend is unreachable it runs again (backoff, no limit); an undecodable
+        message is dead-lettered at once; another failure is nacked with requeue (the
+        broker dead-letters the message after the delivery limit).
         """
-        channel = await self._consumer_channel(prefetch)
-        work_queue = await channel.declare_queue(
-            queue, durable=True, arguments=self.work_queue_arguments
-        )
-        for exchange, pattern in bindings:
-            if exchange == "":
-                raise ValueError("cannot bind a queue to the default exchange")
-            await self._exchange(exchange)
-            await work_queue.bind(exchange, routing_key=pattern)
+        if any(exchange == "" for exchange, _ in bindings):
+            raise ValueError("cannot bind a queue to the default exchange")
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             try:
@@ -275,8 +342,7 @@ class RabbitBus:
                 return
             await _settle(message.ack(), queue)
 
-        await self._start_consumer(work_queue, on_message)
-        self._consumed[queue] = None
+        await self._set_up_consumer(queue, prefetch, bindings, on_message)
 
     async def request(
         self, queue: str, body: bytes, headers: Mapping[str, str], timeout: float
@@ -284,14 +350,21 @@ class RabbitBus:
         """Send a request to the quorum queue `queue` and wait for the correlated reply.
 
         Raises BusTimeout after `timeout` seconds (the request stays queued and may
-        still be processed), BusError when the responder raised.
+        still be processed), BusError when the responder raised, BusNotSent when the
+        request queue could not be declared (nothing was published). Any other
+        failure (a connection lost, a confirm never received, a nack) comes once the
+        publish began: the broker may hold the request, and its responder may still
+        act on it.
         """
         correlation_id = uuid.uuid4().hex
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = reply
         try:
             async with asyncio.timeout(timeout):
-                await self._declare_request_queue(queue)
+                try:
+                    await self._declare_request_queue(queue)
+                except Exception as error:  # nothing was published yet
+                    raise BusNotSent(describe(error)) from error
                 message = _message(
                     body, headers, correlation_id=correlation_id, reply_to=self._reply_queue
                 )
@@ -306,12 +379,9 @@ class RabbitBus:
         """Answer requests on the quorum queue `queue`; ack each once its reply is sent.
 
         An exception of `handler` is replied as an error (BusError for the requester),
-        and the request is acked: it is not retried.
+        and the request is acked: it is not retried. The set-up is retried as
+        `consume`'s is.
         """
-        channel = await self._consumer_channel(prefetch)
-        work_queue = await channel.declare_queue(
-            queue, durable=True, arguments=self.work_queue_arguments
-        )
 
         async def on_request(message: AbstractIncomingMessage) -> None:
             reply_headers: dict[str, str] = {}
@@ -325,8 +395,7 @@ class RabbitBus:
                 await self._publish("", message.reply_to, reply)
             await _settle(message.ack(), queue)
 
-        await self._start_consumer(work_queue, on_request)
-        self._consumed[queue] = None
+        await self._set_up_consumer(queue, prefetch, (), on_request)
 
     async def queue_depths(self) -> dict[str, int]:
         """Return each consumed queue's ready messages, from a passive queue declare.
@@ -428,11 +497,42 @@ class RabbitBus:
             )
             self._request_queues.add(queue)
 
+    async def _set_up_consumer(
+        self,
+        queue: str,
+        prefetch: int,
+        bindings: Sequence[tuple[str, str]],
+        callback: _Callback,
+    ) -> None:
+        """Open a channel, declare and bind `queue`, consume it with `callback`;
+        on a broker error close that channel and start again on a new one."""
+        async for attempt in self._setting_up(f"consumer of {queue}"):
+            with attempt:
+                channel = await self._consumer_channel(prefetch)
+                try:
+                    work_queue = await channel.declare_queue(
+                        queue, durable=True, arguments=self.work_queue_arguments
+                    )
+                    for exchange, pattern in bindings:
+                        await self._exchange(exchange)
+                        await work_queue.bind(exchange, routing_key=pattern)
+                    await self._start_consumer(work_queue, callback)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+                    raise
+        self._consumed[queue] = None
+
     async def _consumer_channel(self, prefetch: int) -> AbstractChannel:
         if self._connection is None:
             raise RuntimeError("RabbitBus is not started")
         channel = await self._connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=max(1, min(prefetch, self._prefetch)))
+        try:
+            await channel.set_qos(prefetch_count=max(1, min(prefetch, self._prefetch)))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
         return channel
 
     async def _start_consumer(self, queue: AbstractQueue, callback: _Callback) -> None:

@@ -34,7 +34,7 @@ from dicomkeep.common.metrics import (
 )
 from dicomkeep.common.orthanc import FileContentType, MetadataType
 from dicomkeep.common.ports.blobs import BlobStore
-from dicomkeep.common.ports.bus import Bus, BusTimeout
+from dicomkeep.common.ports.bus import Bus, BusNotSent, BusTimeout
 from dicomkeep.common.storage import Encoded, StorageAccessor, encode_instance
 from dicomkeep.common.telemetry import SpanKind, tracer
 from dicomkeep.common.timestamps import now_stamp
@@ -219,8 +219,9 @@ class Receiver:
         `prepared` is `self.prepare(data)` when the caller already ran it.
 
         Bad input raises before anything is written. When the indexer answers a
-        failure, the blobs just written are removed again; when it does not answer
-        at all, they are left to the orphan collector (the commit may have happened).
+        failure, or the command certainly never left, the blobs just written are
+        removed again; on any other failure (no answer, a lost connection...) they
+        are left to the orphan collector: the commit may have happened (`_commit`).
         """
         started = time.perf_counter()
         if prepared is None:
@@ -275,19 +276,39 @@ class Receiver:
         size: int,
         started: float,
     ) -> Received:
-        """Have the indexer commit the written instance; undo the blobs on a refusal."""
+        """Have the indexer commit the written instance; undo the blobs on a refusal.
+
+        The blobs are removed at once only when nothing can ever refer to them: the
+        indexer answered Failure (its transaction rolled back), or the command never
+        left (`BusNotSent`). On any other failure (no reply in time, a connection
+        lost once the publish began, the indexer raised) the command may still be
+        committed, now or later: removing the blobs then would leave an indexed
+        instance without its file. They are left to the orphan collector, which
+        removes them after `OrphanGracePeriod` if no commit refers to them.
+        """
         try:
             command = build_command(
                 parsed, attachments, origin, overwrite=self.overwrite, extra_metadata=metadata
             )
+        except Exception:
+            await self._discard(attachments)
+            raise
+        try:
             reply = await self.submit(command)
         except BusTimeout as error:
-            log.error("store timed out instance=%s", parsed.ids[3])
+            log.error("store timed out instance=%s; its blobs are left to the orphan collector",
+                      parsed.ids[3])
             raise OrthancError(ErrorCode.TIMEOUT, "The indexer did not answer") from error
-        except Exception:
-            # The indexer refused or failed before committing: nothing refers to
-            # these blobs. (A cancelled request is left to the orphan collector.)
+        except BusNotSent:
             await self._discard(attachments)
+            raise
+        except Exception as error:
+            # Ambiguous: the command may have reached the indexer. (A cancelled
+            # request, not an Exception, is left to the orphan collector too.)
+            log.warning(
+                "store outcome unknown instance=%s error=%s: %s; its blobs are left to "
+                "the orphan collector", parsed.ids[3], type(error).__name__, error,
+            )
             raise
         elapsed = time.perf_counter() - started
         RECEIVE_SECONDS.observe(elapsed)

@@ -11,7 +11,7 @@ from typing import Protocol
 
 from dicomkeep.common.events import Envelope
 
-__all__ = ["Bus", "BusError", "BusTimeout", "Consumer", "Responder"]
+__all__ = ["Bus", "BusError", "BusNotSent", "BusTimeout", "Consumer", "Responder"]
 
 #: A consumer: gets the body and headers; raising makes the message be redelivered
 #: (and dead-lettered after repeated failures).
@@ -30,6 +30,19 @@ class BusError(Exception):
     Raised by `Bus.request` when the remote responder raised (the message is the
     responder's `"<ExceptionType>: <message>"`) or the bus closed meanwhile, and by
     `RabbitBus.publish` when the broker nacks a message.
+
+    Raised by `Bus.request`, it leaves the command's fate open (the responder may
+    have acted on it before failing, or may still act on it), unless it is a
+    `BusNotSent`.
+    """
+
+
+class BusNotSent(BusError):
+    """`Bus.request` failed before the command left: no responder can ever see it.
+
+    The one request failure after which a sender may undo what it prepared for the
+    command (e.g. the blobs of a store): every other failure (BusTimeout, BusError,
+    a connection lost after the publish began) is ambiguous.
     """
 
 
@@ -75,7 +88,13 @@ class Bus(Protocol):
     async def request(
         self, queue: str, body: bytes, headers: Mapping[str, str], timeout: float
     ) -> bytes:
-        """Send a command to `queue` and wait for its reply; raise BusTimeout."""
+        """Send a command to `queue` and wait for its reply.
+
+        Raises BusTimeout when no reply came in time, BusNotSent when the command
+        certainly never left (e.g. the queue could not be declared, the bus is
+        closed), BusError or a connection error otherwise: then the command may
+        have been, or may still be, acted on.
+        """
 
     async def serve(self, queue: str, handler: Responder, *, prefetch: int = 64) -> None:
         """Answer the requests sent to `queue` (competing responders)."""

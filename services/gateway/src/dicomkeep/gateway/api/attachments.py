@@ -175,9 +175,11 @@ def _put_route(level: Level) -> Handler:
             revision = await index.set_attachment(
                 level, public_id, info, expected, check_revisions=settings.check_revisions
             )
-        except Exception:
-            # Refused or failed before committing: nothing refers to the new blob.
-            # (A cancelled request may have committed: left to the orphan collector.)
+        except OrthancError:
+            # Refused (unknown resource, stale revision...): the transaction rolled
+            # back, nothing refers to the new blob. Any other error (a connection
+            # lost during the commit) or a cancelled request may have committed:
+            # the blob is left to the orphan collector.
             await storage.discard([info.uuid])
             raise
         return OrthancJSONResponse({}, headers={"ETag": etag(revision, body_md5)})
