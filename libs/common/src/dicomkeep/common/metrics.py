@@ -107,9 +107,9 @@ class OrthancMetrics:
             return
         now = time.time()
         with self._lock:
-            # A sliding-window maximum: the deque keeps only the values that can
-            # still be the maximum (decreasing), so each call is O(1) amortized
-            # instead of a scan of every request of the window.
+            # Only the values that can still become the maximum are kept (each
+            # greater than every later one): the front is the window's maximum,
+            # without scanning every recent value (a few per stored instance).
             recent = self._recent.setdefault(name, deque())
             while recent and recent[-1][1] <= value:
                 recent.pop()

@@ -163,19 +163,17 @@ def _write_durably(path: Path, data: bytes | BinaryIO) -> None:
     `os.replace`, so that readers never see it torn.
     """
     folder = path.parent
-    # A concurrent delete may remove a (then empty) folder between our mkdir of it
-    # and the next step: create it again, at once.
-    for attempt in retrying_sync(
-        f"blob folder {folder}", attempts=_PUT_ATTEMPTS, first=0.0, on=(FileNotFoundError,)
-    ):
-        with attempt:
-            _make_folders(folder)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                target = path
-            except FileExistsError:
-                target = folder / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fd, target = _create(path)  # the folders exist: no retry policy to build
+    except FileNotFoundError:
+        # A concurrent delete may remove a (then empty) folder between our mkdir
+        # of it and the next step: create it again, at once.
+        for attempt in retrying_sync(
+            f"blob folder {folder}", attempts=_PUT_ATTEMPTS, first=0.0, on=(FileNotFoundError,)
+        ):
+            with attempt:
+                _make_folders(folder)
+                fd, target = _create(path)
     try:
         with os.fdopen(fd, "wb") as out:
             if isinstance(data, bytes | bytearray | memoryview):
@@ -195,6 +193,16 @@ def _write_durably(path: Path, data: bytes | BinaryIO) -> None:
     # key may already have removed the folder: then there is nothing left to make durable.
     with contextlib.suppress(FileNotFoundError):
         _fsync_folder(folder)
+
+
+def _create(path: Path) -> tuple[int, Path]:
+    """Open `path` as a new file, or a temporary file beside it when it exists:
+    (file descriptor, the path opened). FileNotFoundError when its folder is missing."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+    except FileExistsError:
+        target = path.parent / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+        return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), target
 
 
 def _make_folders(folder: Path) -> None:
