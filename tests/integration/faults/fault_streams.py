@@ -281,9 +281,18 @@ def wait_stable(server: Server, items: Iterable[Item], since: int, timeout: floa
 def referenced_blobs(server: Server) -> set[str]:
     """The blob keys of the instances the server holds (`FileUuid`: the suite runs
     without compression, so the DICOM file is each instance's only attachment)."""
+    keys: set[str] = set()
+    seen = 0
     with server.client() as client:
-        instances = client.get("/instances", params={"expand": ""}).json()
-    return {instance["FileUuid"] for instance in instances}
+        # Paged: a full run holds ~10,000 instances, whose one expanded list can
+        # outlast the client's timeout on a loaded machine.
+        while True:
+            page = client.get("/instances", params={"expand": "", "since": seen,
+                                                    "limit": 500}).json()
+            keys.update(instance["FileUuid"] for instance in page)
+            seen += len(page)
+            if len(page) < 500:
+                return keys
 
 
 def check_no_orphan_blob(server: Server, timeout: float = 120) -> None:

@@ -107,11 +107,16 @@ class OrthancMetrics:
             return
         now = time.time()
         with self._lock:
+            # Only the values that can still become the maximum are kept (each
+            # greater than every later one): the front is the window's maximum,
+            # without scanning every recent value (a few per stored instance).
             recent = self._recent.setdefault(name, deque())
+            while recent and recent[-1][1] <= value:
+                recent.pop()
             recent.append((now, value))
-            while recent and recent[0][0] < now - self._window:
+            while recent[0][0] < now - self._window:
                 recent.popleft()
-            self._values[name] = (max(v for _, v in recent), now)
+            self._values[name] = (recent[0][1], now)
 
     def add(self, name: str, delta: float) -> None:
         """Add `delta` to a value (a gauge of things in progress)."""

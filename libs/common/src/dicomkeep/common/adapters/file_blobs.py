@@ -92,6 +92,9 @@ class FileBlobStore:
         if span is not None:
             span = _check_span(span)
         try:
+            cached = _read_cached(path, span, INLINE_READ_BYTES)
+            if cached is not None:
+                return cached
             return await asyncio.to_thread(_read, path, span)
         except FileNotFoundError:
             raise KeyError(key) from None
@@ -101,9 +104,15 @@ class FileBlobStore:
         raise KeyError if absent."""
         path = self.path_of(key)
         try:
-            handle = await asyncio.to_thread(open, path, "rb")
+            cached = _read_cached(path, None, min(INLINE_READ_BYTES, chunk_bytes))
+            if cached is None:
+                handle = await asyncio.to_thread(open, path, "rb")
         except FileNotFoundError:
             raise KeyError(key) from None
+        if cached is not None:
+            if cached:
+                yield cached
+            return
         try:
             while piece := await asyncio.to_thread(handle.read, chunk_bytes):
                 yield piece
@@ -154,19 +163,17 @@ def _write_durably(path: Path, data: bytes | BinaryIO) -> None:
     `os.replace`, so that readers never see it torn.
     """
     folder = path.parent
-    # A concurrent delete may remove a (then empty) folder between our mkdir of it
-    # and the next step: create it again, at once.
-    for attempt in retrying_sync(
-        f"blob folder {folder}", attempts=_PUT_ATTEMPTS, first=0.0, on=(FileNotFoundError,)
-    ):
-        with attempt:
-            _make_folders(folder)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                target = path
-            except FileExistsError:
-                target = folder / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        fd, target = _create(path)  # the folders exist: no retry policy to build
+    except FileNotFoundError:
+        # A concurrent delete may remove a (then empty) folder between our mkdir
+        # of it and the next step: create it again, at once.
+        for attempt in retrying_sync(
+            f"blob folder {folder}", attempts=_PUT_ATTEMPTS, first=0.0, on=(FileNotFoundError,)
+        ):
+            with attempt:
+                _make_folders(folder)
+                fd, target = _create(path)
     try:
         with os.fdopen(fd, "wb") as out:
             if isinstance(data, bytes | bytearray | memoryview):
@@ -188,6 +195,16 @@ def _write_durably(path: Path, data: bytes | BinaryIO) -> None:
         _fsync_folder(folder)
 
 
+def _create(path: Path) -> tuple[int, Path]:
+    """Open `path` as a new file, or a temporary file beside it when it exists:
+    (file descriptor, the path opened). FileNotFoundError when its folder is missing."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+    except FileExistsError:
+        target = path.parent / f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(6)}{_TEMP_SUFFIX}"
+        return os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), target
+
+
 def _make_folders(folder: Path) -> None:
     """Create `<root>/ab/cd`, tolerating concurrent creation (but not removal)."""
     os.makedirs(folder.parent.parent, exist_ok=True)  # the root, never removed
@@ -200,6 +217,41 @@ def _fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+#: Blobs up to this size are read on the event loop's thread when the page cache
+#: holds them whole (see `_read_cached`).
+INLINE_READ_BYTES = 1024 * 1024
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+
+
+
+def _read_cached(path: Path, span: tuple[int, int] | None, limit: int) -> bytes | None:
+    """The blob (or bytes [start, end) of it) if it is at most `limit` bytes and
+    the page cache holds all of it; None when the disk would have to be read.
+
+    `preadv2(RWF_NOWAIT)` copies from the page cache and answers EAGAIN rather
+    than wait for the disk, so a recent blob (the usual read: just stored, or
+    read again) costs no hand-off to a thread (two for a streamed answer), and a
+    cold one still goes to a thread. The open itself runs here: a path lookup in
+    the dentry cache. Raises FileNotFoundError when the blob is absent.
+    """
+    if _NOWAIT is None:
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        start, end = span if span is not None else (0, size)
+        length = max(0, min(end, size) - start)
+        if length > limit:
+            return None
+        buffer = bytearray(length)
+        if length and os.preadv(fd, [buffer], start, _NOWAIT) != length:
+            return None
+        return bytes(buffer)
+    except OSError:  # EAGAIN (not cached), EOPNOTSUPP (a file system without it)
+        return None
     finally:
         os.close(fd)
 
