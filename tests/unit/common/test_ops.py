@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 
 import httpx
-from dicomkeep.common import metrics  # noqa: F401 - registers DicomKeep's metrics
+import pytest
+from dicomkeep.common import metrics  # registers DicomKeep's metrics
 from dicomkeep.common.adapters.file_blobs import FileBlobStore
 from dicomkeep.common.adapters.local_bus import LocalBus
 from dicomkeep.common.adapters.memory_clock import MemoryClock
@@ -152,3 +153,21 @@ async def test_http_answers_leave_with_tcp_nodelay() -> None:
             assert (await client.get(f"http://127.0.0.1:{server.port}/")).text == "ok"
     finally:
         await server.stop()
+
+
+def test_durations_show_the_maximum_of_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(metrics.time, "time", lambda: clock[0])
+    recorder = metrics.OrthancMetrics(window=10.0)
+
+    def shown() -> float:
+        return recorder._values["d"][0]
+
+    for moment, value, expected in [
+        (0, 5.0, 5.0), (1, 3.0, 5.0), (2, 4.0, 5.0), (10, 1.0, 5.0),
+        (10.5, 1.0, 4.0),  # 5 (t=0) left the window; 4 (t=2) is the largest left
+        (12.5, 0.5, 1.0), (30, 2.0, 2.0), (30, 2.0, 2.0), (41, 0.0, 0.0),
+    ]:
+        clock[0] = 1000.0 + moment
+        recorder.set_max("d", value)
+        assert shown() == expected, (moment, value)

@@ -157,5 +157,11 @@ def test_log_levels_and_deidentification() -> None:
         assert logs.patient_text("DOE^JOHN") == "DOE^JOHN"
         with pytest.raises(ValueError):
             logs.set_log_level("loud")
+        # pynetdicom formats its PDU and DIMSE lines only where they can print.
+        from pynetdicom import _config as pynetdicom_config
+
+        assert pynetdicom_config.LOG_HANDLER_LEVEL == "standard"
+        logs.set_log_level("verbose")
+        assert pynetdicom_config.LOG_HANDLER_LEVEL == "none"
     finally:
         logs.configure_logging("default", "text")

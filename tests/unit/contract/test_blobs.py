@@ -332,3 +332,32 @@ async def test_stream_yields_the_blob_in_bounded_pieces(store: BlobStore) -> Non
     assert [piece async for piece in store.stream(key, 10)] == []
     with pytest.raises(KeyError):
         await anext(store.stream(_key(), 10))
+
+
+async def test_file_reads_from_the_page_cache_or_from_a_thread(tmp_path: Path) -> None:
+    from dicomkeep.common.adapters import file_blobs
+
+    store = FileBlobStore(tmp_path)
+    key = _key()
+    data = os.urandom(200_000)
+    await store.put(key, data)
+    path = store.path_of(key)
+    # Just written: in the page cache, read on the loop's thread.
+    assert file_blobs._read_cached(path, None, 1 << 20) == data
+    assert file_blobs._read_cached(path, (10, 20), 1 << 20) == data[10:20]
+    assert file_blobs._read_cached(path, None, 1000) is None  # over the limit
+    # Out of the page cache (the blob was fsynced: its pages are clean), the
+    # read goes to a thread, with the same answers.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert file_blobs._read_cached(path, None, 1 << 20) is None
+    assert await store.get(key) == data
+    assert b"".join([piece async for piece in store.stream(key, 64 * 1024)]) == data
+    assert b"".join([piece async for piece in store.stream(key, 1 << 20)]) == data
+    await store.put(key, b"")
+    assert [piece async for piece in store.stream(key, 1 << 20)] == []
+    with pytest.raises(FileNotFoundError):
+        file_blobs._read_cached(tmp_path / "none", None, 1 << 20)

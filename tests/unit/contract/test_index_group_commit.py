@@ -5,6 +5,7 @@ and the indexer's `GroupCommit`, which groups concurrent commands. SQLite and Po
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,9 @@ class CountingIndex:
         self.index = index
         self.groups: list[int] = []
 
-    async def store_instances(self, commands: Any) -> Any:
+    async def store_instances(self, commands: Any, **options: Any) -> Any:
         self.groups.append(len(commands))
-        return await self.index.store_instances(commands)
+        return await self.index.store_instances(commands, **options)
 
 
 async def test_concurrent_commands_share_transactions(kind: str, tmp_path: Path) -> None:
@@ -89,3 +90,33 @@ async def test_a_lone_command_runs_at_once_and_alone(kind: str, tmp_path: Path) 
         assert counting.groups == [1, 1, 1]
 
 
+
+
+async def test_stale_commands_are_refused_and_leave_nothing(kind: str, tmp_path: Path) -> None:
+    """A command older than `max_age` (its blobs may be collected) is answered
+    Failure TIMEOUT and changes nothing, alone or in a group, where the fresh
+    commands around it commit; without `max_age` nothing is judged."""
+    async with open_index(kind, tmp_path, "group_commit") as index:
+        now = time.time()
+        stale = command("P1").model_copy(update={"issued_at": now - 600})
+        fresh = command("P2").model_copy(update={"issued_at": now})
+        old_format = command("P3").model_copy(update={"received_at": "20200101T000000"})
+        (alone,) = await index.store_instances([stale], max_age=60)
+        assert alone.status is StoreStatus.FAILURE and alone.error_code == "TIMEOUT"
+        replies = await index.store_instances([stale, fresh, old_format], max_age=60)
+        assert [r.status for r in replies] == [
+            StoreStatus.FAILURE, StoreStatus.SUCCESS, StoreStatus.FAILURE
+        ]
+        for refused in (stale, old_format):
+            assert await index.get_resource(Level.INSTANCE, refused.instance_id) is None
+            assert await index.get_resource(Level.PATIENT, refused.patient_id) is None
+            assert await index.referenced_blobs([refused.attachments[0].uuid]) == set()
+        page = await index.get_changes(0, 100)
+        assert {c.id for c in page.changes if c.change_type is ChangeType.NEW_INSTANCE} == {
+            fresh.instance_id
+        }
+        group = GroupCommit(index, max_age=60)
+        assert (await group.store(stale)).status is StoreStatus.FAILURE
+        await group.close()
+        # No bound: the stale command commits (what a caller without one gets).
+        assert (await index.store_instance(stale)).status is StoreStatus.SUCCESS

@@ -16,6 +16,7 @@ from dicomkeep.common.dicom.receiving import Origin, Receiver, bus_submitter
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import (
     CHANGES_EXCHANGE,
+    ISSUED_AT_HEADER,
     STORE_QUEUE,
     StoreInstance,
     StoreReply,
@@ -24,7 +25,7 @@ from dicomkeep.common.events import (
 from dicomkeep.common.ids import Level
 from dicomkeep.common.index import Index
 from dicomkeep.common.ports.bus import BusError, BusNotSent
-from dicomkeep.indexer.usecases import relay_outbox
+from dicomkeep.indexer.usecases import GroupCommit, relay_outbox, store
 from dicomkeep.storage.usecases import collect_orphans, purge_released
 from pydicom.data import get_testdata_file
 
@@ -217,3 +218,42 @@ async def test_timed_out_store_committed_later_is_readable(
     await bus.close()
     (instance,) = await index.list_resources(Level.INSTANCE)
     assert await _readable(index, blobs, instance) == CT
+
+
+async def test_store_older_than_the_grace_period_is_refused(
+    index: Index, blobs: FileBlobStore
+) -> None:
+    """The indexer is stuck past StoreTimeout, the collector removes the blob, then
+    the command arrives: the indexer refuses it (the sender was told TIMEOUT), so
+    no instance without its file is indexed. `max_age=0` stands for a command
+    older than OrphanGracePeriod allows, without waiting that long."""
+    bus = LocalBus()
+    await bus.start()
+    release = asyncio.Event()
+    answered: list[StoreReply] = []
+    done = asyncio.Event()
+    group = GroupCommit(index, max_age=0.0)
+
+    async def stuck(body: bytes, headers: Mapping[str, str]) -> bytes:
+        await release.wait()
+        assert b"issued_at" not in body  # in a header: earlier indexers read the body
+        assert float(headers[ISSUED_AT_HEADER]) > 0
+        reply = await store(group.store, body, headers)
+        answered.append(StoreReply.model_validate_json(reply))
+        done.set()
+        return reply
+
+    await bus.serve(STORE_QUEUE, stuck)
+    receiver = Receiver(blobs, bus_submitter(bus, timeout=0.2))
+    with pytest.raises(OrthancError) as refused:
+        await receiver.receive(CT, Origin("RestApi"))
+    assert refused.value.code is ErrorCode.TIMEOUT
+    assert await collect_orphans(index, blobs, grace_period=0) == 1
+    release.set()
+    await asyncio.wait_for(done.wait(), 10)
+    await group.close()
+    await bus.close()
+    assert answered[0].status is StoreStatus.FAILURE and answered[0].error_code == "TIMEOUT"
+    assert await index.list_resources(Level.INSTANCE) == []
+    assert (await index.get_changes(0, 10)).changes == []
+    assert await keys(blobs) == []

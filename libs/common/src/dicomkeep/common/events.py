@@ -18,6 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 CHANGES_EXCHANGE = "dicomkeep.changes"
 #: The durable work queue of StoreInstance commands (request/reply).
 STORE_QUEUE = "dicomkeep.store-instance"
+#: Header of a StoreInstance message carrying its `issued_at` (Unix time, decimal):
+#: outside the body, so that an indexer of the earlier version, whose model
+#: forbids unknown fields, still reads the body during a rolling update.
+ISSUED_AT_HEADER = "x-dicomkeep-issued-at"
 #: The durable work queue of RunJob commands (wakes the jobs workers).
 JOBS_QUEUE = "dicomkeep.jobs"
 #: The schema version of every message, sent in the `x-dicomkeep-schema` header.
@@ -177,7 +181,11 @@ class StoreInstance(BaseModel):
 
     Sent by ingest and gateway to the indexer, which answers a `StoreReply`.
     `main_tags` hold, per level, the keyword → value pairs of ORTHANC_API.md §2.1;
-    `metadata` the core metadata per level (key → value).
+    `metadata` the core metadata per level (key → value). `issued_at` is the
+    sender's Unix time (s) taken before it wrote the blobs; the indexer refuses a
+    command older than OrphanGracePeriod allows (index/staleness.py). On the bus
+    it travels in the `ISSUED_AT_HEADER` header, not in the body; a message of the
+    earlier format has no such header and is judged by `received_at`.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -196,6 +204,7 @@ class StoreInstance(BaseModel):
     overwrite: bool = False
     received_at: str = ""
     traceparent: str | None = None
+    issued_at: float | None = None
 
 
 class StoreReply(BaseModel):

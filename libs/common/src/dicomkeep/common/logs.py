@@ -97,6 +97,15 @@ def set_log_level(level: str) -> None:
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if level == "trace" else logging.WARNING
     )
+    # pynetdicom's standard event handlers format every PDU and DIMSE message for
+    # its INFO and DEBUG lines whatever the logger's level (~8% of a C-MOVE's CPU):
+    # bound only to the associations made at "trace", where those lines print.
+    try:  # the `dicom` extra: not every service has it
+        from pynetdicom import _config as pynetdicom_config
+    except ImportError:
+        pass
+    else:
+        pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if level == "trace" else "none"
     _state["level"] = level
 
 

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 
 from dicomkeep.common.events import STORE_QUEUE
 from dicomkeep.common.index import Index
+from dicomkeep.common.index.staleness import stale_limit
 from dicomkeep.common.ports.bus import Bus
 from dicomkeep.common.settings import Settings
 from dicomkeep.common.wiring import Adapters, cancel, open_adapters
@@ -77,7 +78,15 @@ class IndexerService:
             self.adapters = await open_adapters(
                 stack, self.settings, self.adapters, needs=self.NEEDS
             )
-            self._group = GroupCommit(self.index)
+            options = self.settings.dicomkeep
+            max_age = stale_limit(options.orphan_grace_period)
+            if max_age <= options.store_timeout:
+                log.warning(
+                    "OrphanGracePeriod=%s leaves %.1f s for a store command, not more than "
+                    "StoreTimeout=%s: late stores are refused while senders still wait",
+                    options.orphan_grace_period, max_age, options.store_timeout,
+                )
+            self._group = GroupCommit(self.index, max_age=max_age)
             stack.push_async_callback(self._group.close)
             await self.bus.serve(STORE_QUEUE, self._handle_store, prefetch=64)
             relay = asyncio.create_task(self._relay_loop(), name="outbox-relay")
@@ -94,7 +103,7 @@ class IndexerService:
 
     async def _handle_store(self, body: bytes, headers: Mapping[str, str]) -> bytes:
         assert self._group is not None, "IndexerService is not started"
-        reply = await store(self._group.store, body)
+        reply = await store(self._group.store, body, headers)
         self.wake()
         return reply
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from dicomkeep.common.events import (
     CHANGES_EXCHANGE,
+    ISSUED_AT_HEADER,
     SCHEMA_VERSION,
     Envelope,
     OutboxEvent,
@@ -46,11 +47,17 @@ class GroupCommit:
     command starts at once. Concurrent senders (several associations, clients or
     ingest processes) share the disk flush of the commit, which bounds a store on
     one flush per transaction rather than per instance.
+
+    `max_age`: commands older than this many seconds are refused, inside the
+    transaction (`Index.store_instances`; index/staleness.py); None judges none.
     """
 
-    def __init__(self, index: Index, *, max_group: int = 64) -> None:
+    def __init__(
+        self, index: Index, *, max_group: int = 64, max_age: float | None = None
+    ) -> None:
         self.index = index
         self.max_group = max_group
+        self.max_age = max_age
         self._waiting: list[tuple[StoreInstance, asyncio.Future[StoreReply]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._closed = False
@@ -83,7 +90,9 @@ class GroupCommit:
                 group = self._waiting[: self.max_group]
                 del self._waiting[: self.max_group]
                 try:
-                    replies = await self.index.store_instances([c for c, _ in group])
+                    replies = await self.index.store_instances(
+                        [c for c, _ in group], max_age=self.max_age
+                    )
                 except BaseException as error:
                     for _, reply in group:
                         if not reply.done():
@@ -106,7 +115,9 @@ class GroupCommit:
 
 
 async def store(
-    commit: Callable[[StoreInstance], Awaitable[StoreReply]], body: bytes
+    commit: Callable[[StoreInstance], Awaitable[StoreReply]],
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
 ) -> bytes:
     """Run the store transaction for one encoded StoreInstance; return the StoreReply.
 
@@ -115,8 +126,13 @@ async def store(
     tracing on, the transaction is one span, and the changes it appends remember
     it (their publication continues the trace). `commit` is `Index.store_instance`
     or, to share the transaction with concurrent commands, `GroupCommit.store`.
+    The `ISSUED_AT_HEADER` header of the message, when there is one, gives the
+    command's `issued_at` (by which a command too old is refused).
     """
     command = StoreInstance.model_validate_json(body)
+    issued_at = _issued_at(headers or {})
+    if issued_at is not None and command.issued_at is None:
+        command = command.model_copy(update={"issued_at": issued_at})
     with tracer().start_as_current_span(
         "store transaction", attributes={"dicomkeep.instance_id": command.instance_id}
     ) as span:
@@ -176,6 +192,19 @@ async def relay_outbox(
         OUTBOX_LAST_PUBLISHED.set(chunk[-1].change.seq)
         published += len(chunk)
     return published
+
+
+def _issued_at(headers: Mapping[str, str]) -> float | None:
+    """The `ISSUED_AT_HEADER` of a StoreInstance message; None if absent or unreadable
+    (the command is then judged by its `received_at`)."""
+    value = headers.get(ISSUED_AT_HEADER)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        log.warning("unreadable %s header: %r", ISSUED_AT_HEADER, value)
+        return None
 
 
 def _age(date: str) -> float:

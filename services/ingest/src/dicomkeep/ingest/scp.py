@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from dicomkeep.common.dicom import commands
 from dicomkeep.common.dicom.receiving import Origin, Receiver
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.logs import patient_text
@@ -185,7 +186,9 @@ class _Listener(ThreadedAssociationServer):
 
 def make_ae(ae_title: str, *, timeout: float) -> AE:
     """Build an AE accepting every storage SOP class in every transfer syntax
-    (narrowed per association by `Negotiation`)."""
+    (narrowed per association by `Negotiation`); command sets are written by
+    `common.dicom.commands`."""
+    commands.install()
     ae = AE(ae_title=ae_title)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:

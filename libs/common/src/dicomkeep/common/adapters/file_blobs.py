@@ -92,6 +92,9 @@ class FileBlobStore:
         if span is not None:
             span = _check_span(span)
         try:
+            cached = _read_cached(path, span, INLINE_READ_BYTES)
+            if cached is not None:
+                return cached
             return await asyncio.to_thread(_read, path, span)
         except FileNotFoundError:
             raise KeyError(key) from None
@@ -101,9 +104,15 @@ class FileBlobStore:
         raise KeyError if absent."""
         path = self.path_of(key)
         try:
-            handle = await asyncio.to_thread(open, path, "rb")
+            cached = _read_cached(path, None, min(INLINE_READ_BYTES, chunk_bytes))
+            if cached is None:
+                handle = await asyncio.to_thread(open, path, "rb")
         except FileNotFoundError:
             raise KeyError(key) from None
+        if cached is not None:
+            if cached:
+                yield cached
+            return
         try:
             while piece := await asyncio.to_thread(handle.read, chunk_bytes):
                 yield piece
@@ -208,6 +217,41 @@ def _fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+#: Blobs up to this size are read on the event loop's thread when the page cache
+#: holds them whole (see `_read_cached`).
+INLINE_READ_BYTES = 1024 * 1024
+_NOWAIT = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+
+
+
+def _read_cached(path: Path, span: tuple[int, int] | None, limit: int) -> bytes | None:
+    """The blob (or bytes [start, end) of it) if it is at most `limit` bytes and
+    the page cache holds all of it; None when the disk would have to be read.
+
+    `preadv2(RWF_NOWAIT)` copies from the page cache and answers EAGAIN rather
+    than wait for the disk, so a recent blob (the usual read: just stored, or
+    read again) costs no hand-off to a thread (two for a streamed answer), and a
+    cold one still goes to a thread. The open itself runs here: a path lookup in
+    the dentry cache. Raises FileNotFoundError when the blob is absent.
+    """
+    if _NOWAIT is None:
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        start, end = span if span is not None else (0, size)
+        length = max(0, min(end, size) - start)
+        if length > limit:
+            return None
+        buffer = bytearray(length)
+        if length and os.preadv(fd, [buffer], start, _NOWAIT) != length:
+            return None
+        return bytes(buffer)
+    except OSError:  # EAGAIN (not cached), EOPNOTSUPP (a file system without it)
+        return None
     finally:
         os.close(fd)
 

@@ -84,20 +84,29 @@ class _SqliteTx:
     (a store runs ~20 of them). What can block (COMMIT and its fsync, ROLLBACK,
     a BEGIN IMMEDIATE that must wait for another process's lock) still runs on
     the connection's thread, and the write lock
-    guarantees the two threads never use the connection at once. Read
-    transactions keep every statement off the loop: a listing can be large.
+    guarantees the two threads never use the connection at once. Other read
+    transactions run a statement on the loop only within a budget of steps
+    (`_within_budget`): a listing can be large.
     """
 
-    def __init__(self, connection: _Connection, *, inline: bool = False) -> None:
+    def __init__(self, connection: _Connection, *, inline: bool = False, budget: bool = False) -> None:
         self._c = connection
         self._inline = inline
+        self._budget = budget and not inline
 
     def _conn(self) -> sqlite3.Connection:
         assert self._c.conn is not None
         return self._c.conn
 
     async def _call(self, fn: Any) -> Any:
-        return fn() if self._inline else await self._c.run(fn)
+        if self._inline:
+            return fn()
+        if self._budget:
+            done, result = _within_budget(self._conn(), fn)
+            if done:
+                return result
+            self._budget = False  # a heavy read: the rest of it goes to the thread
+        return await self._c.run(fn)
 
     async def fetch(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         conn = self._conn()
@@ -118,6 +127,34 @@ class _SqliteTx:
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         conn = self._conn()
         await self._call(lambda: conn.executemany(_rewrite(sql), rows))
+
+
+#: A statement of a read transaction first runs on the loop's thread for at most
+#: this many SQLite virtual-machine steps (a few tenths of a millisecond: a find
+#: that seeks an index, a resource's rows); one that needs more is interrupted,
+#: and it and the rest of its transaction run again on the reader's thread.
+INLINE_READ_STEPS = 20_000
+_STEPS_PER_CHECK = 1_000
+
+
+def _within_budget(conn: sqlite3.Connection, fn: Any) -> tuple[bool, Any]:
+    """Run `fn` (a read) on this thread within INLINE_READ_STEPS; (False, None) if
+    it was interrupted. Side-effect free: the read runs again elsewhere."""
+    checks = [INLINE_READ_STEPS // _STEPS_PER_CHECK]
+
+    def progress() -> int:
+        checks[0] -= 1
+        return 1 if checks[0] < 0 else 0
+
+    conn.set_progress_handler(progress, _STEPS_PER_CHECK)
+    try:
+        return True, fn()
+    except sqlite3.OperationalError as error:
+        if checks[0] < 0 and "interrupt" in str(error):
+            return False, None
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
 
 
 def _begin(conn: sqlite3.Connection, durable: bool) -> None:
@@ -213,7 +250,9 @@ class SqliteDatabase:
 
         A `point` read (a few rows by key) runs its statements on the loop's
         thread, as the writer does: a B-tree lookup in WAL mode never waits for
-        a lock, and costs less than the thread hand-off it would need.
+        a lock, and costs less than the thread hand-off it would need. Other
+        reads try the loop's thread too, within INLINE_READ_STEPS, and go to the
+        reader's thread from their first statement that needs more.
         """
         if readonly and self._all_readers:
             reader = await self._readers.get()
@@ -226,7 +265,7 @@ class SqliteDatabase:
                 # The reader is checked out of the pool: no other thread uses it.
                 conn.execute("BEGIN")
                 try:
-                    yield _SqliteTx(reader, inline=point)
+                    yield _SqliteTx(reader, inline=point, budget=True)
                 finally:
                     conn.execute("ROLLBACK")
             finally:

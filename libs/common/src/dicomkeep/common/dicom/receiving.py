@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, cast
 from dicomkeep.common.dicom.instance import ParsedInstance, dicom_prefix, parse_instance
 from dicomkeep.common.errors import ErrorCode, OrthancError
 from dicomkeep.common.events import (
+    ISSUED_AT_HEADER,
     STORE_QUEUE,
     AttachmentInfo,
     StoreInstance,
@@ -61,6 +62,8 @@ class Prepared:
     parsed: ParsedInstance
     encoded: list[tuple[int, Encoded]]
     attachments: list[AttachmentInfo] | None = None
+    #: Unix time taken before `attachments` were written (the command's `issued_at`).
+    issued_at: float | None = None
 
 
 def prepare(data: bytes, *, compression: bool) -> Prepared:
@@ -86,11 +89,14 @@ def build_command(
     *,
     overwrite: bool,
     extra_metadata: Mapping[Level, Mapping[int, str]] | None = None,
+    issued_at: float | None = None,
 ) -> StoreInstance:
     """Build the StoreInstance command with the core metadata of ORTHANC_API.md §3.
 
     `extra_metadata` adds metadata per level (ModifiedFrom/AnonymizedFrom of a
     modified copy); the indexer writes a level's metadata when it creates that level.
+    `issued_at` is the Unix time taken before the blobs were written (default: now),
+    by which the indexer judges whether the blobs may have been collected.
     """
     received_at = now_stamp()
     instance: dict[int, str] = {
@@ -131,6 +137,7 @@ def build_command(
         attachments=attachments,
         overwrite=overwrite,
         received_at=received_at,
+        issued_at=time.time() if issued_at is None else issued_at,
     )
 
 
@@ -146,10 +153,13 @@ def bus_submitter(bus: Bus, timeout: float) -> Submit:
             kind=SpanKind.CLIENT,
             attributes={"dicomkeep.instance_id": command.instance_id},
         ) as span:
+            headers = {"x-dicomkeep-type": "StoreInstance"}
+            if command.issued_at is not None:
+                headers[ISSUED_AT_HEADER] = repr(command.issued_at)
             body = await bus.request(
                 STORE_QUEUE,
-                command.model_dump_json().encode(),
-                {"x-dicomkeep-type": "StoreInstance"},
+                command.model_dump_json(exclude={"issued_at"}).encode(),
+                headers,
                 timeout,
             )
             reply = StoreReply.model_validate_json(body)
@@ -199,11 +209,12 @@ class Receiver:
         prepared = prepare(data, compression=self.compression)
         if not write:
             return prepared
+        issued_at = time.time()
         writing = time.perf_counter()
         with _blob_span(FileContentType.DICOM, len(data)):
             attachments = self.storage.write_encoded_instance_blocking(prepared.encoded)
         _storage_created(writing)
-        return Prepared(prepared.parsed, prepared.encoded, attachments)
+        return Prepared(prepared.parsed, prepared.encoded, attachments, issued_at)
 
     async def receive(
         self,
@@ -229,12 +240,16 @@ class Receiver:
             prepared = await asyncio.to_thread(self.prepare, data)
         parsed = prepared.parsed
         attachments = prepared.attachments
+        issued_at = prepared.issued_at
         if attachments is None:
+            issued_at = time.time()
             writing = time.perf_counter()
             with _blob_span(FileContentType.DICOM, len(data)):
                 attachments = await self.storage.write_encoded_instance(prepared.encoded)
             _storage_created(writing)
-        return await self._commit(parsed, attachments, origin, metadata, len(data), started)
+        return await self._commit(
+            parsed, attachments, origin, metadata, len(data), started, issued_at
+        )
 
     async def receive_file(
         self,
@@ -259,13 +274,16 @@ class Receiver:
             data = cast(bytes, mapped)
             parsed = await asyncio.to_thread(parse_instance, data)
             prefix = dicom_prefix(data, parsed) if self.compression else None
+        issued_at = time.time()
         writing = time.perf_counter()
         with _blob_span(FileContentType.DICOM, size):
             attachments = await self.storage.write_instance_file(
                 source, prefix, compressed=self.compression, md5=md5
             )
         _storage_created(writing)
-        return await self._commit(parsed, attachments, origin, metadata, size, started)
+        return await self._commit(
+            parsed, attachments, origin, metadata, size, started, issued_at
+        )
 
     async def _commit(
         self,
@@ -275,6 +293,7 @@ class Receiver:
         metadata: Mapping[Level, Mapping[int, str]] | None,
         size: int,
         started: float,
+        issued_at: float | None,
     ) -> Received:
         """Have the indexer commit the written instance; undo the blobs on a refusal.
 
@@ -288,7 +307,8 @@ class Receiver:
         """
         try:
             command = build_command(
-                parsed, attachments, origin, overwrite=self.overwrite, extra_metadata=metadata
+                parsed, attachments, origin, overwrite=self.overwrite,
+                extra_metadata=metadata, issued_at=issued_at,
             )
         except Exception:
             await self._discard(attachments)

@@ -25,11 +25,13 @@ import copy
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
+from dicomkeep.common.dicom import commands
 from dicomkeep.common.dicom.orthanc_json import parse_tag
 from dicomkeep.common.dicom.sending import EncodedInstance, FileMeta, read_file_meta, send_file
 from dicomkeep.common.orthanc import DimseStatus
@@ -169,6 +171,40 @@ def keep_responses_for_caller(event: Any) -> None:
     dimse.get_msg = get_msg
     # send_raw need not pause this reactor: it can no longer take a response.
     assoc.dicomkeep_responses_kept = True
+    assoc._reactor_checkpoint = _IdleCheckpoint(assoc._reactor_checkpoint)
+
+
+#: Seconds a requestor association's reactor rests between its checks.
+REACTOR_REST = 0.02
+
+
+class _IdleCheckpoint:
+    """A requestor reactor's pause event, with a rest before each pass.
+
+    pynetdicom's reactor loop sleeps 1 ms, then waits on this event, then polls
+    for a request, a release or an abort from the peer. Kept off the DIMSE queue,
+    a requestor's reactor only watches for the peer's release or abort, and those
+    can wait 20 ms: polling 1,000 times a second took ~8% of a C-MOVE's CPU
+    (the GIL taken from the thread that sends). Pausing (clear) and resuming
+    (set) are unchanged; the reactor says it is paused before it rests.
+    """
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._event.is_set():
+            time.sleep(REACTOR_REST)
+        return self._event.wait(timeout)
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
 
 #: The handlers of every association DicomKeep requests.
@@ -179,6 +215,7 @@ REQUESTOR_HANDLERS: list[Any] = [
 
 
 def _ae(peer: Peer) -> AE:
+    commands.install()
     ae = AE(ae_title=peer.local_aet)
     ae.acse_timeout = peer.timeout
     ae.dimse_timeout = peer.timeout

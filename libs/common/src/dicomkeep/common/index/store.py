@@ -30,6 +30,7 @@ from dicomkeep.common.index.hierarchy import (
 from dicomkeep.common.index.records import DeleteOutcome
 from dicomkeep.common.index.recycling import Recycler
 from dicomkeep.common.index.stability import touch_unstable
+from dicomkeep.common.index.staleness import refuse_if_stale
 from dicomkeep.common.index.transactions import Transactions
 from dicomkeep.common.orthanc import MetadataType
 from dicomkeep.common.ports.database import RetryableError, Tx
@@ -251,7 +252,9 @@ class Store(Transactions):
 
     recycler: Recycler
 
-    async def store_instance(self, command: StoreInstance) -> StoreReply:
+    async def store_instance(
+        self, command: StoreInstance, *, max_age: float | None = None
+    ) -> StoreReply:
         """Run the store transaction (ARCHITECTURE.md step 3).
 
         Mirrors Orthanc's ServerIndex::Store: upsert patient/study/series, answer
@@ -259,9 +262,13 @@ class Store(Transactions):
         off, replace it when on; record attachments, metadata, LastUpdate and the
         changes NewInstance, NewSeries, NewStudy, NewPatient, CompletedSeries.
         A failure (full storage, retries exhausted...) is answered, not raised.
+        A command older than `max_age` seconds is refused (TIMEOUT) and changes
+        nothing (index/staleness.py); the check runs inside the transaction, again
+        on each replay, as close to the commit as it can.
         """
 
         async def body(tx: Tx) -> StoreReply:
+            refuse_if_stale(command, max_age=max_age, now=time.time())
             pending = PendingChanges()
             transaction = StoreTransaction(
                 tx, self.recycler, pending, command, for_update=self.for_update
@@ -279,7 +286,9 @@ class Store(Transactions):
         except OrthancError as error:
             return _failure(command, error)
 
-    async def store_instances(self, commands: Sequence[StoreInstance]) -> list[StoreReply]:
+    async def store_instances(
+        self, commands: Sequence[StoreInstance], *, max_age: float | None = None
+    ) -> list[StoreReply]:
         """Run several store transactions as one database transaction: group commit.
 
         Each command runs inside its own savepoint, in order, exactly as
@@ -289,10 +298,10 @@ class Store(Transactions):
         commit (one disk flush) makes every reply true at once, which is where the
         throughput of concurrent senders comes from. A collision replays the whole
         group; an unexpected error falls back to one transaction per command, so
-        that only the faulty command fails.
+        that only the faulty command fails. `max_age` as for `store_instance`.
         """
         if len(commands) == 1:
-            return [await self.store_instance(commands[0])]
+            return [await self.store_instance(commands[0], max_age=max_age)]
 
         async def body(tx: Tx) -> list[StoreReply]:
             replies: list[StoreReply] = []
@@ -303,6 +312,7 @@ class Store(Transactions):
                     tx, self.recycler, pending, command, for_update=self.for_update
                 )
                 try:
+                    refuse_if_stale(command, max_age=max_age, now=time.time())
                     status = await transaction.run()
                     changes = await pending.flush(tx)
                 except OrthancError as error:
@@ -323,7 +333,7 @@ class Store(Transactions):
             return [_failure(command, error) for command in commands]
         except Exception:
             log.exception("group commit of %d stores failed; storing them one by one", len(commands))
-            return [await self.store_instance(command) for command in commands]
+            return [await self.store_instance(command, max_age=max_age) for command in commands]
 
     async def delete_resource(self, level: Level, public_id: str) -> DeleteOutcome | None:
         """Delete a resource, its descendants and the ancestors left empty.
