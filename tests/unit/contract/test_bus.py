@@ -20,8 +20,9 @@ from backends import backend_unreachable
 from dicomkeep.common.adapters.bus_errors import BusError
 from dicomkeep.common.adapters.local_bus import LocalBus, topic_matches
 from dicomkeep.common.adapters.rabbit_bus import RabbitBus
+from dicomkeep.common.errors import ErrorCode, unavailability
 from dicomkeep.common.events import Change
-from dicomkeep.common.ports.bus import Bus, BusNotSent, BusTimeout
+from dicomkeep.common.ports.bus import Bus, BusNotSent, BusTimeout, BusUnavailable
 
 AMQP_URL = os.environ.get("DICOMKEEP_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DEADLINE = 5.0
@@ -385,6 +386,28 @@ async def test_responder_exception_reaches_the_requester(kit: Kit) -> None:
     # The responder keeps serving after a failure.
     with pytest.raises(BusError, match="bad request 43"):
         await bus.request(queue, b"43", {}, timeout=DEADLINE)
+
+
+async def test_a_responder_outage_reaches_the_requester_as_unavailable(kit: Kit) -> None:
+    """A responder that failed because its backend was unreachable makes the requester
+    answer 503 (as if it had met the outage itself); any other failure stays a 500."""
+    bus = await kit.bus()
+    queue = kit.queue("rpc")
+
+    async def cut_off(body: bytes, headers: Mapping[str, str]) -> bytes:
+        if body == b"outage":
+            raise ConnectionResetError(104, "Connection reset by peer")
+        raise ValueError("a bug")
+
+    await bus.serve(queue, cut_off)
+    with pytest.raises(BusUnavailable, match="Connection reset by peer") as outage:
+        await bus.request(queue, b"outage", {}, timeout=DEADLINE)
+    unavailable = unavailability(outage.value)
+    assert unavailable is not None and unavailable.code is ErrorCode.DATABASE_UNAVAILABLE
+    with pytest.raises(BusError, match="a bug") as bug:
+        await bus.request(queue, b"bug", {}, timeout=DEADLINE)
+    assert not isinstance(bug.value, BusUnavailable)
+    assert unavailability(bug.value) is None
 
 
 async def test_request_on_a_closed_bus_was_never_sent(kit: Kit) -> None:

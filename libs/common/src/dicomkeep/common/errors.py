@@ -126,6 +126,14 @@ class Forbidden(Exception):
     """A write to a core metadata key or attachment type: 403 with an empty body."""
 
 
+class RemoteUnavailable(Exception):
+    """Another process (a responder over the bus) could not reach a backend it needs.
+
+    Its text is the remote error's. `unavailability` maps it to 503, as it would
+    the remote error itself had it been raised here.
+    """
+
+
 def unknown_resource(details: str | None = None) -> OrthancError:
     """Return the 404 *Unknown resource* error."""
     return OrthancError(ErrorCode.UNKNOWN_RESOURCE, details)
@@ -180,6 +188,8 @@ def unavailability(exc: BaseException) -> OrthancError | None:
 def _unavailable_reason(exc: BaseException) -> str | None:
     if isinstance(exc, OrthancError):
         return None
+    if isinstance(exc, RemoteUnavailable):
+        return f"A backend of another service is unreachable ({exc})"
     module = type(exc).__module__ or ""
     package = module.split(".", 1)[0]
     if package in _BROKER_MODULES:

@@ -22,10 +22,11 @@ import enum
 import json
 
 from dicomkeep.common.errors import unavailability
-from dicomkeep.common.ports.bus import BusError
+from dicomkeep.common.ports.bus import BusError, BusUnavailable
 from pydantic import ValidationError
 
-__all__ = ["BusError", "FailureKind", "describe", "failure_kind"]
+__all__ = ["BusError", "FailureKind", "describe", "failure_kind", "requester_error",
+           "responder_error", "UNAVAILABLE_PREFIX"]
 
 #: Exceptions a handler raises when the message itself is unreadable.
 _POISON = (ValidationError, json.JSONDecodeError, UnicodeDecodeError, KeyError)
@@ -51,3 +52,21 @@ def failure_kind(exc: BaseException) -> FailureKind:
 def describe(exc: BaseException) -> str:
     """Return the text a `BusError` carries for a responder's exception."""
     return f"{type(exc).__name__}: {exc}"
+
+
+#: Marks a responder's error text as an unavailability (see `responder_error`).
+UNAVAILABLE_PREFIX = "unavailable: "
+
+
+def responder_error(exc: BaseException) -> str:
+    """The text replied for a responder's exception: `describe(exc)`, marked when the
+    exception says a backend is unreachable (`errors.unavailability`)."""
+    text = describe(exc)
+    return UNAVAILABLE_PREFIX + text if unavailability(exc) is not None else text
+
+
+def requester_error(text: str) -> BusError:
+    """The exception a requester raises for a replied error text."""
+    if text.startswith(UNAVAILABLE_PREFIX):
+        return BusUnavailable(text[len(UNAVAILABLE_PREFIX):])
+    return BusError(text)

@@ -22,7 +22,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
-from dicomkeep.common.adapters.bus_errors import BusError, FailureKind, describe, failure_kind
+from dicomkeep.common.adapters.bus_errors import (
+    BusError,
+    FailureKind,
+    describe,
+    failure_kind,
+    requester_error,
+    responder_error,
+)
 from dicomkeep.common.events import SCHEMA_VERSION, Envelope
 from dicomkeep.common.ports.bus import BusNotSent, BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
@@ -256,7 +263,7 @@ class LocalBus:
             except Exception as exc:
                 log.warning("bus responder failed queue=%s error=%s", queue, describe(exc))
                 if delivery.reply is not None and not delivery.reply.done():
-                    delivery.reply.set_exception(BusError(describe(exc)))
+                    delivery.reply.set_exception(requester_error(responder_error(exc)))
                 return
             if delivery.reply is not None and not delivery.reply.done():
                 delivery.reply.set_result(answer)

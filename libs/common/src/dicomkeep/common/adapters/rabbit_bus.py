@@ -66,7 +66,14 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     ConsumerTag,
 )
-from dicomkeep.common.adapters.bus_errors import BusError, FailureKind, describe, failure_kind
+from dicomkeep.common.adapters.bus_errors import (
+    BusError,
+    FailureKind,
+    describe,
+    failure_kind,
+    requester_error,
+    responder_error,
+)
 from dicomkeep.common.events import APP_ID, CHANGES_EXCHANGE, SCHEMA_VERSION, Envelope
 from dicomkeep.common.ports.bus import BusNotSent, BusTimeout, Consumer, Responder
 from dicomkeep.common.retries import retrying
@@ -389,7 +396,7 @@ class RabbitBus:
                 answer = await handler(message.body, _string_headers(message.headers))
             except Exception as exc:
                 log.warning("bus responder failed queue=%s error=%s", queue, describe(exc))
-                answer, reply_headers = b"", {ERROR_HEADER: describe(exc)}
+                answer, reply_headers = b"", {ERROR_HEADER: responder_error(exc)}
             if message.reply_to:
                 reply = _message(answer, reply_headers, correlation_id=message.correlation_id)
                 await self._publish("", message.reply_to, reply)
@@ -429,7 +436,7 @@ class RabbitBus:
             return  # the requester timed out or closed
         error = message.headers.get(ERROR_HEADER)
         if error is not None:
-            reply.set_exception(BusError(_text(error)))
+            reply.set_exception(requester_error(_text(error)))
         else:
             reply.set_result(message.body)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from dicomkeep.common.errors import RemoteUnavailable
 from dicomkeep.common.events import Envelope
 
-__all__ = ["Bus", "BusError", "BusNotSent", "BusTimeout", "Consumer", "Responder"]
+__all__ = ["Bus", "BusError", "BusNotSent", "BusTimeout", "BusUnavailable", "Consumer",
+           "Responder"]
 
 #: A consumer: gets the body and headers; raising makes the message be redelivered
 #: (and dead-lettered after repeated failures).
@@ -43,6 +45,14 @@ class BusNotSent(BusError):
     The one request failure after which a sender may undo what it prepared for the
     command (e.g. the blobs of a store): every other failure (BusTimeout, BusError,
     a connection lost after the publish began) is ambiguous.
+    """
+
+
+class BusUnavailable(BusError, RemoteUnavailable):
+    """The responder failed because a backend it needs (the database, the broker, the
+    clock) was unreachable: the requester answers 503 (retry later), as if it had
+    met the outage itself. Ambiguous like any BusError (the commit may have happened
+    before the failure).
     """
 
 
