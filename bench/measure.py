@@ -23,13 +23,18 @@ def cpu_seconds(pid: int) -> float | None:
 
 def peak_rss_kib(pid: int) -> int:
     """The process's high-water resident set (VmHWM), 0 when it is gone."""
+    return _status_field(pid, "VmHWM") or 0
+
+
+def _status_field(pid: int, name: str) -> int | None:
+    """The first number of a `/proc/PID/status` field, None when the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{name}:"):
                 return int(line.split()[1])
     except OSError:
         pass
-    return 0
+    return None
 
 
 def pids_named(name: str) -> list[int]:
@@ -60,13 +65,7 @@ def pids_matching(fragment: str) -> list[int]:
 
 def parent_pid(pid: int) -> int | None:
     """The PPid of a process, None when it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+    return _status_field(pid, "PPid")
 
 
 def with_descendants(roots: Iterable[int]) -> list[int]:

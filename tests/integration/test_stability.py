@@ -234,19 +234,27 @@ def test_a_crashed_stability_replica_loses_nothing(clean: Server) -> None:
     assert_each_stable_once(clean, [stored], seed=202)
 
 
-def test_a_lost_clock_loses_nothing(clean: Server) -> None:
-    stored = store_study(clean, seed=301)
+def lose_every_clock(clean: Server) -> None:
+    """Lose the stability clock entirely, then come back.
+
+    All-in-one: the in-memory clock goes with the process; the index rebuilds it.
+    Distributed: every stability replica dies and Redis loses the clock; then
+    the replicas come back.
+    """
     if clean.mode == "allinone":
-        # The in-memory clock is lost with the process; the index rebuilds it.
         kill_member(clean)
         restart_member(clean)
     else:
-        # Every stability replica dies and Redis loses the clock; then they come back.
         kill_member(clean, "stability-1")
         kill_member(clean, "stability-2")
         redis.Redis.from_url(clean.config["Redis"]["Url"]).flushdb()
         restart_member(clean, "stability-1")
         restart_member(clean, "stability-2")
+
+
+def test_a_lost_clock_loses_nothing(clean: Server) -> None:
+    stored = store_study(clean, seed=301)
+    lose_every_clock(clean)
     wait_until_stable(clean, stored)
     # Redis flushed while the replicas run.
     second = store_study(clean, seed=302)
@@ -265,15 +273,7 @@ def test_a_crash_while_a_study_goes_stable_loses_and_repeats_nothing(clean: Serv
         lambda: stable_changes(clean, {s for _, s in stored.resources}) != [],
         timeout=30, what="a first Stable* change",
     )
-    if clean.mode == "allinone":
-        kill_member(clean)
-        restart_member(clean)
-    else:
-        kill_member(clean, "stability-1")
-        kill_member(clean, "stability-2")
-        redis.Redis.from_url(clean.config["Redis"]["Url"]).flushdb()
-        restart_member(clean, "stability-1")
-        restart_member(clean, "stability-2")
+    lose_every_clock(clean)
     wait_until_stable(clean, stored)
     assert all(is_stable_everywhere(clean, stored))
     assert_each_stable_once(clean, [stored], seed=402)
